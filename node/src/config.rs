@@ -1,0 +1,142 @@
+//! Command-line configuration of the `node` binary. Every flag can also come from an
+//! environment variable (shown in `node --help`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// A bank node: the banking REST API over a durable state machine.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "node", version, about)]
+pub struct Config {
+    /// Public (client) address: the banking API, the web page, /healthz, /readyz, /openapi.json.
+    #[arg(long, env = "BANK_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Internal address: /shutdown, /metrics, /healthz, /readyz; every route needs the token.
+    #[arg(long, env = "BANK_INTERNAL_LISTEN", default_value = "127.0.0.1:9080")]
+    pub internal_listen: SocketAddr,
+
+    /// Directory of the node's durable state (created if missing).
+    #[arg(long, env = "BANK_DATA_DIR", default_value = "data/node")]
+    pub data_dir: PathBuf,
+
+    /// File holding the cluster token. The token can also come from BANK_CLUSTER_TOKEN; with
+    /// neither, the node generates one into <data-dir>/cluster-token (mode 0600).
+    #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+
+    /// Idempotency records are kept for this many further log entries (identical on every
+    /// replica: it is part of the state machine).
+    #[arg(long, env = "BANK_IDEMPOTENCY_RETENTION", default_value_t = 1_000_000)]
+    pub idempotency_retention: u64,
+
+    /// Most commands applied in one transaction (one fsync).
+    #[arg(long, env = "BANK_MAX_BATCH", default_value_t = 1_024)]
+    pub max_batch: usize,
+
+    /// Commands waiting to be applied before new ones get 503 overloaded.
+    #[arg(long, env = "BANK_QUEUE_CAPACITY", default_value_t = 16_384)]
+    pub queue_capacity: usize,
+
+    /// How long a write waits for its outcome before answering 503 outcome_unknown.
+    #[arg(long, env = "BANK_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "BANK_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Log format: human or json.
+    #[arg(long, env = "BANK_LOG_FORMAT", default_value = "human")]
+    pub log_format: telemetry::LogFormat,
+}
+
+/// A configuration value out of range; the message names the flag and the value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Checks ranges and relations between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(ConfigError(msg)) };
+        check(
+            self.idempotency_retention >= 1,
+            format!(
+                "--idempotency-retention must be at least 1, got {}",
+                self.idempotency_retention
+            ),
+        )?;
+        check(
+            (1..=65_536).contains(&self.max_batch),
+            format!("--max-batch must be 1..=65536, got {}", self.max_batch),
+        )?;
+        check(
+            (1..=1_048_576).contains(&self.queue_capacity),
+            format!(
+                "--queue-capacity must be 1..=1048576, got {}",
+                self.queue_capacity
+            ),
+        )?;
+        check(
+            (1..=600_000).contains(&self.request_timeout_ms),
+            format!(
+                "--request-timeout-ms must be 1..=600000, got {}",
+                self.request_timeout_ms
+            ),
+        )?;
+        check(
+            (256..=16 * 1024 * 1024).contains(&self.max_body_bytes),
+            format!(
+                "--max-body-bytes must be 256..=16777216, got {}",
+                self.max_body_bytes
+            ),
+        )?;
+        check(
+            self.listen != self.internal_listen || self.listen.port() == 0,
+            format!(
+                "--listen and --internal-listen must differ, both are {}",
+                self.listen
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::parse_from(["node"]);
+        config.validate().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.internal_listen.to_string(), "127.0.0.1:9080");
+    }
+
+    #[test]
+    fn validation_names_the_flag_and_the_value() {
+        let config = Config::parse_from(["node", "--max-batch", "0"]);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--max-batch") && err.contains("got 0"),
+            "{err}"
+        );
+        let config = Config::parse_from([
+            "node",
+            "--listen",
+            "127.0.0.1:7000",
+            "--internal-listen",
+            "127.0.0.1:7000",
+        ]);
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("127.0.0.1:7000")
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The node's way into the log: submit a command, wait for its outcome.
+//!
+//! A standalone node is a log of one: [`spawn_local_log`] starts the single writer that gives
+//! commands consecutive indexes and applies them through the store. It drains whatever queued up
+//! while the previous batch was being committed and applies all of it in one transaction with one
+//! fsync (group commit), so 64 concurrent clients share syncs instead of paying one each. The
+//! replicated log will sit behind the same [`Submitter`], with the batch coming from Paxos.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{Command, Entry, Outcome};
+use crate::store::Store;
+
+/// Why a command got no outcome.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full; nothing was applied. Safe to retry.
+    #[error("the node is overloaded")]
+    Overloaded,
+    /// The log or its store cannot apply commands now. With an idempotency key a retry is safe.
+    #[error("the log is unavailable")]
+    Unavailable,
+}
+
+/// Limits of the local log.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalLogOptions {
+    /// Commands waiting to be applied before new ones are refused with `Overloaded`.
+    pub queue_capacity: usize,
+    /// Most commands applied in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for LocalLogOptions {
+    fn default() -> Self {
+        LocalLogOptions {
+            queue_capacity: 16_384,
+            max_batch: 1_024,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Outcome, SubmitError>>;
+
+/// A handle to submit commands; cheap to clone.
+#[derive(Clone)]
+pub struct Submitter {
+    queue: mpsc::Sender<(Command, Reply)>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Submitter {
+    /// Queues a command; the receiver yields its outcome once it is applied and durable.
+    pub fn submit(
+        &self,
+        command: Command,
+    ) -> Result<oneshot::Receiver<Result<Outcome, SubmitError>>, SubmitError> {
+        if !self.is_healthy() {
+            return Err(SubmitError::Unavailable);
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .try_send((command, reply))
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Unavailable,
+            })?;
+        Ok(outcome)
+    }
+
+    /// False once the writer stopped (a fatal store error or shutdown).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.queue.is_closed()
+    }
+}
+
+/// Starts the single writer of a standalone node. A fatal store error stops it and cancels
+/// `fatal`, so the process exits instead of serving from a state it cannot trust.
+pub async fn spawn_local_log(
+    store: Arc<dyn Store>,
+    options: LocalLogOptions,
+    fatal: CancellationToken,
+) -> Result<(Submitter, tokio::task::JoinHandle<()>), crate::store::StoreError> {
+    let applied = store.summary().await?.applied_index;
+    let (queue, mut inbox) = mpsc::channel::<(Command, Reply)>(options.queue_capacity.max(1));
+    let healthy = Arc::new(AtomicBool::new(true));
+    let submitter = Submitter {
+        queue,
+        healthy: healthy.clone(),
+    };
+    metrics::gauge!("bank_applied_index").set(applied as f64);
+    let writer = tokio::spawn(async move {
+        let mut next_index = applied + 1;
+        let mut batch = Vec::with_capacity(options.max_batch);
+        while inbox.recv_many(&mut batch, options.max_batch.max(1)).await > 0 {
+            let (commands, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+            let entries: Vec<Entry> = commands
+                .into_iter()
+                .zip(next_index..)
+                .map(|(command, index)| Entry { index, command })
+                .collect();
+            match store.apply(&entries).await {
+                Ok(outcomes) => {
+                    next_index += entries.len() as u64;
+                    metrics::gauge!("bank_applied_index").set((next_index - 1) as f64);
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        // This writer is the store's only writer, so every entry is new.
+                        let outcome = outcome.expect("the local log is the store's only writer");
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(err) if err.is_retryable() => {
+                    tracing::warn!(error = %err, "store unavailable; batch refused");
+                    for reply in replies {
+                        let _ = reply.send(Err(SubmitError::Unavailable));
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "fatal store error; the node stops");
+                    healthy.store(false, Ordering::Relaxed);
+                    for reply in replies {
+                        let _ = reply.send(Err(SubmitError::Unavailable));
+                    }
+                    fatal.cancel();
+                    break;
+                }
+            }
+        }
+    });
+    Ok((submitter, writer))
+}

@@ -1,0 +1,126 @@
+//! The node process: open the store, start the log, serve both ports, stop gracefully.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, InternalState};
+use crate::config::Config;
+use crate::log::{LocalLogOptions, spawn_local_log};
+use crate::store::{EmbeddedStore, Store, StoreOptions};
+
+/// File name of a generated cluster token inside the data directory.
+pub const TOKEN_FILE_NAME: &str = "cluster-token";
+
+/// Finds the cluster token: `BANK_CLUSTER_TOKEN`, else `--cluster-token-file`, else a token
+/// generated into `<data-dir>/cluster-token` (created with mode 0600, reused on restart).
+pub fn resolve_token(config: &Config, env_token: Option<String>) -> anyhow::Result<String> {
+    if let Some(token) = env_token.filter(|t| !t.trim().is_empty()) {
+        return Ok(token.trim().to_owned());
+    }
+    let (path, generate) = match &config.cluster_token_file {
+        Some(path) => (path.clone(), false),
+        None => (config.data_dir.join(TOKEN_FILE_NAME), true),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) => anyhow::bail!("cluster token file {} is empty", path.display()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && generate => {
+            let token = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            write_private(&path, &token)?;
+            tracing::info!(path = %path.display(), "generated a cluster token");
+            Ok(token)
+        }
+        Err(err) => {
+            Err(err).with_context(|| format!("reading cluster token file {}", path.display()))
+        }
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Runs a standalone node on the given listeners until `shutdown` completes, `POST /shutdown`
+/// is called, or the store fails fatally (then it returns an error).
+pub async fn run(
+    config: Config,
+    token: String,
+    public: TcpListener,
+    internal: TcpListener,
+    metrics: Option<api::metrics_render::Render>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let options = StoreOptions {
+        idempotency_retention: config.idempotency_retention,
+    };
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open_in_dir(&config.data_dir, options)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+    );
+    let fatal = CancellationToken::new();
+    let log_options = LocalLogOptions {
+        queue_capacity: config.queue_capacity,
+        max_batch: config.max_batch,
+    };
+    let (log, writer) = spawn_local_log(store.clone(), log_options, fatal.clone()).await?;
+    let app = AppState {
+        store,
+        log,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+        max_body_bytes: config.max_body_bytes,
+    };
+    let stop = CancellationToken::new();
+    let internal_state = InternalState {
+        app: app.clone(),
+        token: token.into(),
+        shutdown: stop.clone(),
+        metrics,
+    };
+    {
+        let stop = stop.clone();
+        let fatal = fatal.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = fatal.cancelled() => {}
+            }
+            stop.cancel();
+        });
+    }
+    let public_server = axum::serve(public, api::public_router(app))
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let internal_server = axum::serve(internal, api::internal_router(internal_state))
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let (a, b) = tokio::join!(public_server.into_future(), internal_server.into_future());
+    a.context("public server")?;
+    b.context("internal server")?;
+    // The servers dropped their submitters; the writer finishes what was queued and stops.
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    if fatal.is_cancelled() {
+        anyhow::bail!("stopped after a fatal store error (see the log above)");
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! Durable bank state behind one trait, so the embedded database and Firestore are
+//! interchangeable and pass the same [`conformance`] suite.
+//!
+//! A store holds the state machine's state: balances, idempotency records and the index of the
+//! last applied log entry, which is written in the same transaction as the balances it produced.
+//! Applying is the only way to change a store.
+
+pub mod conformance;
+pub mod embedded;
+
+use async_trait::async_trait;
+
+use crate::bank::IdempotencyRecord;
+use crate::command::{AccountId, Entry, IdempotencyKey, Outcome};
+use crate::money::Money;
+
+pub use embedded::EmbeddedStore;
+
+/// A storage failure. Business outcomes are never errors (see [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached right now (a remote database down); retrying may work.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Entries were offered out of order: the store expected `expected` next.
+    #[error("entry {got} offered but the store expects entry {expected} next")]
+    OutOfOrder {
+        /// The next index the store can apply.
+        expected: u64,
+        /// The first index offered.
+        got: u64,
+    },
+    /// The store is damaged or its I/O failed; the replica must stop rather than go on.
+    #[error("store failure: {0}")]
+    Fatal(String),
+}
+
+impl StoreError {
+    /// Whether the caller may retry the same call later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Totals kept in the same transactions as the balances, so they are always consistent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Index of the last applied log entry (0: none).
+    pub applied_index: u64,
+    /// Number of accounts.
+    pub accounts: u64,
+    /// Sum of all balances, in cents.
+    pub total_cents: i128,
+}
+
+/// Settings that are part of the replicated state machine: every replica must use the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// An idempotency record is kept until this many further log entries have been applied.
+    pub idempotency_retention: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            idempotency_retention: 1_000_000,
+        }
+    }
+}
+
+/// Durable bank state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name, a metric label (`embedded`, `firestore`).
+    fn backend(&self) -> &'static str;
+
+    /// Applies consecutive entries in one atomic, durable transaction together with the new
+    /// applied index. Entries at or below the applied index were applied before (perhaps by
+    /// another writer) and yield `None`; the others yield their outcome. A gap is an error
+    /// ([`StoreError::OutOfOrder`]) and applies nothing.
+    async fn apply(&self, entries: &[Entry]) -> Result<Vec<Option<Outcome>>, StoreError>;
+
+    /// Counts and totals, read in one consistent snapshot.
+    async fn summary(&self) -> Result<Summary, StoreError>;
+
+    /// The balance of one account, `None` if it does not exist.
+    async fn balance(&self, id: AccountId) -> Result<Option<Money>, StoreError>;
+
+    /// Up to `limit` accounts in id order, starting after `after`.
+    async fn accounts(
+        &self,
+        after: Option<AccountId>,
+        limit: usize,
+    ) -> Result<Vec<(AccountId, Money)>, StoreError>;
+
+    /// The record of an idempotency key, if it was applied and is still retained.
+    async fn idempotency(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+}
