@@ -1,0 +1,158 @@
+//! Helpers shared by the node's integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use node::api::{self, AppState, InternalState};
+use node::log::{LocalLogOptions, spawn_local_log};
+use node::store::{EmbeddedStore, Store, StoreOptions};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// A standalone node in this process: routers over a real embedded store in a temp dir.
+pub struct TestNode {
+    pub public: Router,
+    pub internal: Router,
+    pub store: EmbeddedStore,
+    pub shutdown: CancellationToken,
+    pub _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open_in_dir(dir.path(), StoreOptions::default()).unwrap();
+        let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
+        let (log, _writer) =
+            spawn_local_log(dyn_store.clone(), LocalLogOptions::default(), CancellationToken::new())
+                .await
+                .unwrap();
+        let app = AppState {
+            store: dyn_store,
+            log,
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 16 * 1024,
+        };
+        let shutdown = CancellationToken::new();
+        let internal = api::internal_router(InternalState {
+            app: app.clone(),
+            token: TOKEN.into(),
+            shutdown: shutdown.clone(),
+            metrics: Some(Arc::new(|| "bank_test_metric 1\n".to_owned())),
+        });
+        TestNode {
+            public: api::public_router(app),
+            internal,
+            store,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    pub async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = self.public.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    pub async fn store_summary(&self) -> node::store::Summary {
+        self.store.summary().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(json_post(path, &body.to_string(), None)).await
+    }
+
+    pub async fn open(&self) -> String {
+        let (status, body) = self.call(json_post("/open_account", "", None)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["account_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn deposit(&self, account: &str, amount: Value) -> (StatusCode, Value) {
+        self.post("/deposit_money", serde_json::json!({"account_id": account, "amount": amount}))
+            .await
+    }
+
+    pub async fn balance(&self, account: &str) -> Value {
+        let (status, body) = self.call(get(&format!("/check_account?account_id={account}"))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["balance"].clone()
+    }
+}
+
+pub fn json_post(path: &str, body: &str, key: Option<&str>) -> Request<Body> {
+    let mut builder = Request::post(path).header("content-type", "application/json");
+    if let Some(key) = key {
+        builder = builder.header("idempotency-key", key);
+    }
+    builder.body(Body::from(body.to_owned())).unwrap()
+}
+
+pub fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+/// A `node` process started from the built binary, on ports the OS picked.
+pub struct NodeProcess {
+    pub child: std::process::Child,
+    pub public_url: String,
+    pub internal_url: String,
+}
+
+impl NodeProcess {
+    /// Starts `node` on `data_dir` and waits for its "ready" line.
+    pub fn spawn(data_dir: &std::path::Path) -> NodeProcess {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_node"))
+            .args(["--listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("BANK_CLUSTER_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the node binary");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut find = |marker: &str| -> String {
+            let line = lines.next().expect("node exited before it was ready").unwrap();
+            let start = line.find(marker).unwrap_or_else(|| panic!("unexpected line: {line}"));
+            let rest = &line[start + marker.len()..];
+            let url = rest.split_whitespace().next().unwrap();
+            url.trim_end_matches('/').to_owned()
+        };
+        let public_url = find("open ");
+        let internal_url = find("internal port: ");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        NodeProcess {
+            child,
+            public_url,
+            internal_url,
+        }
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
