@@ -53,16 +53,16 @@ pub fn apply<L: Ledger>(
     index: u64,
     command: &Command,
 ) -> Result<Outcome, L::Error> {
-    if let Some(key) = &command.idempotency_key {
-        if let Some(record) = ledger.idempotency(key)? {
-            return Ok(if record.request == command.op.fingerprint() {
-                record.outcome
-            } else {
-                Outcome::Rejected {
-                    reason: Rejection::IdempotencyKeyReused,
-                }
-            });
-        }
+    if let Some(key) = &command.idempotency_key
+        && let Some(record) = ledger.idempotency(key)?
+    {
+        return Ok(if record.request == command.op.fingerprint() {
+            record.outcome
+        } else {
+            Outcome::Rejected {
+                reason: Rejection::IdempotencyKeyReused,
+            }
+        });
     }
     let outcome = apply_operation(ledger, &command.op)?;
     if let Some(key) = &command.idempotency_key {

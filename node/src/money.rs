@@ -191,6 +191,15 @@ fn parse_decimal_cents(text: &str) -> Result<i128, AmountError> {
     Ok(if negative { -value } else { value })
 }
 
+impl Money {
+    /// Always two decimals, as a bank statement shows money: `1250` cents is `12.50`.
+    pub fn to_fixed2(self) -> String {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        format!("{sign}{}.{:02}", abs / 100, abs % 100)
+    }
+}
+
 impl fmt::Display for Money {
     /// Exact decimal with the shortest fraction: `1250` cents is `12.5`, `1200` is `12`,
     /// `1` is `0.01`.
@@ -321,6 +330,13 @@ mod tests {
             Money::from_cents(i64::MAX).to_string(),
             "92233720368547758.07"
         );
+    }
+
+    #[test]
+    fn fixed2_always_shows_cents() {
+        assert_eq!(Money::from_cents(1250).to_fixed2(), "12.50");
+        assert_eq!(Money::from_cents(700).to_fixed2(), "7.00");
+        assert_eq!(Money::from_cents(-1).to_fixed2(), "-0.01");
     }
 
     #[test]

@@ -35,12 +35,15 @@ async fn run(transfers: Vec<(usize, usize, i64)>) {
             })
             .to_string();
             tokio::spawn(async move {
-                let response = router.oneshot(json_post("/move_money", &body, None)).await.unwrap();
+                let response = router
+                    .oneshot(json_post("/move_money", &body, None))
+                    .await
+                    .unwrap();
                 response.status()
             })
         })
         .collect();
-    let mut expected = vec![START_CENTS; ACCOUNTS];
+    let mut expected = [START_CENTS; ACCOUNTS];
     for (task, &(from, to, amount)) in tasks.into_iter().zip(&transfers) {
         match task.await.unwrap() {
             StatusCode::OK => {
@@ -48,7 +51,9 @@ async fn run(transfers: Vec<(usize, usize, i64)>) {
                 expected[to] += amount;
             }
             StatusCode::CONFLICT => {}
-            StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(from, to, "only same-account moves are 422"),
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                assert_eq!(from, to, "only same-account moves are 422")
+            }
             other => panic!("unexpected status {other}"),
         }
     }
@@ -56,10 +61,17 @@ async fn run(transfers: Vec<(usize, usize, i64)>) {
     for (i, id) in ids.iter().enumerate() {
         let balance = cents(&node.balance(id).await);
         assert!(balance >= 0, "negative balance {balance}");
-        assert_eq!(balance, expected[i], "account {i} differs from its acknowledged transfers");
+        assert_eq!(
+            balance, expected[i],
+            "account {i} differs from its acknowledged transfers"
+        );
         total += balance;
     }
-    assert_eq!(total, START_CENTS * ACCOUNTS as i64, "money was created or destroyed");
+    assert_eq!(
+        total,
+        START_CENTS * ACCOUNTS as i64,
+        "money was created or destroyed"
+    );
     assert_eq!(node.store_summary().await.total_cents, i128::from(total));
 }
 

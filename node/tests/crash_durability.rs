@@ -16,7 +16,10 @@ const WRITERS: usize = 16;
 async fn every_acknowledged_deposit_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = NodeProcess::spawn(dir.path());
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let mut accounts = Vec::new();
     for _ in 0..ACCOUNTS {
         let body: Value = client
@@ -76,7 +79,11 @@ async fn every_acknowledged_deposit_survives_kill_9() {
     }
     let acked = Arc::try_unwrap(acked).unwrap().into_inner().unwrap();
     let attempted = attempted.lock().unwrap().clone();
-    assert!(acked.len() >= 100, "too few acknowledged deposits to mean anything: {}", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "too few acknowledged deposits to mean anything: {}",
+        acked.len()
+    );
 
     let node = NodeProcess::spawn(dir.path());
     let mut acked_per_account = [0u64; ACCOUNTS];
@@ -85,7 +92,10 @@ async fn every_acknowledged_deposit_survives_kill_9() {
     }
     for (slot, account) in accounts.iter().enumerate() {
         let body: Value = client
-            .get(format!("{}/check_account?account_id={account}", node.public_url))
+            .get(format!(
+                "{}/check_account?account_id={account}",
+                node.public_url
+            ))
             .send()
             .await
             .unwrap()
@@ -113,7 +123,10 @@ async fn every_acknowledged_deposit_survives_kill_9() {
             .json()
             .await
             .unwrap();
-        assert_eq!(&retry, first, "acknowledged deposit {key} was lost or changed by the crash");
+        assert_eq!(
+            &retry, first,
+            "acknowledged deposit {key} was lost or changed by the crash"
+        );
     }
     eprintln!(
         "{} acknowledged deposits before kill -9, all found after restart",

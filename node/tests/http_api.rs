@@ -24,12 +24,21 @@ async fn deposit_withdraw_move_and_check_use_the_original_texts() {
     let (a, b) = (node.open().await, node.open().await);
     let (status, body) = node.deposit(&a, json!(12.5)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"result": "Money added successfully.", "account_id": a, "balance": 12.5}));
+    assert_eq!(
+        body,
+        json!({"result": "Money added successfully.", "account_id": a, "balance": 12.5})
+    );
     let (status, body) = node
-        .post("/withdraw_money", json!({"account_id": a, "amount": "2.25"}))
+        .post(
+            "/withdraw_money",
+            json!({"account_id": a, "amount": "2.25"}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"result": "Withdrawal successful.", "account_id": a, "balance": 10.25}));
+    assert_eq!(
+        body,
+        json!({"result": "Withdrawal successful.", "account_id": a, "balance": 10.25})
+    );
     let (status, body) = node
         .post(
             "/move_money",
@@ -54,9 +63,15 @@ async fn check_account_reads_the_id_from_a_json_body_like_the_original() {
         .header("content-type", "application/json")
         .body(Body::from(json!({"account_id": a}).to_string()))
         .unwrap();
-    assert_eq!(node.call(request).await, (StatusCode::OK, json!({"balance": 3})));
+    assert_eq!(
+        node.call(request).await,
+        (StatusCode::OK, json!({"balance": 3}))
+    );
     let (status, body) = node.call(get("/check_account")).await;
-    assert_eq!((status, body["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request"))
+    );
 }
 
 #[tokio::test]
@@ -68,11 +83,19 @@ async fn point_one_plus_point_two_is_point_three() {
     assert_eq!(node.balance(&a).await, json!(0.3));
 }
 
-async fn assert_error(node: &TestNode, request: Request<Body>, status: StatusCode, code: &str) -> serde_json::Value {
+async fn assert_error(
+    node: &TestNode,
+    request: Request<Body>,
+    status: StatusCode,
+    code: &str,
+) -> serde_json::Value {
     let (got, body) = node.call(request).await;
     assert_eq!(got, status, "{body}");
     assert_eq!(body["code"], code, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
     body
 }
 
@@ -81,11 +104,28 @@ async fn bad_amounts_are_422() {
     let node = TestNode::start().await;
     let a = node.open().await;
     for amount in [
-        "12.345", "1e-3", "1e20", "-0", "0", "-5", "\"NaN\"", "\"Infinity\"", "\"abc\"", "true", "null",
-        "0.30000000000000004", "\"1e400\"",
+        "12.345",
+        "1e-3",
+        "1e20",
+        "-0",
+        "0",
+        "-5",
+        "\"NaN\"",
+        "\"Infinity\"",
+        "\"abc\"",
+        "true",
+        "null",
+        "0.30000000000000004",
+        "\"1e400\"",
     ] {
         let body = format!(r#"{{"account_id":"{a}","amount":{amount}}}"#);
-        assert_error(&node, json_post("/deposit_money", &body, None), StatusCode::UNPROCESSABLE_ENTITY, "invalid_amount").await;
+        assert_error(
+            &node,
+            json_post("/deposit_money", &body, None),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        )
+        .await;
     }
     let body = format!(r#"{{"account_id":"{a}","amount":"12.50"}}"#);
     let (status, out) = node.call(json_post("/deposit_money", &body, None)).await;
@@ -96,23 +136,100 @@ async fn bad_amounts_are_422() {
 async fn malformed_and_misshapen_requests() {
     let node = TestNode::start().await;
     let a = node.open().await;
-    assert_error(&node, json_post("/deposit_money", "{nope", None), StatusCode::BAD_REQUEST, "malformed_json").await;
-    assert_error(&node, json_post("/deposit_money", "", None), StatusCode::BAD_REQUEST, "malformed_json").await;
-    assert_error(&node, json_post("/deposit_money", r#"{"amount": 1}"#, None), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request").await;
-    assert_error(&node, json_post("/deposit_money", r#"{"account_id": 5, "amount": 1}"#, None), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request").await;
-    assert_error(&node, json_post("/deposit_money", r#"{"account_id": "not-a-uuid", "amount": 1}"#, None), StatusCode::UNPROCESSABLE_ENTITY, "invalid_account_id").await;
-    let same = format!(r#"{{"source":{{"account_id":"{a}"}},"destination":{{"account_id":"{a}"}},"amount":1}}"#);
-    assert_error(&node, json_post("/move_money", &same, None), StatusCode::UNPROCESSABLE_ENTITY, "same_account").await;
+    assert_error(
+        &node,
+        json_post("/deposit_money", "{nope", None),
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    )
+    .await;
+    assert_error(
+        &node,
+        json_post("/deposit_money", "", None),
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    )
+    .await;
+    assert_error(
+        &node,
+        json_post("/deposit_money", r#"{"amount": 1}"#, None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    )
+    .await;
+    assert_error(
+        &node,
+        json_post("/deposit_money", r#"{"account_id": 5, "amount": 1}"#, None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    )
+    .await;
+    assert_error(
+        &node,
+        json_post(
+            "/deposit_money",
+            r#"{"account_id": "not-a-uuid", "amount": 1}"#,
+            None,
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_account_id",
+    )
+    .await;
+    let same = format!(
+        r#"{{"source":{{"account_id":"{a}"}},"destination":{{"account_id":"{a}"}},"amount":1}}"#
+    );
+    assert_error(
+        &node,
+        json_post("/move_money", &same, None),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "same_account",
+    )
+    .await;
     let plain = Request::post("/deposit_money")
         .header("content-type", "text/plain")
         .body(Body::from(format!(r#"{{"account_id":"{a}","amount":1}}"#)))
         .unwrap();
-    assert_error(&node, plain, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
-    let huge = format!(r#"{{"account_id":"{a}","amount":1,"pad":"{}"}}"#, "x".repeat(64 * 1024));
-    assert_error(&node, json_post("/deposit_money", &huge, None), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
-    assert_error(&node, get("/no_such_thing"), StatusCode::NOT_FOUND, "not_found").await;
-    assert_error(&node, Request::delete("/open_account").body(Body::empty()).unwrap(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
-    assert_error(&node, get("/check_account?account_id=xyz"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_account_id").await;
+    assert_error(
+        &node,
+        plain,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let huge = format!(
+        r#"{{"account_id":"{a}","amount":1,"pad":"{}"}}"#,
+        "x".repeat(64 * 1024)
+    );
+    assert_error(
+        &node,
+        json_post("/deposit_money", &huge, None),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    assert_error(
+        &node,
+        get("/no_such_thing"),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        &node,
+        Request::delete("/open_account")
+            .body(Body::empty())
+            .unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+    assert_error(
+        &node,
+        get("/check_account?account_id=xyz"),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_account_id",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -120,19 +237,60 @@ async fn business_errors_carry_the_original_result_text() {
     let node = TestNode::start().await;
     let a = node.open().await;
     let ghost = uuid::Uuid::new_v4().to_string();
-    let body = assert_error(&node, json_post("/deposit_money", &json!({"account_id": ghost, "amount": 1}).to_string(), None), StatusCode::NOT_FOUND, "account_not_found").await;
+    let body = assert_error(
+        &node,
+        json_post(
+            "/deposit_money",
+            &json!({"account_id": ghost, "amount": 1}).to_string(),
+            None,
+        ),
+        StatusCode::NOT_FOUND,
+        "account_not_found",
+    )
+    .await;
     assert_eq!(body["result"], "Account not found.");
-    let body = assert_error(&node, get(&format!("/check_account?account_id={ghost}")), StatusCode::NOT_FOUND, "account_not_found").await;
+    let body = assert_error(
+        &node,
+        get(&format!("/check_account?account_id={ghost}")),
+        StatusCode::NOT_FOUND,
+        "account_not_found",
+    )
+    .await;
     assert_eq!(body["result"], "Account not found.");
-    let body = assert_error(&node, json_post("/withdraw_money", &json!({"account_id": a, "amount": 1}).to_string(), None), StatusCode::CONFLICT, "insufficient_funds").await;
+    let body = assert_error(
+        &node,
+        json_post(
+            "/withdraw_money",
+            &json!({"account_id": a, "amount": 1}).to_string(),
+            None,
+        ),
+        StatusCode::CONFLICT,
+        "insufficient_funds",
+    )
+    .await;
     assert_eq!(body["result"], "Insufficient funds.");
-    let mv = json!({"source": {"account_id": a}, "destination": {"account_id": ghost}, "amount": 1}).to_string();
-    let body = assert_error(&node, json_post("/move_money", &mv, None), StatusCode::NOT_FOUND, "accounts_not_found").await;
+    let mv =
+        json!({"source": {"account_id": a}, "destination": {"account_id": ghost}, "amount": 1})
+            .to_string();
+    let body = assert_error(
+        &node,
+        json_post("/move_money", &mv, None),
+        StatusCode::NOT_FOUND,
+        "accounts_not_found",
+    )
+    .await;
     assert_eq!(body["result"], "One or more accounts not found.");
     node.deposit(&a, json!(1)).await;
     let b = node.open().await;
-    let mv = json!({"source": {"account_id": a}, "destination": {"account_id": b}, "amount": 2}).to_string();
-    let body = assert_error(&node, json_post("/move_money", &mv, None), StatusCode::CONFLICT, "insufficient_funds").await;
+    let mv = json!({"source": {"account_id": a}, "destination": {"account_id": b}, "amount": 2})
+        .to_string();
+    let body = assert_error(
+        &node,
+        json_post("/move_money", &mv, None),
+        StatusCode::CONFLICT,
+        "insufficient_funds",
+    )
+    .await;
     assert_eq!(body["result"], "Insufficient funds.");
     assert_eq!(node.balance(&a).await, json!(1));
     assert_eq!(node.balance(&b).await, json!(0));
@@ -146,7 +304,17 @@ async fn balance_limit_is_409() {
         let (status, _) = node.deposit(&a, json!(1_000_000_000_000u64)).await;
         assert_eq!(status, StatusCode::OK);
     }
-    assert_error(&node, json_post("/deposit_money", &json!({"account_id": a, "amount": 0.01}).to_string(), None), StatusCode::CONFLICT, "balance_limit").await;
+    assert_error(
+        &node,
+        json_post(
+            "/deposit_money",
+            &json!({"account_id": a, "amount": 0.01}).to_string(),
+            None,
+        ),
+        StatusCode::CONFLICT,
+        "balance_limit",
+    )
+    .await;
     assert_eq!(node.balance(&a).await.to_string(), "100000000000000");
 }
 
@@ -155,30 +323,54 @@ async fn idempotent_retry_returns_the_first_response_and_applies_once() {
     let node = TestNode::start().await;
     let a = node.open().await;
     let body = json!({"account_id": a, "amount": 5}).to_string();
-    let first = node.call(json_post("/deposit_money", &body, Some("dep-7"))).await;
-    let retry = node.call(json_post("/deposit_money", &body, Some("dep-7"))).await;
+    let first = node
+        .call(json_post("/deposit_money", &body, Some("dep-7")))
+        .await;
+    let retry = node
+        .call(json_post("/deposit_money", &body, Some("dep-7")))
+        .await;
     assert_eq!(first.0, StatusCode::OK);
     assert_eq!(first, retry);
     assert_eq!(node.balance(&a).await, json!(5));
     // The same key with another body is refused and changes nothing.
     let other = json!({"account_id": a, "amount": 6}).to_string();
-    assert_error(&node, json_post("/deposit_money", &other, Some("dep-7")), StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused").await;
+    assert_error(
+        &node,
+        json_post("/deposit_money", &other, Some("dep-7")),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
     assert_eq!(node.balance(&a).await, json!(5));
     // A retried open_account returns the first account instead of opening another.
-    let o1 = node.call(json_post("/open_account", "", Some("open-1"))).await;
-    let o2 = node.call(json_post("/open_account", "", Some("open-1"))).await;
+    let o1 = node
+        .call(json_post("/open_account", "", Some("open-1")))
+        .await;
+    let o2 = node
+        .call(json_post("/open_account", "", Some("open-1")))
+        .await;
     assert_eq!(o1, o2);
     assert_eq!(node.store_summary().await.accounts, 2);
     // Business rejections are remembered too: the retry does not withdraw later.
     let w = json!({"account_id": a, "amount": 50}).to_string();
-    let r1 = node.call(json_post("/withdraw_money", &w, Some("w-1"))).await;
+    let r1 = node
+        .call(json_post("/withdraw_money", &w, Some("w-1")))
+        .await;
     node.deposit(&a, json!(100)).await;
-    let r2 = node.call(json_post("/withdraw_money", &w, Some("w-1"))).await;
+    let r2 = node
+        .call(json_post("/withdraw_money", &w, Some("w-1")))
+        .await;
     assert_eq!(r1.0, StatusCode::CONFLICT);
     assert_eq!(r1, r2);
     assert_eq!(node.balance(&a).await, json!(105));
     // A malformed key is refused.
-    assert_error(&node, json_post("/deposit_money", &body, Some(&"k".repeat(200))), StatusCode::BAD_REQUEST, "invalid_idempotency_key").await;
+    assert_error(
+        &node,
+        json_post("/deposit_money", &body, Some(&"k".repeat(200))),
+        StatusCode::BAD_REQUEST,
+        "invalid_idempotency_key",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -191,7 +383,11 @@ async fn concurrent_retries_with_one_key_apply_once() {
             let router = node.public.clone();
             let body = body.clone();
             tokio::spawn(async move {
-                router.oneshot(json_post("/deposit_money", &body, Some("same-key"))).await.unwrap().status()
+                router
+                    .oneshot(json_post("/deposit_money", &body, Some("same-key")))
+                    .await
+                    .unwrap()
+                    .status()
             })
         })
         .collect();
@@ -209,8 +405,17 @@ async fn health_readiness_and_openapi() {
     let (status, doc) = node.call(get("/openapi.json")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/open_account", "/deposit_money", "/withdraw_money", "/move_money", "/check_account"] {
-        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    for path in [
+        "/open_account",
+        "/deposit_money",
+        "/withdraw_money",
+        "/move_money",
+        "/check_account",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
     }
 }
 
@@ -218,27 +423,48 @@ async fn health_readiness_and_openapi() {
 async fn internal_port_needs_the_token_and_shutdown_stops_the_node() {
     let node = TestNode::start().await;
     let call = |req: Request<Body>| node.internal.clone().oneshot(req);
-    let no_token = call(Request::post("/shutdown").body(Body::empty()).unwrap()).await.unwrap();
+    let no_token = call(Request::post("/shutdown").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
     let wrong = call(
-        Request::get("/metrics").header("authorization", "Bearer wrong").body(Body::empty()).unwrap(),
+        Request::get("/metrics")
+            .header("authorization", "Bearer wrong")
+            .body(Body::empty())
+            .unwrap(),
     )
     .await
     .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     let auth = format!("Bearer {TOKEN}");
-    let metrics = call(Request::get("/metrics").header("authorization", &auth).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let metrics = call(
+        Request::get("/metrics")
+            .header("authorization", &auth)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
     assert!(!node.shutdown.is_cancelled());
-    let response = call(Request::post("/shutdown").header("authorization", &auth).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let response = call(
+        Request::post("/shutdown")
+            .header("authorization", &auth)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let text = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    let text = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(&text[..], b"Server shut down...");
-    assert!(node.shutdown.is_cancelled(), "shutdown must trigger the graceful stop");
+    assert!(
+        node.shutdown.is_cancelled(),
+        "shutdown must trigger the graceful stop"
+    );
 }
 
 #[test]
@@ -268,6 +494,18 @@ async fn web_page_lists_accounts_and_pages_through_them() {
     let html = page.as_str().unwrap();
     assert!(html.contains(&ids[4]) && !html.contains(&ids[3]));
     assert!(!html.contains("id=\"next\""));
-    assert_error(&node, get("/?limit=100000"), StatusCode::BAD_REQUEST, "invalid_query").await;
-    assert_error(&node, get("/?after=%3Cscript%3E"), StatusCode::BAD_REQUEST, "invalid_query").await;
+    assert_error(
+        &node,
+        get("/?limit=100000"),
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
+    assert_error(
+        &node,
+        get("/?after=%3Cscript%3E"),
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
 }

@@ -215,15 +215,15 @@ async fn execute(
     op: Operation,
     key: Option<IdempotencyKey>,
 ) -> Result<Outcome, AppError> {
-    if let Some(key) = &key {
-        if let Some(record) = state.store.idempotency(key).await? {
-            if record.request != op.fingerprint() {
-                return Err(AppError::Rejected(
-                    crate::command::Rejection::IdempotencyKeyReused,
-                ));
-            }
-            return Ok(record.outcome);
+    if let Some(key) = &key
+        && let Some(record) = state.store.idempotency(key).await?
+    {
+        if record.request != op.fingerprint() {
+            return Err(AppError::Rejected(
+                crate::command::Rejection::IdempotencyKeyReused,
+            ));
         }
+        return Ok(record.outcome);
     }
     let pending = state.log.submit(Command {
         op,

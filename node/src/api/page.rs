@@ -86,11 +86,11 @@ fn render(
         "code{font-size:.95em}nav{margin-top:1rem}",
         "</style></head><body>\n<h1>Accounts</h1>\n"
     ));
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<p id=\"summary\"><span id=\"account-count\">{}</span> accounts holding \
          <span id=\"total\">{}</span> in total; applied log index \
-         <span id=\"applied-index\">{}</span>.</p>\n",
+         <span id=\"applied-index\">{}</span>.</p>",
         summary.accounts,
         escape(&total),
         summary.applied_index
@@ -107,7 +107,7 @@ fn render(
             let _ = writeln!(
                 html,
                 "<tr><td><code>{id}</code></td><td class=\"balance\">{}</td></tr>",
-                escape(&balance.to_string())
+                escape(&balance.to_fixed2())
             );
         }
         html.push_str("</tbody></table>\n");
@@ -119,14 +119,14 @@ fn render(
             "<a id=\"first\" href=\"/?limit={limit}\">First page</a> "
         );
     }
-    if accounts.len() == limit {
-        if let Some((last, _)) = accounts.last() {
-            let _ = write!(
-                html,
-                "<a id=\"next\" href=\"/?after={}&amp;limit={limit}\">Next page</a>",
-                escape(&last.to_string())
-            );
-        }
+    if accounts.len() == limit
+        && let Some((last, _)) = accounts.last()
+    {
+        let _ = write!(
+            html,
+            "<a id=\"next\" href=\"/?after={}&amp;limit={limit}\">Next page</a>",
+            escape(&last.to_string())
+        );
     }
     html.push_str("</nav>\n</body></html>\n");
     html
@@ -134,7 +134,7 @@ fn render(
 
 fn format_total(cents: i128) -> String {
     match i64::try_from(cents) {
-        Ok(c) => Money::from_cents(c).to_string(),
+        Ok(c) => Money::from_cents(c).to_fixed2(),
         Err(_) => format!("{}.{:02}", cents / 100, (cents % 100).abs()),
     }
 }

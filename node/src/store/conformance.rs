@@ -158,7 +158,7 @@ async fn reapplied_entries_change_nothing<H: Harness>(h: &mut H) {
     );
     store.apply(&[open(1, a), deposit.clone()]).await.unwrap();
     // A log entry delivered twice (a retried batch, a deposed writer) is applied once.
-    let again = store.apply(&[deposit.clone()]).await.unwrap();
+    let again = store.apply(std::slice::from_ref(&deposit)).await.unwrap();
     assert_eq!(
         again,
         vec![None],

@@ -93,13 +93,13 @@ impl EmbeddedStore {
                 .get(APPLIED_INDEX)
                 .map_err(fatal)?
                 .map_or(0, |v| v.value());
-            if let Some(first) = entries.first() {
-                if first.index > applied + 1 {
-                    return Err(StoreError::OutOfOrder {
-                        expected: applied + 1,
-                        got: first.index,
-                    });
-                }
+            if let Some(first) = entries.first()
+                && first.index > applied + 1
+            {
+                return Err(StoreError::OutOfOrder {
+                    expected: applied + 1,
+                    got: first.index,
+                });
             }
             let mut ledger = RedbLedger {
                 accounts: txn.open_table(ACCOUNTS).map_err(fatal)?,

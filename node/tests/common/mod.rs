@@ -31,10 +31,13 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open_in_dir(dir.path(), StoreOptions::default()).unwrap();
         let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
-        let (log, _writer) =
-            spawn_local_log(dyn_store.clone(), LocalLogOptions::default(), CancellationToken::new())
-                .await
-                .unwrap();
+        let (log, _writer) = spawn_local_log(
+            dyn_store.clone(),
+            LocalLogOptions::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         let app = AppState {
             store: dyn_store,
             log,
@@ -81,12 +84,17 @@ impl TestNode {
     }
 
     pub async fn deposit(&self, account: &str, amount: Value) -> (StatusCode, Value) {
-        self.post("/deposit_money", serde_json::json!({"account_id": account, "amount": amount}))
-            .await
+        self.post(
+            "/deposit_money",
+            serde_json::json!({"account_id": account, "amount": amount}),
+        )
+        .await
     }
 
     pub async fn balance(&self, account: &str) -> Value {
-        let (status, body) = self.call(get(&format!("/check_account?account_id={account}"))).await;
+        let (status, body) = self
+            .call(get(&format!("/check_account?account_id={account}")))
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["balance"].clone()
     }
@@ -116,7 +124,13 @@ impl NodeProcess {
     pub fn spawn(data_dir: &std::path::Path) -> NodeProcess {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_node"))
-            .args(["--listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--internal-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env("BANK_CLUSTER_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
@@ -126,8 +140,13 @@ impl NodeProcess {
         let stdout = child.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(stdout).lines();
         let mut find = |marker: &str| -> String {
-            let line = lines.next().expect("node exited before it was ready").unwrap();
-            let start = line.find(marker).unwrap_or_else(|| panic!("unexpected line: {line}"));
+            let line = lines
+                .next()
+                .expect("node exited before it was ready")
+                .unwrap();
+            let start = line
+                .find(marker)
+                .unwrap_or_else(|| panic!("unexpected line: {line}"));
             let rest = &line[start + marker.len()..];
             let url = rest.split_whitespace().next().unwrap();
             url.trim_end_matches('/').to_owned()
