@@ -1,0 +1,49 @@
+//! Multi-Paxos for the paxos bank: one ordered log of command batches across N replicas.
+//!
+//! Layout:
+//! - [`ballot`]: ballots `(round, node)` and log positions;
+//! - [`messages`]: one struct per protocol message, in an [`messages::Envelope`];
+//! - [`core`]: the sans-IO replica ([`core::Replica`]): inputs `handle`, `propose`, `tick`;
+//!   outputs drained with [`core::Replica::take_ready`];
+//! - [`storage`]: durable acceptor state ([`storage::Storage`]), in memory and in a redb file;
+//! - [`sim`]: the deterministic simulator that checks safety on every step.
+//!
+//! # Driver contract
+//!
+//! The core does no I/O, reads no clock and draws randomness only from the seed in its config.
+//! Whoever drives it (the runtime, the simulator, a test) must, after every input
+//! (`handle`, `propose`, `tick`, `read_index`, `compact`):
+//!
+//! 1. call [`core::Replica::take_ready`];
+//! 2. write `ready.persist` atomically to storage and **sync it** — before anything else;
+//! 3. only then send `ready.messages` (they may promise or acknowledge what step 2 wrote);
+//! 4. install `ready.snapshot` into the application, if any;
+//! 5. apply `ready.decided` to the application in order (slots are consecutive);
+//! 6. tell clients about `ready.dropped` commands (not decided; safe to retry elsewhere) and
+//!    `ready.reads` (linearizable read points).
+//!
+//! A storage error in step 2 is fatal: the replica must stop, not go on with state it cannot
+//! trust. Time is a count of `tick()` calls; the runtime maps ticks to milliseconds.
+//!
+//! # Modes
+//!
+//! **Leader mode** is classic Multi-Paxos: one lane of slots; the elected leader runs phase 1
+//! once for all open slots, then only phase 2, pipelined (a window of slots in flight) and
+//! batched (many commands per slot). **Leaderless mode** splits the log into N interleaved lanes
+//! (slot `s` belongs to lane `(s - 1) % N`), each its own Multi-Paxos instance whose default
+//! leader is the replica with that number (Mencius). Every replica proposes its own clients'
+//! commands in its own lane at ballot `(0, id)`, which every acceptor has implicitly promised, so
+//! a command commits in one round trip and proposers never duel. A replica that sees a slot
+//! proposed further on fills its own earlier empty slots with no-ops (skips), and the replicas
+//! revoke a silent replica's lane with phase 1 at a higher ballot and fill it with no-ops.
+#![deny(missing_docs)]
+
+pub mod ballot;
+pub mod core;
+pub mod messages;
+pub mod sim;
+pub mod storage;
+
+pub use ballot::{Ballot, NodeId, Slot};
+pub use core::{Config, Mode, Ready, Replica};
+pub use messages::{Command, Envelope, Message, Value};
