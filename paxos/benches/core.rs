@@ -28,7 +28,11 @@ impl Cluster {
                 Replica::new(cfg, PersistentState::default())
             })
             .collect();
-        let mut c = Cluster { replicas, queue: VecDeque::new(), decided_at_0: 0 };
+        let mut c = Cluster {
+            replicas,
+            queue: VecDeque::new(),
+            decided_at_0: 0,
+        };
         c.drain_all();
         c
     }
@@ -36,7 +40,11 @@ impl Cluster {
     fn drain(&mut self, id: usize) {
         let ready = self.replicas[id].take_ready();
         if id == 0 {
-            self.decided_at_0 += ready.decided.iter().map(|(_, v)| v.commands().len()).sum::<usize>();
+            self.decided_at_0 += ready
+                .decided
+                .iter()
+                .map(|(_, v)| v.commands().len())
+                .sum::<usize>();
         }
         self.queue.extend(ready.messages);
     }
@@ -57,7 +65,9 @@ impl Cluster {
 }
 
 fn commands(n: usize) -> Vec<Bytes> {
-    (0..n).map(|i| Bytes::from((i as u128).to_le_bytes().to_vec())).collect()
+    (0..n)
+        .map(|i| Bytes::from((i as u128).to_le_bytes().to_vec()))
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -93,7 +103,10 @@ fn bench(c: &mut Criterion) {
                 }
             }
             cluster.run_until_quiet();
-            assert_eq!(cluster.decided_at_0 - start, third.len() * NODES as usize * ROUNDS);
+            assert_eq!(
+                cluster.decided_at_0 - start,
+                third.len() * NODES as usize * ROUNDS
+            );
             black_box(cluster.decided_at_0)
         });
     });

@@ -361,6 +361,8 @@ impl Replica {
     pub fn new(cfg: Config, state: PersistentState) -> Replica {
         cfg.validate().expect("invalid paxos config");
         let lanes_n = cfg.lanes();
+        let state_was_empty =
+            state.promised.is_empty() && state.log.is_empty() && state.snapshot.is_none();
         let mut rng = Rng(cfg.seed ^ 0x5DEE_CE66_D1CE_4E5B ^ u64::from(cfg.id).rotate_left(32));
         let promised: Vec<Ballot> = (0..lanes_n)
             .map(|lane| {
@@ -430,13 +432,25 @@ impl Replica {
         if let Some((slot, data)) = &replica.snapshot {
             replica.ready.snapshot = Some((*slot, data.clone()));
         }
+        // Only a replica that has never persisted anything starts as a leader: the default owner
+        // of a lane holds ballot (0, owner), which every acceptor has implicitly promised, so it
+        // leads without phase 1. After any restart it wins its lane back with phase 1 at a new
+        // ballot instead, so a ballot is never used across two lives (its earlier life may have
+        // proposed values at (0, owner) that were not chosen).
+        let fresh = state_was_empty;
         for lane in 0..lanes_n {
             replica.refresh_lane_prefix(lane);
-            // The default owner of a lane holds ballot (0, owner), which every acceptor has
-            // implicitly promised: it leads without phase 1 while nobody promised higher.
             let default = default_ballot(&replica.cfg, lane);
-            if default.node == replica.cfg.id && replica.promised[lane as usize] == default {
-                replica.resume_leading(lane, default);
+            if fresh && default.node == replica.cfg.id {
+                replica.lanes[lane as usize].role = Role::Leading {
+                    ballot: default,
+                    next_slot: u64::from(lane) + 1,
+                    inflight: BTreeMap::new(),
+                };
+            } else if replica.cfg.mode == Mode::Leaderless && default.node == replica.cfg.id {
+                // Reclaim quickly rather than after a full election timeout.
+                replica.lanes[lane as usize].deadline =
+                    1 + replica.rng.below(replica.cfg.heartbeat_ticks + 1);
             }
         }
         replica.advance_decided();
@@ -870,7 +884,15 @@ impl Replica {
         }
         let lane = self.lane_of(slot);
         if let Role::Leading { inflight, .. } = &mut self.lanes[lane as usize].role {
-            inflight.remove(&slot);
+            if let Some(mine) = inflight.remove(&slot) {
+                if mine.value != value {
+                    // Another value was chosen in a slot this leader proposed: a higher ballot
+                    // decided it, so this ballot is stale. Stepping down keeps the rule that a
+                    // leader's decided prefix at its ballot only covers slots where what it
+                    // proposed at that ballot is what was chosen.
+                    self.step_down(lane);
+                }
+            }
         }
     }
 
@@ -965,14 +987,22 @@ impl Replica {
         }
         for lane in 0..self.lanes_n {
             let first_free = self.lane_slot_at_or_after(lane, slot + 1);
+            let mut lost_track = false;
             if let Role::Leading {
                 inflight,
                 next_slot,
                 ..
             } = &mut self.lanes[lane as usize].role
             {
+                // Proposals of ours that the snapshot covers were decided, but maybe with other
+                // values (at a higher ballot we never saw): this ballot can no longer vouch for
+                // its slots, so give the lane up and win it back with phase 1 if needed.
+                lost_track = inflight.range(..=slot).next().is_some();
                 *inflight = inflight.split_off(&(slot + 1));
                 *next_slot = (*next_slot).max(first_free);
+            }
+            if lost_track {
+                self.step_down(lane);
             }
         }
     }
@@ -1132,42 +1162,6 @@ impl Replica {
         }
         self.refresh_lane_prefix(lane);
         self.send_accepts(lane, ballot, entries);
-    }
-
-    fn resume_leading(&mut self, lane: u32, ballot: Ballot) {
-        let step = self.step();
-        let last = self
-            .log
-            .keys()
-            .rev()
-            .find(|slot| self.lane_of(**slot) == lane)
-            .copied()
-            .unwrap_or(0);
-        let next_slot = if last == 0 {
-            self.lane_slot_at_or_after(lane, self.compacted + 1)
-        } else {
-            (last + step).max(self.lane_slot_at_or_after(lane, self.compacted + 1))
-        };
-        let inflight = self
-            .log
-            .iter()
-            .filter(|(slot, e)| self.lane_of(**slot) == lane && !e.decided && e.ballot == ballot)
-            .map(|(slot, e)| {
-                (
-                    *slot,
-                    Inflight {
-                        value: e.value.clone(),
-                        acks: 1 << self.cfg.id,
-                        sent_at: 0,
-                    },
-                )
-            })
-            .collect();
-        self.lanes[lane as usize].role = Role::Leading {
-            ballot,
-            next_slot,
-            inflight,
-        };
     }
 
     fn on_nack(&mut self, from: NodeId, m: Nack) {

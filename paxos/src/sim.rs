@@ -211,6 +211,7 @@ pub struct Sim {
     network: Vec<InFlight>,
     blocked: HashSet<(NodeId, NodeId)>,
     faults: bool,
+    trace: bool,
     chosen: HashMap<Slot, Value>,
     chain: HashMap<Slot, u64>,
     next_command: u64,
@@ -243,6 +244,7 @@ impl Sim {
             network: Vec::new(),
             blocked: HashSet::new(),
             faults: true,
+            trace: std::env::var_os("PAXOS_SIM_TRACE").is_some(),
             chosen: HashMap::new(),
             chain: HashMap::new(),
             next_command: 1,
@@ -264,6 +266,9 @@ impl Sim {
     }
 
     fn start(&mut self, id: NodeId) -> Check {
+        if self.trace {
+            eprintln!("t{} start {id}", self.tick);
+        }
         let state = self.nodes[id as usize]
             .storage
             .load()
@@ -285,6 +290,9 @@ impl Sim {
 
     fn crash(&mut self, id: NodeId) {
         let torn = self.rng.chance(self.cfg.torn_crash_per_mille);
+        if self.trace && self.nodes[id as usize].replica.is_some() {
+            eprintln!("t{} crash {id} (torn: {torn})", self.tick);
+        }
         let node = &mut self.nodes[id as usize];
         if let Some(mut replica) = node.replica.take() {
             if torn {
@@ -358,6 +366,9 @@ impl Sim {
             }
         }
         for (slot, value) in ready.decided {
+            if self.trace {
+                eprintln!("t{} replica {id} applies slot {slot}: {value:?}", self.tick);
+            }
             self.apply(id, slot, value)?;
         }
         for cmd in ready.dropped.iter().chain(&ready.outcome_unknown) {
@@ -467,6 +478,9 @@ impl Sim {
                 continue;
             }
             if let Some(replica) = self.nodes[to as usize].replica.as_mut() {
+                if self.trace {
+                    eprintln!("t{} deliver {from}->{to} {:?}", self.tick, m.envelope.msg);
+                }
                 replica.handle(m.envelope);
                 self.report.messages_delivered += 1;
                 self.drive(to)?;
@@ -479,6 +493,9 @@ impl Sim {
         let n = self.cfg.nodes;
         self.blocked.clear();
         self.report.partitions += 1;
+        if self.trace {
+            eprintln!("t{} partition", self.tick);
+        }
         match self.rng.below(3) {
             0 => {
                 // Symmetric split into two groups.

@@ -50,12 +50,35 @@ fn tick_until(r: &mut Replica, mut done: impl FnMut(&Ready) -> bool) -> Ready {
 fn acceptor_promises_a_higher_ballot() {
     let mut r = replica(2, 3, Mode::Leader);
     r.take_ready();
-    r.handle(env(1, 2, Message::Prepare(Prepare { lane: 0, ballot: b(1, 1), from_slot: 1 })));
+    r.handle(env(
+        1,
+        2,
+        Message::Prepare(Prepare {
+            lane: 0,
+            ballot: b(1, 1),
+            from_slot: 1,
+        }),
+    ));
     let ready = r.take_ready();
-    assert_eq!(ready.persist, vec![PersistOp::Promise { lane: 0, ballot: b(1, 1) }]);
+    assert_eq!(
+        ready.persist,
+        vec![PersistOp::Promise {
+            lane: 0,
+            ballot: b(1, 1)
+        }]
+    );
     assert_eq!(
         only_message(&ready),
-        &env(2, 1, Message::Promise(Promise { lane: 0, ballot: b(1, 1), entries: vec![], decided: 0 }))
+        &env(
+            2,
+            1,
+            Message::Promise(Promise {
+                lane: 0,
+                ballot: b(1, 1),
+                entries: vec![],
+                decided: 0
+            })
+        )
     );
 }
 
@@ -63,17 +86,50 @@ fn acceptor_promises_a_higher_ballot() {
 #[test]
 fn acceptor_rejects_lower_ballots() {
     let mut r = replica(2, 3, Mode::Leader);
-    r.handle(env(1, 2, Message::Prepare(Prepare { lane: 0, ballot: b(2, 1), from_slot: 1 })));
+    r.handle(env(
+        1,
+        2,
+        Message::Prepare(Prepare {
+            lane: 0,
+            ballot: b(2, 1),
+            from_slot: 1,
+        }),
+    ));
     r.take_ready();
-    r.handle(env(0, 2, Message::Prepare(Prepare { lane: 0, ballot: b(1, 0), from_slot: 1 })));
+    r.handle(env(
+        0,
+        2,
+        Message::Prepare(Prepare {
+            lane: 0,
+            ballot: b(1, 0),
+            from_slot: 1,
+        }),
+    ));
     let ready = r.take_ready();
     assert!(ready.persist.is_empty());
-    let nack = Nack { lane: 0, ballot: b(1, 0), promised: b(2, 1), reason: NackReason::HigherBallot, decided: 0 };
-    assert_eq!(only_message(&ready), &env(2, 0, Message::Nack(nack.clone())));
-    let accept = Accept { lane: 0, ballot: b(1, 0), entries: vec![(1, batch(&["x"]))], decided_up_to: 0 };
+    let nack = Nack {
+        lane: 0,
+        ballot: b(1, 0),
+        promised: b(2, 1),
+        reason: NackReason::HigherBallot,
+        decided: 0,
+    };
+    assert_eq!(
+        only_message(&ready),
+        &env(2, 0, Message::Nack(nack.clone()))
+    );
+    let accept = Accept {
+        lane: 0,
+        ballot: b(1, 0),
+        entries: vec![(1, batch(&["x"]))],
+        decided_up_to: 0,
+    };
     r.handle(env(0, 2, Message::Accept(accept)));
     let ready = r.take_ready();
-    assert!(ready.persist.is_empty(), "nothing accepted below the promise");
+    assert!(
+        ready.persist.is_empty(),
+        "nothing accepted below the promise"
+    );
     assert_eq!(only_message(&ready), &env(2, 0, Message::Nack(nack)));
 }
 
@@ -83,13 +139,33 @@ fn acceptor_accepts_and_acknowledges() {
     let mut r = replica(1, 3, Mode::Leader);
     r.take_ready();
     let v = batch(&["a", "b"]);
-    let accept = Accept { lane: 0, ballot: b(0, 0), entries: vec![(1, v.clone())], decided_up_to: 0 };
+    let accept = Accept {
+        lane: 0,
+        ballot: b(0, 0),
+        entries: vec![(1, v.clone())],
+        decided_up_to: 0,
+    };
     r.handle(env(0, 1, Message::Accept(accept)));
     let ready = r.take_ready();
-    assert_eq!(ready.persist, vec![PersistOp::Accept { slot: 1, ballot: b(0, 0), value: v }]);
+    assert_eq!(
+        ready.persist,
+        vec![PersistOp::Accept {
+            slot: 1,
+            ballot: b(0, 0),
+            value: v
+        }]
+    );
     assert_eq!(
         only_message(&ready),
-        &env(1, 0, Message::Accepted(Accepted { lane: 0, ballot: b(0, 0), slots: vec![1] }))
+        &env(
+            1,
+            0,
+            Message::Accepted(Accepted {
+                lane: 0,
+                ballot: b(0, 0),
+                slots: vec![1]
+            })
+        )
     );
 }
 
@@ -98,15 +174,42 @@ fn acceptor_accepts_and_acknowledges() {
 fn promise_reports_accepted_values() {
     let mut r = replica(1, 3, Mode::Leader);
     let v = batch(&["a"]);
-    let accept = Accept { lane: 0, ballot: b(0, 0), entries: vec![(1, v.clone())], decided_up_to: 0 };
+    let accept = Accept {
+        lane: 0,
+        ballot: b(0, 0),
+        entries: vec![(1, v.clone())],
+        decided_up_to: 0,
+    };
     r.handle(env(0, 1, Message::Accept(accept)));
     r.take_ready();
-    r.handle(env(2, 1, Message::Prepare(Prepare { lane: 0, ballot: b(1, 2), from_slot: 1 })));
+    r.handle(env(
+        2,
+        1,
+        Message::Prepare(Prepare {
+            lane: 0,
+            ballot: b(1, 2),
+            from_slot: 1,
+        }),
+    ));
     let ready = r.take_ready();
-    let entries = vec![PromiseEntry { slot: 1, ballot: b(0, 0), value: v, decided: false }];
+    let entries = vec![PromiseEntry {
+        slot: 1,
+        ballot: b(0, 0),
+        value: v,
+        decided: false,
+    }];
     assert_eq!(
         only_message(&ready),
-        &env(1, 2, Message::Promise(Promise { lane: 0, ballot: b(1, 2), entries, decided: 0 }))
+        &env(
+            1,
+            2,
+            Message::Promise(Promise {
+                lane: 0,
+                ballot: b(1, 2),
+                entries,
+                decided: 0
+            })
+        )
     );
 }
 
@@ -115,15 +218,31 @@ fn promise_reports_accepted_values() {
 fn decide_delivers_accepted_values_in_order() {
     let mut r = replica(1, 3, Mode::Leader);
     let (v1, v2) = (batch(&["1"]), batch(&["2"]));
-    let accept = Accept { lane: 0, ballot: b(0, 0), entries: vec![(1, v1.clone()), (2, v2.clone())], decided_up_to: 0 };
+    let accept = Accept {
+        lane: 0,
+        ballot: b(0, 0),
+        entries: vec![(1, v1.clone()), (2, v2.clone())],
+        decided_up_to: 0,
+    };
     r.handle(env(0, 1, Message::Accept(accept)));
     r.take_ready();
-    r.handle(env(0, 1, Message::Decide(Decide { lane: 0, ballot: b(0, 0), up_to: 2 })));
+    r.handle(env(
+        0,
+        1,
+        Message::Decide(Decide {
+            lane: 0,
+            ballot: b(0, 0),
+            up_to: 2,
+        }),
+    ));
     let ready = r.take_ready();
     assert_eq!(ready.decided, vec![(1, v1.clone()), (2, v2.clone())]);
     assert_eq!(
         ready.persist,
-        vec![PersistOp::Decide { slot: 1, value: v1 }, PersistOp::Decide { slot: 2, value: v2 }]
+        vec![
+            PersistOp::Decide { slot: 1, value: v1 },
+            PersistOp::Decide { slot: 2, value: v2 }
+        ]
     );
 }
 
@@ -132,14 +251,33 @@ fn decide_delivers_accepted_values_in_order() {
 #[test]
 fn decide_at_another_ballot_triggers_catch_up() {
     let mut r = replica(1, 3, Mode::Leader);
-    let accept = Accept { lane: 0, ballot: b(0, 0), entries: vec![(1, batch(&["old"]))], decided_up_to: 0 };
+    let accept = Accept {
+        lane: 0,
+        ballot: b(0, 0),
+        entries: vec![(1, batch(&["old"]))],
+        decided_up_to: 0,
+    };
     r.handle(env(0, 1, Message::Accept(accept)));
     r.take_ready();
-    r.handle(env(2, 1, Message::Decide(Decide { lane: 0, ballot: b(3, 2), up_to: 1 })));
+    r.handle(env(
+        2,
+        1,
+        Message::Decide(Decide {
+            lane: 0,
+            ballot: b(3, 2),
+            up_to: 1,
+        }),
+    ));
     let ready = r.take_ready();
     assert!(ready.decided.is_empty());
-    assert_eq!(only_message(&ready), &env(1, 2, Message::CatchUp(CatchUp { from_slot: 1 })));
-    let reply = CatchUpReply { snapshot: None, entries: vec![(1, batch(&["new"]))] };
+    assert_eq!(
+        only_message(&ready),
+        &env(1, 2, Message::CatchUp(CatchUp { from_slot: 1 }))
+    );
+    let reply = CatchUpReply {
+        snapshot: None,
+        entries: vec![(1, batch(&["new"]))],
+    };
     r.handle(env(2, 1, Message::CatchUpReply(reply)));
     assert_eq!(r.take_ready().decided, vec![(1, batch(&["new"]))]);
 }
@@ -152,19 +290,49 @@ fn leader_proposes_batches_and_decides_on_a_majority() {
     r.propose(vec![cmd("a"), cmd("b")]).unwrap();
     let ready = r.take_ready();
     let v = batch(&["a", "b"]);
-    assert_eq!(ready.persist, vec![PersistOp::Accept { slot: 1, ballot: b(0, 0), value: v.clone() }]);
-    let accept = Accept { lane: 0, ballot: b(0, 0), entries: vec![(1, v.clone())], decided_up_to: 0 };
+    assert_eq!(
+        ready.persist,
+        vec![PersistOp::Accept {
+            slot: 1,
+            ballot: b(0, 0),
+            value: v.clone()
+        }]
+    );
+    let accept = Accept {
+        lane: 0,
+        ballot: b(0, 0),
+        entries: vec![(1, v.clone())],
+        decided_up_to: 0,
+    };
     assert_eq!(
         ready.messages,
-        vec![env(0, 1, Message::Accept(accept.clone())), env(0, 2, Message::Accept(accept))]
+        vec![
+            env(0, 1, Message::Accept(accept.clone())),
+            env(0, 2, Message::Accept(accept))
+        ]
     );
-    r.handle(env(2, 0, Message::Accepted(Accepted { lane: 0, ballot: b(0, 0), slots: vec![1] })));
+    r.handle(env(
+        2,
+        0,
+        Message::Accepted(Accepted {
+            lane: 0,
+            ballot: b(0, 0),
+            slots: vec![1],
+        }),
+    ));
     let ready = r.take_ready();
     assert_eq!(ready.decided, vec![(1, v)]);
-    let decide = Decide { lane: 0, ballot: b(0, 0), up_to: 1 };
+    let decide = Decide {
+        lane: 0,
+        ballot: b(0, 0),
+        up_to: 1,
+    };
     assert_eq!(
         ready.messages,
-        vec![env(0, 1, Message::Decide(decide.clone())), env(0, 2, Message::Decide(decide))]
+        vec![
+            env(0, 1, Message::Decide(decide.clone())),
+            env(0, 2, Message::Decide(decide))
+        ]
     );
 }
 
@@ -177,12 +345,21 @@ fn leader_steps_down_on_a_higher_ballot() {
     r.propose(vec![cmd("in-flight")]).unwrap();
     r.propose(vec![cmd("queued")]).unwrap();
     r.take_ready();
-    let nack = Nack { lane: 0, ballot: b(0, 0), promised: b(1, 2), reason: NackReason::HigherBallot, decided: 0 };
+    let nack = Nack {
+        lane: 0,
+        ballot: b(0, 0),
+        promised: b(1, 2),
+        reason: NackReason::HigherBallot,
+        decided: 0,
+    };
     r.handle(env(1, 0, Message::Nack(nack)));
     let ready = r.take_ready();
     assert_eq!(ready.dropped, vec![cmd("queued")]);
     assert!(!r.status().is_leader);
-    assert_eq!(r.propose(vec![cmd("c")]), Err(ProposeError::NotLeader { leader: Some(2) }));
+    assert_eq!(
+        r.propose(vec![cmd("c")]),
+        Err(ProposeError::NotLeader { leader: Some(2) })
+    );
 }
 
 /// PMS 2.2 + 3: a follower that stops hearing the leader runs phase 1 at a new ballot, and
@@ -191,16 +368,51 @@ fn leader_steps_down_on_a_higher_ballot() {
 fn silent_leader_is_replaced_and_accepted_values_survive() {
     let mut r = replica(1, 3, Mode::Leader);
     let ready = tick_until(&mut r, |ready| {
-        ready.messages.iter().any(|m| matches!(m.msg, Message::Prepare(_)))
+        ready
+            .messages
+            .iter()
+            .any(|m| matches!(m.msg, Message::Prepare(_)))
     });
-    assert!(ready.persist.contains(&PersistOp::Promise { lane: 0, ballot: b(1, 1) }), "own promise first");
+    assert!(
+        ready.persist.contains(&PersistOp::Promise {
+            lane: 0,
+            ballot: b(1, 1)
+        }),
+        "own promise first"
+    );
     let v = batch(&["survivor"]);
-    let entries = vec![PromiseEntry { slot: 1, ballot: b(0, 0), value: v.clone(), decided: false }];
-    r.handle(env(2, 1, Message::Promise(Promise { lane: 0, ballot: b(1, 1), entries, decided: 0 })));
+    let entries = vec![PromiseEntry {
+        slot: 1,
+        ballot: b(0, 0),
+        value: v.clone(),
+        decided: false,
+    }];
+    r.handle(env(
+        2,
+        1,
+        Message::Promise(Promise {
+            lane: 0,
+            ballot: b(1, 1),
+            entries,
+            decided: 0,
+        }),
+    ));
     let ready = r.take_ready();
     assert!(r.status().is_leader);
-    assert_eq!(ready.persist, vec![PersistOp::Accept { slot: 1, ballot: b(1, 1), value: v.clone() }]);
-    let accept = Accept { lane: 0, ballot: b(1, 1), entries: vec![(1, v)], decided_up_to: 0 };
+    assert_eq!(
+        ready.persist,
+        vec![PersistOp::Accept {
+            slot: 1,
+            ballot: b(1, 1),
+            value: v.clone()
+        }]
+    );
+    let accept = Accept {
+        lane: 0,
+        ballot: b(1, 1),
+        entries: vec![(1, v)],
+        decided_up_to: 0,
+    };
     assert_eq!(ready.messages[0], env(1, 0, Message::Accept(accept)));
 }
 
@@ -209,20 +421,44 @@ fn silent_leader_is_replaced_and_accepted_values_survive() {
 fn restart_keeps_promises_and_never_reuses_a_ballot() {
     let mut storage = MemStorage::default();
     let mut r = replica(1, 3, Mode::Leader);
-    r.handle(env(2, 1, Message::Prepare(Prepare { lane: 0, ballot: b(5, 2), from_slot: 1 })));
+    r.handle(env(
+        2,
+        1,
+        Message::Prepare(Prepare {
+            lane: 0,
+            ballot: b(5, 2),
+            from_slot: 1,
+        }),
+    ));
     storage.write(&r.take_ready().persist).unwrap();
     let mut r = Replica::new(Config::new(1, 3, Mode::Leader), storage.load().unwrap());
     r.take_ready();
-    r.handle(env(0, 1, Message::Prepare(Prepare { lane: 0, ballot: b(4, 0), from_slot: 1 })));
+    r.handle(env(
+        0,
+        1,
+        Message::Prepare(Prepare {
+            lane: 0,
+            ballot: b(4, 0),
+            from_slot: 1,
+        }),
+    ));
     let ready = r.take_ready();
-    assert!(matches!(only_message(&ready).msg, Message::Nack(Nack { promised, .. }) if promised == b(5, 2)));
+    assert!(
+        matches!(only_message(&ready).msg, Message::Nack(Nack { promised, .. }) if promised == b(5, 2))
+    );
     r.start_election();
     let ready = r.take_ready();
     storage.write(&ready.persist).unwrap();
-    assert!(ready.persist.contains(&PersistOp::Promise { lane: 0, ballot: b(6, 1) }));
+    assert!(ready.persist.contains(&PersistOp::Promise {
+        lane: 0,
+        ballot: b(6, 1)
+    }));
     let mut r = Replica::new(Config::new(1, 3, Mode::Leader), storage.load().unwrap());
     r.start_election();
-    assert!(r.take_ready().persist.contains(&PersistOp::Promise { lane: 0, ballot: b(7, 1) }));
+    assert!(r.take_ready().persist.contains(&PersistOp::Promise {
+        lane: 0,
+        ballot: b(7, 1)
+    }));
 }
 
 /// M 4.1: in leaderless mode a replica proposes in its own lane at (0, id) with no phase 1:
@@ -233,10 +469,33 @@ fn leaderless_replica_proposes_in_its_own_lane_without_phase_1() {
     r.take_ready();
     r.propose(vec![cmd("x")]).unwrap();
     let ready = r.take_ready();
-    assert_eq!(ready.persist, vec![PersistOp::Accept { slot: 2, ballot: b(0, 1), value: batch(&["x"]) }]);
-    assert!(ready.messages.iter().all(|m| matches!(&m.msg, Message::Accept(a) if a.lane == 1)));
-    r.handle(env(0, 1, Message::Accepted(Accepted { lane: 1, ballot: b(0, 1), slots: vec![2] })));
-    assert!(r.take_ready().persist.contains(&PersistOp::Decide { slot: 2, value: batch(&["x"]) }));
+    assert_eq!(
+        ready.persist,
+        vec![PersistOp::Accept {
+            slot: 2,
+            ballot: b(0, 1),
+            value: batch(&["x"])
+        }]
+    );
+    assert!(
+        ready
+            .messages
+            .iter()
+            .all(|m| matches!(&m.msg, Message::Accept(a) if a.lane == 1))
+    );
+    r.handle(env(
+        0,
+        1,
+        Message::Accepted(Accepted {
+            lane: 1,
+            ballot: b(0, 1),
+            slots: vec![2],
+        }),
+    ));
+    assert!(r.take_ready().persist.contains(&PersistOp::Decide {
+        slot: 2,
+        value: batch(&["x"])
+    }));
 }
 
 /// M 4.2: a replica that sees a later slot proposed skips its own earlier slots with no-ops.
@@ -244,7 +503,12 @@ fn leaderless_replica_proposes_in_its_own_lane_without_phase_1() {
 fn leaderless_replica_skips_its_idle_slots() {
     let mut r = replica(0, 3, Mode::Leaderless);
     r.take_ready();
-    let accept = Accept { lane: 2, ballot: b(0, 2), entries: vec![(6, batch(&["y"]))], decided_up_to: 0 };
+    let accept = Accept {
+        lane: 2,
+        ballot: b(0, 2),
+        entries: vec![(6, batch(&["y"]))],
+        decided_up_to: 0,
+    };
     r.handle(env(2, 0, Message::Accept(accept)));
     let ready = r.take_ready();
     let skips: Vec<_> = ready
@@ -266,12 +530,43 @@ fn leaderless_replicas_revoke_a_silent_lane() {
     // Replica 1 proposes slots 2 and 5 (lane 1) and slot 2 is decided; replica 0 skips its
     // slots 1 and 4, which replica 1 accepts. Replica 2 (lane 2, slot 3) is never heard from.
     let entries = vec![(2, batch(&["y"])), (5, batch(&["z"]))];
-    r.handle(env(1, 0, Message::Accept(Accept { lane: 1, ballot: b(0, 1), entries, decided_up_to: 0 })));
-    r.handle(env(1, 0, Message::Decide(Decide { lane: 1, ballot: b(0, 1), up_to: 2 })));
-    r.handle(env(1, 0, Message::Accepted(Accepted { lane: 0, ballot: b(0, 0), slots: vec![1, 4] })));
-    assert_eq!(r.take_ready().decided, vec![(1, Value::Noop), (2, batch(&["y"]))]);
+    r.handle(env(
+        1,
+        0,
+        Message::Accept(Accept {
+            lane: 1,
+            ballot: b(0, 1),
+            entries,
+            decided_up_to: 0,
+        }),
+    ));
+    r.handle(env(
+        1,
+        0,
+        Message::Decide(Decide {
+            lane: 1,
+            ballot: b(0, 1),
+            up_to: 2,
+        }),
+    ));
+    r.handle(env(
+        1,
+        0,
+        Message::Accepted(Accepted {
+            lane: 0,
+            ballot: b(0, 0),
+            slots: vec![1, 4],
+        }),
+    ));
+    assert_eq!(
+        r.take_ready().decided,
+        vec![(1, Value::Noop), (2, batch(&["y"]))]
+    );
     let ready = tick_until(&mut r, |ready| {
-        ready.messages.iter().any(|m| matches!(&m.msg, Message::Prepare(p) if p.lane == 2))
+        ready
+            .messages
+            .iter()
+            .any(|m| matches!(&m.msg, Message::Prepare(p) if p.lane == 2))
     });
     let prepare = ready
         .messages
@@ -281,10 +576,30 @@ fn leaderless_replicas_revoke_a_silent_lane() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(prepare, Prepare { lane: 2, ballot: b(1, 0), from_slot: 3 });
-    r.handle(env(1, 0, Message::Promise(Promise { lane: 2, ballot: b(1, 0), entries: vec![], decided: 0 })));
+    assert_eq!(
+        prepare,
+        Prepare {
+            lane: 2,
+            ballot: b(1, 0),
+            from_slot: 3
+        }
+    );
+    r.handle(env(
+        1,
+        0,
+        Message::Promise(Promise {
+            lane: 2,
+            ballot: b(1, 0),
+            entries: vec![],
+            decided: 0,
+        }),
+    ));
     let ready = r.take_ready();
-    assert!(ready.persist.contains(&PersistOp::Accept { slot: 3, ballot: b(1, 0), value: Value::Noop }));
+    assert!(ready.persist.contains(&PersistOp::Accept {
+        slot: 3,
+        ballot: b(1, 0),
+        value: Value::Noop
+    }));
 }
 
 /// Read index: a leader answers a read point only after a majority confirms its ballot.
@@ -303,8 +618,19 @@ fn read_index_waits_for_a_majority() {
             _ => None,
         })
         .unwrap();
-    r.handle(env(1, 0, Message::HeartbeatAck(HeartbeatAck { lane: 0, ballot: b(0, 0), read_seq: seq })));
-    assert_eq!(r.take_ready().reads, vec![ReadResult::Ready { id: 7, index: 0 }]);
+    r.handle(env(
+        1,
+        0,
+        Message::HeartbeatAck(HeartbeatAck {
+            lane: 0,
+            ballot: b(0, 0),
+            read_seq: seq,
+        }),
+    ));
+    assert_eq!(
+        r.take_ready().reads,
+        vec![ReadResult::Ready { id: 7, index: 0 }]
+    );
     let mut follower = replica(1, 3, Mode::Leader);
     assert!(follower.read_index(1).is_err());
 }
@@ -321,9 +647,16 @@ fn compacted_entries_are_served_as_a_snapshot() {
     r.compact(3, Bytes::from_static(b"state@3"));
     assert_eq!(
         r.take_ready().persist,
-        vec![PersistOp::Snapshot { slot: 3, data: Bytes::from_static(b"state@3") }]
+        vec![PersistOp::Snapshot {
+            slot: 3,
+            data: Bytes::from_static(b"state@3")
+        }]
     );
-    assert_eq!(r.decided_entries(1, 10).len(), 2, "only slots 4 and 5 remain");
+    assert_eq!(
+        r.decided_entries(1, 10).len(),
+        2,
+        "only slots 4 and 5 remain"
+    );
 }
 
 #[test]
@@ -332,15 +665,29 @@ fn snapshot_is_served_to_a_replica_that_is_behind() {
     cfg.max_retained_log = 2;
     let mut r = Replica::new(cfg, PersistentState::default());
     r.propose(vec![cmd("a")]).unwrap();
-    r.handle(env(1, 0, Message::Accepted(Accepted { lane: 0, ballot: b(0, 0), slots: vec![1] })));
+    r.handle(env(
+        1,
+        0,
+        Message::Accepted(Accepted {
+            lane: 0,
+            ballot: b(0, 0),
+            slots: vec![1],
+        }),
+    ));
     let ready = r.take_ready();
     assert_eq!(ready.decided.len(), 1);
     r.compact(1, Bytes::from_static(b"snap"));
     r.take_ready();
     r.handle(env(2, 0, Message::CatchUp(CatchUp { from_slot: 1 })));
     let ready = r.take_ready();
-    let reply = CatchUpReply { snapshot: Some((1, Bytes::from_static(b"snap"))), entries: vec![] };
-    assert_eq!(only_message(&ready), &env(0, 2, Message::CatchUpReply(reply.clone())));
+    let reply = CatchUpReply {
+        snapshot: Some((1, Bytes::from_static(b"snap"))),
+        entries: vec![],
+    };
+    assert_eq!(
+        only_message(&ready),
+        &env(0, 2, Message::CatchUpReply(reply.clone()))
+    );
     let mut lagging = replica(2, 3, Mode::Leader);
     lagging.handle(env(0, 2, Message::CatchUpReply(reply)));
     let ready = lagging.take_ready();
