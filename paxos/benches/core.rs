@@ -10,7 +10,6 @@ use paxos::core::{Config, Mode, Replica};
 use paxos::storage::PersistentState;
 
 const NODES: u32 = 3;
-const BATCH: usize = 1_024;
 const ROUNDS: usize = 16;
 
 struct Cluster {
@@ -20,11 +19,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(mode: Mode) -> Cluster {
+    fn new(mode: Mode, batch: usize) -> Cluster {
         let replicas = (0..NODES)
             .map(|id| {
                 let mut cfg = Config::new(id, NODES, mode);
-                cfg.max_batch_commands = BATCH;
+                cfg.max_batch_commands = batch;
                 Replica::new(cfg, PersistentState::default())
             })
             .collect();
@@ -72,44 +71,43 @@ fn commands(n: usize) -> Vec<Bytes> {
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("decided_commands");
-    let per_iter = (BATCH * ROUNDS) as u64;
-    group.throughput(Throughput::Elements(per_iter));
-    let batch = commands(BATCH);
-
-    group.bench_function("leader_3_replicas", |b| {
-        let mut cluster = Cluster::new(Mode::Leader);
-        b.iter(|| {
-            let start = cluster.decided_at_0;
-            for _ in 0..ROUNDS {
-                cluster.replicas[0].propose(batch.clone()).unwrap();
-                cluster.drain(0);
-            }
-            cluster.run_until_quiet();
-            assert_eq!(cluster.decided_at_0 - start, BATCH * ROUNDS);
-            black_box(cluster.decided_at_0)
-        });
-    });
-
-    group.bench_function("leaderless_3_replicas", |b| {
-        let mut cluster = Cluster::new(Mode::Leaderless);
-        let third = commands(BATCH / NODES as usize + 1);
-        b.iter(|| {
-            let start = cluster.decided_at_0;
-            // Every replica proposes its share, as clients spread over all nodes.
-            for _ in 0..ROUNDS {
-                for id in 0..NODES as usize {
-                    cluster.replicas[id].propose(third.clone()).unwrap();
-                    cluster.drain(id);
+    for batch_size in [16usize, 1_024] {
+        let per_iter = (batch_size * ROUNDS) as u64;
+        group.throughput(Throughput::Elements(per_iter));
+        let batch = commands(batch_size);
+        group.bench_function(format!("leader_3_replicas_batch_{batch_size}"), |b| {
+            let mut cluster = Cluster::new(Mode::Leader, batch_size);
+            b.iter(|| {
+                let start = cluster.decided_at_0;
+                for _ in 0..ROUNDS {
+                    cluster.replicas[0].propose(batch.clone()).unwrap();
+                    cluster.drain(0);
                 }
-            }
-            cluster.run_until_quiet();
-            assert_eq!(
-                cluster.decided_at_0 - start,
-                third.len() * NODES as usize * ROUNDS
-            );
-            black_box(cluster.decided_at_0)
+                cluster.run_until_quiet();
+                assert_eq!(cluster.decided_at_0 - start, batch_size * ROUNDS);
+                black_box(cluster.decided_at_0)
+            });
         });
-    });
+        // Every replica proposes a third, as clients spread over all nodes.
+        let third = commands(batch_size.div_ceil(NODES as usize));
+        let per_iter = (third.len() * NODES as usize * ROUNDS) as u64;
+        group.throughput(Throughput::Elements(per_iter));
+        group.bench_function(format!("leaderless_3_replicas_batch_{batch_size}"), |b| {
+            let mut cluster = Cluster::new(Mode::Leaderless, third.len());
+            b.iter(|| {
+                let start = cluster.decided_at_0;
+                for _ in 0..ROUNDS {
+                    for id in 0..NODES as usize {
+                        cluster.replicas[id].propose(third.clone()).unwrap();
+                        cluster.drain(id);
+                    }
+                }
+                cluster.run_until_quiet();
+                assert_eq!(cluster.decided_at_0 - start, per_iter as usize);
+                black_box(cluster.decided_at_0)
+            });
+        });
+    }
     group.finish();
 }
 

@@ -883,16 +883,15 @@ impl Replica {
             }
         }
         let lane = self.lane_of(slot);
-        if let Role::Leading { inflight, .. } = &mut self.lanes[lane as usize].role {
-            if let Some(mine) = inflight.remove(&slot) {
-                if mine.value != value {
-                    // Another value was chosen in a slot this leader proposed: a higher ballot
-                    // decided it, so this ballot is stale. Stepping down keeps the rule that a
-                    // leader's decided prefix at its ballot only covers slots where what it
-                    // proposed at that ballot is what was chosen.
-                    self.step_down(lane);
-                }
-            }
+        if let Role::Leading { inflight, .. } = &mut self.lanes[lane as usize].role
+            && let Some(mine) = inflight.remove(&slot)
+            && mine.value != value
+        {
+            // Another value was chosen in a slot this leader proposed: a higher ballot
+            // decided it, so this ballot is stale. Stepping down keeps the rule that a
+            // leader's decided prefix at its ballot only covers slots where what it
+            // proposed at that ballot is what was chosen.
+            self.step_down(lane);
         }
     }
 
@@ -952,10 +951,10 @@ impl Replica {
     }
 
     fn on_catch_up_reply(&mut self, m: CatchUpReply) {
-        if let Some((slot, data)) = m.snapshot {
-            if slot > self.decided_index {
-                self.install_snapshot(slot, data);
-            }
+        if let Some((slot, data)) = m.snapshot
+            && slot > self.decided_index
+        {
+            self.install_snapshot(slot, data);
         }
         for (slot, value) in m.entries {
             self.decide(slot, value);
@@ -1093,10 +1092,9 @@ impl Replica {
         if let Role::Preparing {
             ballot, promises, ..
         } = &mut self.lanes[lane as usize].role
+            && *ballot == m.ballot
         {
-            if *ballot == m.ballot {
-                promises.insert(from, m.entries);
-            }
+            promises.insert(from, m.entries);
         }
         if m.decided > self.decided_index {
             self.request_catch_up(from);
@@ -1244,12 +1242,11 @@ impl Replica {
         if let Role::Leading {
             ballot, inflight, ..
         } = &mut self.lanes[lane as usize].role
+            && *ballot == m.ballot
         {
-            if *ballot == m.ballot {
-                for slot in &m.slots {
-                    if let Some(f) = inflight.get_mut(slot) {
-                        f.acks |= 1 << from;
-                    }
+            for slot in &m.slots {
+                if let Some(f) = inflight.get_mut(slot) {
+                    f.acks |= 1 << from;
                 }
             }
         }
@@ -1306,15 +1303,12 @@ impl Replica {
             let may_propose_commands = self.cfg.mode == Mode::Leader || lane == self.cfg.id;
             let step = self.step();
             let mut entries = Vec::new();
-            loop {
-                let Role::Leading {
-                    next_slot,
-                    inflight,
-                    ..
-                } = &self.lanes[lane as usize].role
-                else {
-                    break;
-                };
+            while let Role::Leading {
+                next_slot,
+                inflight,
+                ..
+            } = &self.lanes[lane as usize].role
+            {
                 let (slot, in_flight) = (*next_slot, inflight.len());
                 if in_flight >= self.cfg.window {
                     break;
@@ -1416,12 +1410,12 @@ impl Replica {
         if m.lane != 0 || self.cfg.mode != Mode::Leader {
             return;
         }
-        if let Role::Leading { ballot, .. } = &self.lanes[0].role {
-            if *ballot == m.ballot {
-                let seen = &mut self.read_acks[from as usize];
-                *seen = (*seen).max(m.read_seq);
-                self.complete_reads();
-            }
+        if let Role::Leading { ballot, .. } = &self.lanes[0].role
+            && *ballot == m.ballot
+        {
+            let seen = &mut self.read_acks[from as usize];
+            *seen = (*seen).max(m.read_seq);
+            self.complete_reads();
         }
     }
 

@@ -353,12 +353,12 @@ impl Sim {
                     app.applied
                 ));
             }
-            if let Some(expected) = self.chain.get(&slot) {
-                if *expected != app.hash {
-                    return Err(format!(
-                        "replica {id}: snapshot at slot {slot} disagrees with the decided log"
-                    ));
-                }
+            if let Some(expected) = self.chain.get(&slot)
+                && *expected != app.hash
+            {
+                return Err(format!(
+                    "replica {id}: snapshot at slot {slot} disagrees with the decided log"
+                ));
             }
             let node = &mut self.nodes[id as usize];
             if slot > node.app.applied {
@@ -376,11 +376,12 @@ impl Sim {
             self.report.commands_dropped += 1;
         }
         let app = self.nodes[id as usize].app;
-        if let Some(replica) = self.nodes[id as usize].replica.as_mut() {
-            if ready.snapshot_wanted.is_some() && app.applied > replica.status().compacted {
-                replica.compact(app.applied, app.encode());
-                return self.drive(id);
-            }
+        if let Some(replica) = self.nodes[id as usize].replica.as_mut()
+            && ready.snapshot_wanted.is_some()
+            && app.applied > replica.status().compacted
+        {
+            replica.compact(app.applied, app.encode());
+            return self.drive(id);
         }
         Ok(())
     }
@@ -676,9 +677,25 @@ impl Sim {
     }
 }
 
-/// Runs one simulation.
+/// Runs one simulation. A panic inside the core (one of its production assertions) is a failure
+/// too, reported with the seed that replays it.
 pub fn run(cfg: SimConfig) -> Result<SimReport, SimFailure> {
-    Sim::new(cfg).run()
+    let (seed, replay) = (cfg.seed, cfg.replay_command());
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Sim::new(cfg).run())).unwrap_or_else(
+        |panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "panic".to_owned());
+            Err(SimFailure {
+                seed,
+                tick: 0,
+                message: format!("assertion in the core: {message}"),
+                replay,
+            })
+        },
+    )
 }
 
 /// Runs `count` seeds from `first_seed`; returns the first failure.
