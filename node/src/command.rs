@@ -134,13 +134,14 @@ pub struct Command {
     pub idempotency_key: Option<IdempotencyKey>,
 }
 
-/// A command at its place in the log. Indexes start at 1; 0 means "nothing applied yet".
+/// The commands decided at one log position, applied in order. Indexes start at 1; 0 means
+/// "nothing applied yet". A position may hold no command (a Paxos no-op).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Log position.
     pub index: u64,
-    /// The command decided at that position.
-    pub command: Command,
+    /// The commands decided at that position.
+    pub commands: Vec<Command>,
 }
 
 /// What applying a command produced. Every replica computes the same outcome for the same entry.

@@ -98,18 +98,21 @@ pub async fn spawn_local_log(
         let mut batch = Vec::with_capacity(options.max_batch);
         while inbox.recv_many(&mut batch, options.max_batch.max(1)).await > 0 {
             let (commands, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-            let entries: Vec<Entry> = commands
-                .into_iter()
-                .zip(next_index..)
-                .map(|(command, index)| Entry { index, command })
-                .collect();
-            match store.apply(&entries).await {
-                Ok(outcomes) => {
-                    next_index += entries.len() as u64;
-                    metrics::gauge!("bank_applied_index").set((next_index - 1) as f64);
+            // The whole group is one log entry: one index, one transaction, one fsync.
+            let entry = Entry {
+                index: next_index,
+                commands,
+            };
+            match store.apply(std::slice::from_ref(&entry)).await {
+                Ok(mut outcomes) => {
+                    next_index += 1;
+                    metrics::gauge!("bank_applied_index").set(entry.index as f64);
+                    // This writer is the store's only writer, so the entry is new.
+                    let outcomes = outcomes
+                        .pop()
+                        .flatten()
+                        .expect("the local log is the store's only writer");
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        // This writer is the store's only writer, so every entry is new.
-                        let outcome = outcome.expect("the local log is the store's only writer");
                         let _ = reply.send(Ok(outcome));
                     }
                 }

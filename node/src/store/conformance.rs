@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use super::{Store, StoreError, StoreOptions};
+use super::{Snapshot, Store, StoreError, StoreOptions};
 use crate::command::{AccountId, Command, Entry, IdempotencyKey, Operation, Outcome, Rejection};
 use crate::money::Money;
 
@@ -35,6 +35,129 @@ pub async fn run_all<H: Harness>(mut harness: H) {
     idempotency_records_are_kept_then_pruned(&mut harness).await;
     pages_accounts_in_id_order(&mut harness).await;
     state_survives_reopen(&mut harness).await;
+    multi_command_entries_apply_in_order(&mut harness).await;
+    keys_of_one_entry_are_all_pruned(&mut harness).await;
+    snapshots_round_trip_into_another_store(&mut harness).await;
+}
+
+async fn multi_command_entries_apply_in_order<H: Harness>(h: &mut H) {
+    let store = h.fresh(StoreOptions::default()).await;
+    let a = AccountId::random();
+    let command = |op| Command {
+        op,
+        idempotency_key: None,
+    };
+    let entry = Entry {
+        index: 1,
+        commands: vec![
+            command(Operation::OpenAccount { account_id: a }),
+            command(Operation::Deposit {
+                account_id: a,
+                amount: c(10),
+            }),
+            command(Operation::Withdraw {
+                account_id: a,
+                amount: c(11),
+            }),
+            command(Operation::Withdraw {
+                account_id: a,
+                amount: c(4),
+            }),
+        ],
+    };
+    let noop = Entry {
+        index: 2,
+        commands: vec![],
+    };
+    let outcomes = store.apply(&[entry, noop]).await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            Some(vec![
+                Outcome::Opened { account_id: a },
+                Outcome::Deposited {
+                    account_id: a,
+                    balance: c(10)
+                },
+                Outcome::Rejected {
+                    reason: Rejection::InsufficientFunds
+                },
+                Outcome::Withdrawn {
+                    account_id: a,
+                    balance: c(6)
+                },
+            ]),
+            Some(vec![]),
+        ],
+        "commands of one entry apply in order; an empty entry (a no-op) still advances the index"
+    );
+    assert_eq!(store.summary().await.unwrap().applied_index, 2);
+}
+
+async fn snapshots_round_trip_into_another_store<H: Harness>(h: &mut H) {
+    let source = h.fresh(StoreOptions::default()).await;
+    let (a, b) = (AccountId::random(), AccountId::random());
+    source
+        .apply(&[
+            open(1, a),
+            open(2, b),
+            keyed(
+                3,
+                Operation::Deposit {
+                    account_id: a,
+                    amount: c(500),
+                },
+                "snap-key",
+            ),
+            entry(
+                4,
+                Operation::Move {
+                    source: a,
+                    destination: b,
+                    amount: c(200),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    let snapshot = Snapshot::decode(&source.snapshot().await.unwrap().encode()).unwrap();
+    assert_eq!(snapshot.applied_index, 4);
+    drop(source);
+    let target = h.fresh(StoreOptions::default()).await;
+    target.apply(&[open(1, AccountId::random())]).await.unwrap();
+    target.install_snapshot(&snapshot).await.unwrap();
+    assert_eq!(target.balance(a).await.unwrap(), Some(c(300)));
+    assert_eq!(target.balance(b).await.unwrap(), Some(c(200)));
+    let summary = target.summary().await.unwrap();
+    assert_eq!(
+        (summary.applied_index, summary.accounts, summary.total_cents),
+        (4, 2, 500)
+    );
+    assert!(
+        target
+            .idempotency(&IdempotencyKey::parse("snap-key").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The installed state goes on from the snapshot's index.
+    let next = target
+        .apply(&[entry(
+            5,
+            Operation::Deposit {
+                account_id: b,
+                amount: c(1),
+            },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        vec![Some(vec![Outcome::Deposited {
+            account_id: b,
+            balance: c(201)
+        }])]
+    );
 }
 
 fn c(cents: i64) -> Money {
@@ -44,21 +167,34 @@ fn c(cents: i64) -> Money {
 fn entry(index: u64, op: Operation) -> Entry {
     Entry {
         index,
-        command: Command {
+        commands: vec![Command {
             op,
             idempotency_key: None,
-        },
+        }],
     }
 }
 
 fn keyed(index: u64, op: Operation, key: &str) -> Entry {
     Entry {
         index,
-        command: Command {
+        commands: vec![Command {
             op,
             idempotency_key: IdempotencyKey::parse(key),
-        },
+        }],
     }
+}
+
+/// One outcome per single-command entry.
+fn single(outcomes: Vec<Option<Vec<Outcome>>>) -> Vec<Option<Outcome>> {
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.map(|mut v| {
+                assert_eq!(v.len(), 1, "one outcome per command");
+                v.remove(0)
+            })
+        })
+        .collect()
 }
 
 fn open(index: u64, id: AccountId) -> Entry {
@@ -85,35 +221,37 @@ async fn empty_store<H: Harness>(h: &mut H) {
 async fn applies_in_order_and_tracks_totals<H: Harness>(h: &mut H) {
     let store = h.fresh(StoreOptions::default()).await;
     let (a, b) = (AccountId::random(), AccountId::random());
-    let outcomes = store
-        .apply(&[
-            open(1, a),
-            open(2, b),
-            entry(
-                3,
-                Operation::Deposit {
-                    account_id: a,
-                    amount: c(1_000),
-                },
-            ),
-            entry(
-                4,
-                Operation::Move {
-                    source: a,
-                    destination: b,
-                    amount: c(250),
-                },
-            ),
-            entry(
-                5,
-                Operation::Withdraw {
-                    account_id: b,
-                    amount: c(50),
-                },
-            ),
-        ])
-        .await
-        .unwrap();
+    let outcomes = single(
+        store
+            .apply(&[
+                open(1, a),
+                open(2, b),
+                entry(
+                    3,
+                    Operation::Deposit {
+                        account_id: a,
+                        amount: c(1_000),
+                    },
+                ),
+                entry(
+                    4,
+                    Operation::Move {
+                        source: a,
+                        destination: b,
+                        amount: c(250),
+                    },
+                ),
+                entry(
+                    5,
+                    Operation::Withdraw {
+                        account_id: b,
+                        amount: c(50),
+                    },
+                ),
+            ])
+            .await
+            .unwrap(),
+    );
     assert_eq!(
         outcomes,
         vec![
@@ -158,7 +296,7 @@ async fn reapplied_entries_change_nothing<H: Harness>(h: &mut H) {
     );
     store.apply(&[open(1, a), deposit.clone()]).await.unwrap();
     // A log entry delivered twice (a retried batch, a deposed writer) is applied once.
-    let again = store.apply(std::slice::from_ref(&deposit)).await.unwrap();
+    let again = single(store.apply(std::slice::from_ref(&deposit)).await.unwrap());
     assert_eq!(
         again,
         vec![None],
@@ -166,19 +304,21 @@ async fn reapplied_entries_change_nothing<H: Harness>(h: &mut H) {
     );
     assert_eq!(store.balance(a).await.unwrap(), Some(c(10)));
     // A batch overlapping the applied prefix applies only its new part.
-    let overlap = store
-        .apply(&[
-            deposit,
-            entry(
-                3,
-                Operation::Deposit {
-                    account_id: a,
-                    amount: c(5),
-                },
-            ),
-        ])
-        .await
-        .unwrap();
+    let overlap = single(
+        store
+            .apply(&[
+                deposit,
+                entry(
+                    3,
+                    Operation::Deposit {
+                        account_id: a,
+                        amount: c(5),
+                    },
+                ),
+            ])
+            .await
+            .unwrap(),
+    );
     assert_eq!(
         overlap,
         vec![
@@ -256,41 +396,43 @@ async fn gaps_are_refused<H: Harness>(h: &mut H) {
 async fn a_rejected_entry_does_not_poison_its_batch<H: Harness>(h: &mut H) {
     let store = h.fresh(StoreOptions::default()).await;
     let (a, ghost) = (AccountId::random(), AccountId::random());
-    let outcomes = store
-        .apply(&[
-            open(1, a),
-            entry(
-                2,
-                Operation::Withdraw {
-                    account_id: a,
-                    amount: c(1),
-                },
-            ),
-            entry(
-                3,
-                Operation::Deposit {
-                    account_id: ghost,
-                    amount: c(1),
-                },
-            ),
-            entry(
-                4,
-                Operation::Move {
-                    source: a,
-                    destination: a,
-                    amount: c(1),
-                },
-            ),
-            entry(
-                5,
-                Operation::Deposit {
-                    account_id: a,
-                    amount: c(9),
-                },
-            ),
-        ])
-        .await
-        .unwrap();
+    let outcomes = single(
+        store
+            .apply(&[
+                open(1, a),
+                entry(
+                    2,
+                    Operation::Withdraw {
+                        account_id: a,
+                        amount: c(1),
+                    },
+                ),
+                entry(
+                    3,
+                    Operation::Deposit {
+                        account_id: ghost,
+                        amount: c(1),
+                    },
+                ),
+                entry(
+                    4,
+                    Operation::Move {
+                        source: a,
+                        destination: a,
+                        amount: c(1),
+                    },
+                ),
+                entry(
+                    5,
+                    Operation::Deposit {
+                        account_id: a,
+                        amount: c(9),
+                    },
+                ),
+            ])
+            .await
+            .unwrap(),
+    );
     let rejected = |reason| Some(Outcome::Rejected { reason });
     assert_eq!(outcomes[1], rejected(Rejection::InsufficientFunds));
     assert_eq!(outcomes[2], rejected(Rejection::AccountNotFound));
@@ -304,6 +446,47 @@ async fn a_rejected_entry_does_not_poison_its_batch<H: Harness>(h: &mut H) {
     );
     assert_eq!(store.summary().await.unwrap().applied_index, 5);
     assert_eq!(store.balance(ghost).await.unwrap(), None);
+}
+
+async fn keys_of_one_entry_are_all_pruned<H: Harness>(h: &mut H) {
+    let options = StoreOptions {
+        idempotency_retention: 1,
+    };
+    let store = h.fresh(options).await;
+    let a = AccountId::random();
+    let keyed_command = |amount, key: &str| Command {
+        op: Operation::Deposit {
+            account_id: a,
+            amount: c(amount),
+        },
+        idempotency_key: IdempotencyKey::parse(key),
+    };
+    let entry = Entry {
+        index: 2,
+        commands: vec![keyed_command(1, "first"), keyed_command(2, "second")],
+    };
+    store.apply(&[open(1, a), entry]).await.unwrap();
+    for key in ["first", "second"] {
+        let key = IdempotencyKey::parse(key).unwrap();
+        assert!(
+            store.idempotency(&key).await.unwrap().is_some(),
+            "both keys recorded"
+        );
+    }
+    store
+        .apply(&[Entry {
+            index: 3,
+            commands: vec![],
+        }])
+        .await
+        .unwrap();
+    for key in ["first", "second"] {
+        let key = IdempotencyKey::parse(key).unwrap();
+        assert!(
+            store.idempotency(&key).await.unwrap().is_none(),
+            "every key of the entry pruned"
+        );
+    }
 }
 
 async fn idempotency_records_are_kept_then_pruned<H: Harness>(h: &mut H) {
@@ -332,7 +515,7 @@ async fn idempotency_records_are_kept_then_pruned<H: Harness>(h: &mut H) {
         }
     );
     // Replaying the key inside the retention window returns the first outcome.
-    let out = store.apply(&[keyed(3, op.clone(), "dep-1")]).await.unwrap();
+    let out = single(store.apply(&[keyed(3, op.clone(), "dep-1")]).await.unwrap());
     assert_eq!(out, vec![Some(record.outcome.clone())]);
     assert_eq!(
         store.balance(a).await.unwrap(),

@@ -11,9 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    TableDefinition,
+};
 
-use super::{Store, StoreError, StoreOptions, Summary};
+use super::{Snapshot, Store, StoreError, StoreOptions, Summary};
 use crate::bank::{self, IdempotencyRecord, Ledger};
 use crate::command::{AccountId, Entry, IdempotencyKey, Outcome};
 use crate::money::Money;
@@ -22,7 +25,9 @@ const ACCOUNTS: TableDefinition<u128, i64> = TableDefinition::new("accounts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TOTALS: TableDefinition<&str, i128> = TableDefinition::new("totals");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
-const KEYS_BY_INDEX: TableDefinition<u64, &str> = TableDefinition::new("idempotency_by_index");
+/// Log index -> idempotency keys applied there (several commands of one entry may carry keys).
+const KEYS_BY_INDEX: MultimapTableDefinition<u64, &str> =
+    MultimapTableDefinition::new("idempotency_keys_by_index");
 
 const APPLIED_INDEX: &str = "applied_index";
 const ACCOUNT_COUNT: &str = "accounts";
@@ -52,7 +57,7 @@ impl EmbeddedStore {
             txn.open_table(META).map_err(fatal)?;
             txn.open_table(TOTALS).map_err(fatal)?;
             txn.open_table(KEYS).map_err(fatal)?;
-            txn.open_table(KEYS_BY_INDEX).map_err(fatal)?;
+            txn.open_multimap_table(KEYS_BY_INDEX).map_err(fatal)?;
         }
         txn.commit().map_err(fatal)?;
         Ok(EmbeddedStore {
@@ -83,7 +88,7 @@ impl EmbeddedStore {
         txn.commit().map_err(fatal)
     }
 
-    fn apply_blocking(&self, entries: &[Entry]) -> Result<Vec<Option<Outcome>>, StoreError> {
+    fn apply_blocking(&self, entries: &[Entry]) -> Result<Vec<Option<Vec<Outcome>>>, StoreError> {
         let started = Instant::now();
         let txn = self.db.begin_write().map_err(fatal)?;
         let outcomes = {
@@ -104,7 +109,7 @@ impl EmbeddedStore {
             let mut ledger = RedbLedger {
                 accounts: txn.open_table(ACCOUNTS).map_err(fatal)?,
                 keys: txn.open_table(KEYS).map_err(fatal)?,
-                keys_by_index: txn.open_table(KEYS_BY_INDEX).map_err(fatal)?,
+                keys_by_index: txn.open_multimap_table(KEYS_BY_INDEX).map_err(fatal)?,
                 created: 0,
             };
             let mut total = totals
@@ -124,9 +129,13 @@ impl EmbeddedStore {
                         got: entry.index,
                     });
                 }
-                let outcome = bank::apply(&mut ledger, entry.index, &entry.command)?;
-                total += bank::total_delta(&entry.command.op, &outcome);
-                outcomes.push(Some(outcome));
+                let mut results = Vec::with_capacity(entry.commands.len());
+                for command in &entry.commands {
+                    let outcome = bank::apply(&mut ledger, entry.index, command)?;
+                    total += bank::total_delta(&command.op, &outcome);
+                    results.push(outcome);
+                }
+                outcomes.push(Some(results));
                 last = entry.index;
             }
             if last > applied {
@@ -147,8 +156,9 @@ impl EmbeddedStore {
         let labels = [("backend", "embedded"), ("op", "apply")];
         metrics::histogram!("store_operation_duration_seconds", &labels)
             .record(started.elapsed().as_secs_f64());
+        let commands: usize = entries.iter().map(|e| e.commands.len()).sum();
         metrics::histogram!("store_commit_batch_size", "backend" => "embedded")
-            .record(entries.len() as f64);
+            .record(commands as f64);
         Ok(outcomes)
     }
 
@@ -167,13 +177,16 @@ fn prune_keys(ledger: &mut RedbLedger<'_>, applied: u64, retention: u64) -> Resu
         return Ok(());
     };
     let mut expired = Vec::new();
-    for item in ledger
-        .keys_by_index
-        .extract_from_if(..=cutoff, |_, _| true)
-        .map_err(fatal)?
-    {
-        let (_, key) = item.map_err(fatal)?;
-        expired.push(key.value().to_owned());
+    let mut indexes = Vec::new();
+    for item in ledger.keys_by_index.range(..=cutoff).map_err(fatal)? {
+        let (index, keys) = item.map_err(fatal)?;
+        indexes.push(index.value());
+        for key in keys {
+            expired.push(key.map_err(fatal)?.value().to_owned());
+        }
+    }
+    for index in indexes {
+        ledger.keys_by_index.remove_all(index).map_err(fatal)?;
     }
     for key in expired {
         ledger.keys.remove(key.as_str()).map_err(fatal)?;
@@ -184,7 +197,7 @@ fn prune_keys(ledger: &mut RedbLedger<'_>, applied: u64, retention: u64) -> Resu
 struct RedbLedger<'txn> {
     accounts: redb::Table<'txn, u128, i64>,
     keys: redb::Table<'txn, &'static str, &'static [u8]>,
-    keys_by_index: redb::Table<'txn, u64, &'static str>,
+    keys_by_index: redb::MultimapTable<'txn, u64, &'static str>,
     created: u64,
 }
 
@@ -246,7 +259,7 @@ impl Store for EmbeddedStore {
         "embedded"
     }
 
-    async fn apply(&self, entries: &[Entry]) -> Result<Vec<Option<Outcome>>, StoreError> {
+    async fn apply(&self, entries: &[Entry]) -> Result<Vec<Option<Vec<Outcome>>>, StoreError> {
         let store = self.clone();
         let entries = entries.to_vec();
         tokio::task::spawn_blocking(move || store.apply_blocking(&entries))
@@ -302,6 +315,89 @@ impl Store for EmbeddedStore {
                 }
                 Ok(page)
             })
+        })
+        .await
+        .map_err(fatal)?
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = store.db.begin_read().map_err(fatal)?;
+            let meta = txn.open_table(META).map_err(fatal)?;
+            let applied_index = meta
+                .get(APPLIED_INDEX)
+                .map_err(fatal)?
+                .map_or(0, |v| v.value());
+            let mut accounts = Vec::new();
+            for item in txn
+                .open_table(ACCOUNTS)
+                .map_err(fatal)?
+                .iter()
+                .map_err(fatal)?
+            {
+                let (k, v) = item.map_err(fatal)?;
+                accounts.push((
+                    AccountId::from_u128(k.value()),
+                    Money::from_cents(v.value()),
+                ));
+            }
+            let mut keys = Vec::new();
+            for item in txn.open_table(KEYS).map_err(fatal)?.iter().map_err(fatal)? {
+                let (k, v) = item.map_err(fatal)?;
+                let key = IdempotencyKey::parse(k.value())
+                    .ok_or_else(|| StoreError::Fatal("stored key is invalid".to_owned()))?;
+                keys.push((key, serde_json::from_slice(v.value()).map_err(fatal)?));
+            }
+            Ok(Snapshot {
+                applied_index,
+                accounts,
+                keys,
+            })
+        })
+        .await
+        .map_err(fatal)?
+    }
+
+    async fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let store = self.clone();
+        let snapshot = snapshot.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = store.db.begin_write().map_err(fatal)?;
+            {
+                let mut accounts = txn.open_table(ACCOUNTS).map_err(fatal)?;
+                let mut keys = txn.open_table(KEYS).map_err(fatal)?;
+                let mut by_index = txn.open_multimap_table(KEYS_BY_INDEX).map_err(fatal)?;
+                let mut meta = txn.open_table(META).map_err(fatal)?;
+                let mut totals = txn.open_table(TOTALS).map_err(fatal)?;
+                accounts.retain(|_, _| false).map_err(fatal)?;
+                keys.retain(|_, _| false).map_err(fatal)?;
+                let mut indexes = Vec::new();
+                for item in by_index.iter().map_err(fatal)? {
+                    indexes.push(item.map_err(fatal)?.0.value());
+                }
+                for index in indexes {
+                    by_index.remove_all(index).map_err(fatal)?;
+                }
+                let mut total: i128 = 0;
+                for (id, balance) in &snapshot.accounts {
+                    accounts
+                        .insert(id.as_u128(), balance.cents())
+                        .map_err(fatal)?;
+                    total += i128::from(balance.cents());
+                }
+                for (key, record) in &snapshot.keys {
+                    let bytes = serde_json::to_vec(record).map_err(fatal)?;
+                    keys.insert(key.as_str(), bytes.as_slice()).map_err(fatal)?;
+                    by_index.insert(record.index, key.as_str()).map_err(fatal)?;
+                }
+                meta.insert(APPLIED_INDEX, snapshot.applied_index)
+                    .map_err(fatal)?;
+                meta.insert(ACCOUNT_COUNT, snapshot.accounts.len() as u64)
+                    .map_err(fatal)?;
+                totals.insert(TOTAL_CENTS, total).map_err(fatal)?;
+            }
+            txn.commit().map_err(fatal)
         })
         .await
         .map_err(fatal)?

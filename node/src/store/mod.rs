@@ -76,9 +76,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies consecutive entries in one atomic, durable transaction together with the new
     /// applied index. Entries at or below the applied index were applied before (perhaps by
-    /// another writer) and yield `None`; the others yield their outcome. A gap is an error
-    /// ([`StoreError::OutOfOrder`]) and applies nothing.
-    async fn apply(&self, entries: &[Entry]) -> Result<Vec<Option<Outcome>>, StoreError>;
+    /// another writer) and yield `None`; the others yield the outcome of each of their commands.
+    /// A gap is an error ([`StoreError::OutOfOrder`]) and applies nothing.
+    async fn apply(&self, entries: &[Entry]) -> Result<Vec<Option<Vec<Outcome>>>, StoreError>;
 
     /// Counts and totals, read in one consistent snapshot.
     async fn summary(&self) -> Result<Summary, StoreError>;
@@ -98,4 +98,34 @@ pub trait Store: Send + Sync + 'static {
         &self,
         key: &IdempotencyKey,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// The whole state at its applied index: what a Paxos log is compacted into and what a
+    /// wiped replica installs.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+
+    /// Replaces the whole state by a snapshot (atomically).
+    async fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+}
+
+/// A store's whole state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// Applied index the state corresponds to.
+    pub applied_index: u64,
+    /// Every account and balance.
+    pub accounts: Vec<(AccountId, Money)>,
+    /// Every retained idempotency record.
+    pub keys: Vec<(IdempotencyKey, IdempotencyRecord)>,
+}
+
+impl Snapshot {
+    /// Compact bytes (JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a snapshot always serializes")
+    }
+
+    /// From [`Snapshot::encode`] bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Snapshot, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Fatal(format!("bad snapshot: {e}")))
+    }
 }
