@@ -116,6 +116,7 @@ fn apply_operation<L: Ledger>(ledger: &mut L, op: &Operation) -> Result<Outcome,
                 }
             },
         },
+        Operation::Barrier => Outcome::Barrier,
         Operation::Move {
             source,
             destination,
@@ -219,6 +220,7 @@ mod tests {
         Command {
             op,
             idempotency_key: None,
+            request_id: None,
         }
     }
 
@@ -226,6 +228,7 @@ mod tests {
         Command {
             op,
             idempotency_key: IdempotencyKey::parse(key),
+            request_id: None,
         }
     }
 

@@ -90,6 +90,8 @@ pub enum Operation {
         /// Positive amount.
         amount: Money,
     },
+    /// Changes nothing: a read barrier through the log (leaderless linearizable reads).
+    Barrier,
     /// Move `amount` between two different accounts, atomically.
     Move {
         /// Debited account.
@@ -109,6 +111,7 @@ impl Operation {
             Operation::Deposit { .. } => "deposit",
             Operation::Withdraw { .. } => "withdraw",
             Operation::Move { .. } => "move",
+            Operation::Barrier => "barrier",
         }
     }
 
@@ -132,6 +135,10 @@ pub struct Command {
     /// Makes the command apply at most once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Set by the proposing node to find its waiting client when the command is applied; no
+    /// effect on the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<Uuid>,
 }
 
 /// The commands decided at one log position, applied in order. Indexes start at 1; 0 means
@@ -178,6 +185,8 @@ pub enum Outcome {
         /// Destination balance afterwards.
         destination_balance: Money,
     },
+    /// A barrier passed (nothing changed).
+    Barrier,
     /// Nothing changed, for a business reason.
     Rejected {
         /// Why.

@@ -48,6 +48,26 @@ pub struct Config {
     #[arg(long, env = "BANK_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Cluster mode: base URL of this node's paxos process (standalone without it).
+    #[arg(long, env = "BANK_PAXOS_URL")]
+    pub paxos_url: Option<String>,
+
+    /// Cluster mode: this node's id (its paxos replica's id).
+    #[arg(long, env = "BANK_NODE_ID", default_value_t = 0)]
+    pub node_id: u32,
+
+    /// Cluster mode: leader or leaderless.
+    #[arg(long, env = "BANK_MODE", default_value = "leader")]
+    pub mode: String,
+
+    /// Cluster mode: public base URLs of every node, comma-separated, in id order.
+    #[arg(long, env = "BANK_PEERS_PUBLIC", value_delimiter = ',')]
+    pub peers_public: Vec<String>,
+
+    /// Cluster mode: hand paxos a snapshot of the store every this many applied slots.
+    #[arg(long, env = "BANK_COMPACT_EVERY", default_value_t = 10_000)]
+    pub compact_every: u64,
+
     /// Log format: human or json.
     #[arg(long, env = "BANK_LOG_FORMAT", default_value = "human")]
     pub log_format: telemetry::LogFormat,
@@ -92,6 +112,25 @@ impl Config {
             format!(
                 "--max-body-bytes must be 256..=16777216, got {}",
                 self.max_body_bytes
+            ),
+        )?;
+        check(
+            self.mode == "leader" || self.mode == "leaderless",
+            format!("--mode must be leader or leaderless, got {:?}", self.mode),
+        )?;
+        check(
+            self.paxos_url.is_none() || (self.node_id as usize) < self.peers_public.len(),
+            format!(
+                "--node-id {} needs --peers-public with an entry for it, got {} entries",
+                self.node_id,
+                self.peers_public.len()
+            ),
+        )?;
+        check(
+            self.compact_every >= 1,
+            format!(
+                "--compact-every must be at least 1, got {}",
+                self.compact_every
             ),
         )?;
         check(

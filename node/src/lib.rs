@@ -8,12 +8,14 @@
 //! - [`bank`]: the state machine (the business rules), over a [`bank::Ledger`] view;
 //! - [`store`]: the [`store::Store`] trait, the embedded redb backend and the conformance suite;
 //! - [`log`]: the way into the log (standalone: a group-committing single writer);
+//! - [`cluster`]: the way into the replicated log of the local `paxos` process;
 //! - [`api`]: the public and internal HTTP routers;
 //! - [`config`] and [`server`]: command-line configuration and the process entry point.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod bank;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod log;

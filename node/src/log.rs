@@ -24,6 +24,57 @@ pub enum SubmitError {
     /// The log or its store cannot apply commands now. With an idempotency key a retry is safe.
     #[error("the log is unavailable")]
     Unavailable,
+    /// Leader mode: this node does not lead (any more).
+    #[error("not the leader")]
+    NotLeader,
+    /// No outcome in time: the command may still be applied.
+    #[error("no outcome in time")]
+    Timeout,
+}
+
+/// Where a client request should be served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Here.
+    Here,
+    /// At the leader, whose public base URL this is.
+    Forward(String),
+    /// Nowhere right now: no leader is known.
+    NoLeader,
+}
+
+/// The node's way into the replicated log (or the standalone log of one).
+#[async_trait::async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// Gets `command` into the log and returns its outcome once this node has applied it.
+    async fn submit(&self, command: Command) -> Result<Outcome, SubmitError>;
+    /// Returns once a read of the local store is linearizable.
+    async fn read_barrier(&self) -> Result<(), SubmitError>;
+    /// False when the log cannot serve (its writer stopped, or the paxos process is unreachable).
+    fn is_healthy(&self) -> bool;
+    /// Where client requests should go (leader mode followers forward to the leader).
+    fn route(&self) -> Route;
+}
+
+#[async_trait::async_trait]
+impl Log for Submitter {
+    async fn submit(&self, command: Command) -> Result<Outcome, SubmitError> {
+        let pending = Submitter::submit(self, command)?;
+        pending.await.map_err(|_| SubmitError::Unavailable)?
+    }
+
+    async fn read_barrier(&self) -> Result<(), SubmitError> {
+        // A log of one: every acknowledged write is already in the store.
+        Ok(())
+    }
+
+    fn is_healthy(&self) -> bool {
+        Submitter::is_healthy(self)
+    }
+
+    fn route(&self) -> Route {
+        Route::Here
+    }
 }
 
 /// Limits of the local log.

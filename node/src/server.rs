@@ -10,8 +10,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, InternalState};
+use crate::cluster::{ClusterLog, ClusterOptions};
 use crate::config::Config;
-use crate::log::{LocalLogOptions, spawn_local_log};
+use crate::log::{LocalLogOptions, Log, spawn_local_log};
 use crate::store::{EmbeddedStore, Store, StoreOptions};
 
 /// File name of a generated cluster token inside the data directory.
@@ -81,18 +82,42 @@ pub async fn run(
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
     );
     let fatal = CancellationToken::new();
-    let log_options = LocalLogOptions {
-        queue_capacity: config.queue_capacity,
-        max_batch: config.max_batch,
+    let stop = CancellationToken::new();
+    let (log, writer): (Arc<dyn Log>, Option<tokio::task::JoinHandle<()>>) = match &config.paxos_url
+    {
+        None => {
+            let log_options = LocalLogOptions {
+                queue_capacity: config.queue_capacity,
+                max_batch: config.max_batch,
+            };
+            let (log, writer) = spawn_local_log(store.clone(), log_options, fatal.clone()).await?;
+            (Arc::new(log), Some(writer))
+        }
+        Some(paxos_url) => {
+            let options = ClusterOptions {
+                node_id: config.node_id,
+                leader_mode: config.mode == "leader",
+                paxos_url: paxos_url.clone(),
+                peers_public: config.peers_public.clone(),
+                token: token.clone(),
+                max_waiting: config.queue_capacity,
+                compact_every: config.compact_every,
+            };
+            let log =
+                ClusterLog::start(options, store.clone(), stop.clone(), fatal.clone()).await?;
+            (log, None)
+        }
     };
-    let (log, writer) = spawn_local_log(store.clone(), log_options, fatal.clone()).await?;
     let app = AppState {
         store,
         log,
+        forwarder: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .context("building the forwarding client")?,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         max_body_bytes: config.max_body_bytes,
     };
-    let stop = CancellationToken::new();
     let internal_state = InternalState {
         app: app.clone(),
         token: token.into(),
@@ -117,10 +142,57 @@ pub async fn run(
     let (a, b) = tokio::join!(public_server.into_future(), internal_server.into_future());
     a.context("public server")?;
     b.context("internal server")?;
+    stop.cancel();
     // The servers dropped their submitters; the writer finishes what was queued and stops.
-    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    if let Some(writer) = writer {
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    }
     if fatal.is_cancelled() {
         anyhow::bail!("stopped after a fatal store error (see the log above)");
     }
     Ok(())
+}
+
+/// The `node` binary's main, also used by the testbed when it re-executes itself.
+pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
+    use clap::Parser as _;
+    let config = Config::try_parse_from(args)?;
+    telemetry::init_logging(config.log_format);
+    config.validate()?;
+    let token = resolve_token(&config, std::env::var("BANK_CLUSTER_TOKEN").ok())?;
+    let public = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", config.listen))?;
+    let internal = TcpListener::bind(config.internal_listen)
+        .await
+        .with_context(|| format!("binding --internal-listen {}", config.internal_listen))?;
+    let public_addr = public.local_addr()?;
+    let internal_addr = internal.local_addr()?;
+    let handle = telemetry::install_prometheus();
+    let render: api::metrics_render::Render = Arc::new(move || handle.render());
+    println!(
+        "bank node ready: open http://{public_addr}/ (API docs: http://{public_addr}/openapi.json)"
+    );
+    println!(
+        "internal port: http://{internal_addr}/ (/metrics, /shutdown; needs the cluster token)"
+    );
+    run(
+        config,
+        token,
+        public,
+        internal,
+        Some(render),
+        shutdown_signal(),
+    )
+    .await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received; shutting down");
 }

@@ -175,7 +175,7 @@ pub enum Observation {
 }
 
 /// Counters for the runtime's metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     /// Commands accepted by `propose`.
     pub commands_proposed: u64,
@@ -240,7 +240,7 @@ impl Ready {
 }
 
 /// A replica's view for status endpoints and tests.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     /// This replica.
     pub id: NodeId,
@@ -521,6 +521,11 @@ impl Replica {
             .collect::<Vec<_>>()
             .join("; ")
             + &format!("; tick {}", self.tick)
+    }
+
+    /// The latest snapshot and the slot it covers.
+    pub fn snapshot(&self) -> Option<(Slot, Bytes)> {
+        self.snapshot.clone()
     }
 
     /// Promised ballot in `lane` (for invariant checks).

@@ -41,6 +41,7 @@
 pub mod ballot;
 pub mod core;
 pub mod messages;
+pub mod runtime;
 pub mod sim;
 pub mod storage;
 

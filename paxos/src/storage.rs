@@ -165,11 +165,11 @@ fn err(e: impl std::fmt::Display) -> StorageError {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
-    serde_json::to_vec(value).map_err(err)
+    postcard::to_stdvec(value).map_err(err)
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StorageError> {
-    serde_json::from_slice(bytes).map_err(err)
+    postcard::from_bytes(bytes).map_err(err)
 }
 
 /// File-backed storage in a redb database: each `write` is one fsync'd transaction.

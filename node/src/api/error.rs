@@ -71,6 +71,9 @@ pub enum AppError {
     /// The log or store cannot serve now.
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable,
+    /// Leader mode and no leader is known (an election is running).
+    #[error("no leader is known right now (an election may be running); retry shortly")]
+    NoLeader,
     /// No answer in time: the command may or may not have been applied.
     #[error(
         "no outcome within the time limit; the operation may still apply: retry with the same Idempotency-Key to learn its outcome"
@@ -124,6 +127,7 @@ impl AppError {
             AppError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
             AppError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
             AppError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
+            AppError::NoLeader => (S::SERVICE_UNAVAILABLE, "no_leader"),
             AppError::OutcomeUnknown => (S::SERVICE_UNAVAILABLE, "outcome_unknown"),
             AppError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -147,6 +151,8 @@ impl From<SubmitError> for AppError {
         match err {
             SubmitError::Overloaded => AppError::Overloaded,
             SubmitError::Unavailable => AppError::Unavailable,
+            SubmitError::NotLeader => AppError::NoLeader,
+            SubmitError::Timeout => AppError::OutcomeUnknown,
         }
     }
 }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::command::{AccountId, Command, IdempotencyKey, Operation, Outcome};
-use crate::log::Submitter;
+use crate::log::{Log, Route};
 use crate::money::{JsonMoney, Money};
 use crate::store::Store;
 pub use error::{AppError, ErrorBody};
@@ -36,7 +36,9 @@ pub struct AppState {
     /// The node's store (reads).
     pub store: Arc<dyn Store>,
     /// The way into the log (writes).
-    pub log: Submitter,
+    pub log: Arc<dyn Log>,
+    /// Forwards requests to the leader (leader mode followers).
+    pub forwarder: reqwest::Client,
     /// How long a write waits for its outcome before answering `outcome_unknown`.
     pub request_timeout: Duration,
     /// Largest accepted request body.
@@ -78,8 +80,94 @@ pub fn public_router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward_to_leader,
+        ))
         .layer(middleware::from_fn(track_http))
         .with_state(state)
+}
+
+/// Marks a request forwarded by a follower, so it is never forwarded twice.
+pub const FORWARDED_HEADER: &str = "x-bank-forwarded-by";
+
+const FORWARDED_ROUTES: [&str; 5] = [
+    "/open_account",
+    "/deposit_money",
+    "/withdraw_money",
+    "/move_money",
+    "/check_account",
+];
+
+/// Leader mode: a follower hands banking requests to the leader unchanged and relays the answer,
+/// so any node is a valid entry point. Local reads (`consistency=local`) stay here.
+async fn forward_to_leader(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let local_read = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.contains("consistency=local"));
+    if !FORWARDED_ROUTES.contains(&path) || local_read {
+        return next.run(request).await;
+    }
+    match state.log.route() {
+        Route::Here => next.run(request).await,
+        Route::NoLeader => AppError::NoLeader.into_response(),
+        Route::Forward(_) if request.headers().contains_key(FORWARDED_HEADER) => {
+            // The sender thought we lead; we think otherwise. Let the client retry.
+            AppError::NoLeader.into_response()
+        }
+        Route::Forward(leader) => match forward(&state, &leader, request).await {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::debug!(%err, %leader, "forwarding to the leader failed");
+                AppError::Unavailable.into_response()
+            }
+        },
+    }
+}
+
+async fn forward(state: &AppState, leader: &str, request: Request) -> anyhow::Result<Response> {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| anyhow::anyhow!("body too large"))?;
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let url = format!("{}{}", leader.trim_end_matches('/'), path_and_query);
+    let mut outgoing = state
+        .forwarder
+        .request(parts.method.clone(), url)
+        .header(FORWARDED_HEADER, "1")
+        .body(body);
+    for name in [
+        header::CONTENT_TYPE,
+        header::HeaderName::from_static("idempotency-key"),
+        header::HeaderName::from_static("traceparent"),
+    ] {
+        if let Some(value) = parts.headers.get(&name) {
+            outgoing = outgoing.header(name, value.clone());
+        }
+    }
+    let reply = outgoing
+        .timeout(state.request_timeout + Duration::from_secs(1))
+        .send()
+        .await?;
+    let status = reply.status();
+    let content_type = reply.headers().get(header::CONTENT_TYPE).cloned();
+    let retry_after = reply.headers().get(header::RETRY_AFTER).cloned();
+    let bytes = reply.bytes().await?;
+    let mut response = (status, bytes).into_response();
+    if let Some(ct) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(ra) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, ra);
+    }
+    Ok(response)
 }
 
 /// The internal (admin) router; every route needs `Authorization: Bearer <cluster token>`.
@@ -225,13 +313,13 @@ async fn execute(
         }
         return Ok(record.outcome);
     }
-    let pending = state.log.submit(Command {
+    let command = Command {
         op,
         idempotency_key: key,
-    })?;
-    match tokio::time::timeout(state.request_timeout, pending).await {
-        Ok(Ok(result)) => Ok(result?),
-        Ok(Err(_dropped)) => Err(AppError::Unavailable),
+        request_id: None,
+    };
+    match tokio::time::timeout(state.request_timeout, state.log.submit(command)).await {
+        Ok(result) => Ok(result?),
         Err(_elapsed) => Err(AppError::OutcomeUnknown),
     }
 }
@@ -362,6 +450,11 @@ fn render(outcome: Outcome) -> Result<Response, AppError> {
         })
         .into_response(),
         Outcome::Rejected { reason } => return Err(AppError::Rejected(reason)),
+        Outcome::Barrier => {
+            return Err(AppError::Internal(
+                "a barrier outcome for a client request".to_owned(),
+            ));
+        }
     })
 }
 
@@ -471,10 +564,11 @@ async fn move_money(
     render(execute(&state, op, key).await?)
 }
 
-/// `account_id` of `check_account`, from the query string.
+/// `account_id` of `check_account`, from the query string, and the read's consistency.
 #[derive(Deserialize)]
 struct CheckQuery {
     account_id: Option<String>,
+    consistency: Option<String>,
 }
 
 /// The JSON body the original clients send with `check_account`.
@@ -486,14 +580,17 @@ struct CheckBody {
 /// The balance of an account. `account_id` comes from the query string or, as in the original
 /// system, from a JSON body.
 #[utoipa::path(get, path = "/check_account", tag = "bank",
-    params(("account_id" = Option<String>, Query, format = Uuid, description = "The account (or send {\"account_id\": ...} as a JSON body)")),
+    params(
+        ("account_id" = Option<String>, Query, format = Uuid, description = "The account (or send {\"account_id\": ...} as a JSON body)"),
+        ("consistency" = Option<String>, Query, description = "linearizable (default) or local: a possibly stale read of this node's replica"),
+    ),
     responses(
         (status = 200, description = "The balance", body = BalanceResponse),
         (status = 400, description = "Malformed JSON or query", body = ErrorBody),
         (status = 404, description = "Account not found.", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Missing or invalid account_id", body = ErrorBody),
-        (status = 503, description = "Unavailable", body = ErrorBody),
+        (status = 503, description = "Unavailable or no leader", body = ErrorBody),
     ))]
 async fn check_account(
     State(state): State<AppState>,
@@ -514,6 +611,20 @@ async fn check_account(
         }
     };
     let id = parse_account("account_id", &text)?;
+    match query.consistency.as_deref() {
+        None | Some("linearizable") => {
+            match tokio::time::timeout(state.request_timeout, state.log.read_barrier()).await {
+                Ok(result) => result?,
+                Err(_) => return Err(AppError::Unavailable),
+            }
+        }
+        Some("local") => {}
+        Some(_) => {
+            return Err(AppError::InvalidQuery(
+                "consistency must be linearizable (default) or local".to_owned(),
+            ));
+        }
+    }
     match state.store.balance(id).await? {
         Some(balance) => Ok(Json(BalanceResponse {
             balance: JsonMoney(balance),

@@ -46,6 +46,7 @@ async fn multi_command_entries_apply_in_order<H: Harness>(h: &mut H) {
     let command = |op| Command {
         op,
         idempotency_key: None,
+        request_id: None,
     };
     let entry = Entry {
         index: 1,
@@ -170,6 +171,7 @@ fn entry(index: u64, op: Operation) -> Entry {
         commands: vec![Command {
             op,
             idempotency_key: None,
+            request_id: None,
         }],
     }
 }
@@ -180,6 +182,7 @@ fn keyed(index: u64, op: Operation, key: &str) -> Entry {
         commands: vec![Command {
             op,
             idempotency_key: IdempotencyKey::parse(key),
+            request_id: None,
         }],
     }
 }
@@ -460,6 +463,7 @@ async fn keys_of_one_entry_are_all_pruned<H: Harness>(h: &mut H) {
             amount: c(amount),
         },
         idempotency_key: IdempotencyKey::parse(key),
+        request_id: None,
     };
     let entry = Entry {
         index: 2,

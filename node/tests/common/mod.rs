@@ -40,7 +40,8 @@ impl TestNode {
         .unwrap();
         let app = AppState {
             store: dyn_store,
-            log,
+            log: Arc::new(log),
+            forwarder: reqwest::Client::new(),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
         };

@@ -1,0 +1,391 @@
+//! Cluster mode: the node's log is the replicated Paxos log of its local `paxos` process.
+//!
+//! Writes: the node tags the command with a request id, registers a waiter, proposes it to its
+//! paxos process (`/local/propose`), and the client gets the outcome when this node's applier
+//! has applied the decided slot. The applier long-polls `/local/entries` from its applied index,
+//! applies each batch through the store (one transaction per batch, the applied index inside it),
+//! installs a snapshot when the slots it needs were compacted, and hands paxos a snapshot of the
+//! store every `compact_every` slots so the Paxos log stays bounded. A poller keeps the view of
+//! who leads, for forwarding and readiness.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use paxos::runtime::{EntriesReply, ProposeReply, ReadIndexReply, StatusReply};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::command::{Command, Entry, Operation, Outcome};
+use crate::log::{Log, Route, SubmitError};
+use crate::store::{Snapshot, Store};
+
+/// How the node reaches its paxos process and its peers.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// This node's id (the same as its paxos replica's).
+    pub node_id: u32,
+    /// Leader mode (followers forward) or leaderless.
+    pub leader_mode: bool,
+    /// Base URL of the local paxos process.
+    pub paxos_url: String,
+    /// Public base URLs of every node, indexed by id (for forwarding to the leader).
+    pub peers_public: Vec<String>,
+    /// The cluster token.
+    pub token: String,
+    /// Most client commands waiting for their outcome at once.
+    pub max_waiting: usize,
+    /// Hand paxos a store snapshot every this many applied slots.
+    pub compact_every: u64,
+}
+
+#[derive(Debug, Default)]
+struct LeaderView {
+    is_leader: bool,
+    leader: Option<u32>,
+}
+
+/// The replicated log, seen from one node.
+pub struct ClusterLog {
+    options: ClusterOptions,
+    client: reqwest::Client,
+    waiters: Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
+    applied: watch::Sender<u64>,
+    view: Mutex<LeaderView>,
+    last_contact_ms: AtomicU64,
+    started: Instant,
+    fatal: AtomicBool,
+}
+
+impl ClusterLog {
+    /// Starts the applier and the status poller; they stop with `shutdown`. A fatal store
+    /// error cancels `fatal`.
+    pub async fn start(
+        options: ClusterOptions,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+        fatal: CancellationToken,
+    ) -> Result<Arc<ClusterLog>, crate::store::StoreError> {
+        let applied = store.summary().await?.applied_index;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| crate::store::StoreError::Fatal(e.to_string()))?;
+        let log = Arc::new(ClusterLog {
+            options,
+            client,
+            waiters: Mutex::new(HashMap::new()),
+            applied: watch::Sender::new(applied),
+            view: Mutex::new(LeaderView::default()),
+            last_contact_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            fatal: AtomicBool::new(false),
+        });
+        tokio::spawn(log.clone().applier(store, shutdown.clone(), fatal));
+        tokio::spawn(log.clone().poll_status(shutdown));
+        Ok(log)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.options.paxos_url.trim_end_matches('/'), path)
+    }
+
+    fn touch(&self) {
+        self.last_contact_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    async fn post_postcard<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, SubmitError> {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.options.token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|_| SubmitError::Unavailable)?;
+        if !response.status().is_success() {
+            return Err(SubmitError::Unavailable);
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|_| SubmitError::Unavailable)?;
+        self.touch();
+        postcard::from_bytes(&bytes).map_err(|_| SubmitError::Unavailable)
+    }
+
+    async fn propose_and_wait(&self, mut command: Command) -> Result<Outcome, SubmitError> {
+        let id = Uuid::new_v4();
+        command.request_id = Some(id);
+        let bytes =
+            Bytes::from(serde_json::to_vec(&command).map_err(|_| SubmitError::Unavailable)?);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiters = self.waiters.lock().expect("waiters lock");
+            if waiters.len() >= self.options.max_waiting {
+                return Err(SubmitError::Overloaded);
+            }
+            waiters.insert(id, tx);
+        }
+        let forget = || {
+            self.waiters.lock().expect("waiters lock").remove(&id);
+        };
+        let body = postcard::to_stdvec(&vec![bytes]).map_err(|_| SubmitError::Unavailable)?;
+        let reply: ProposeReply = match self.post_postcard("/local/propose", body).await {
+            Ok(reply) => reply,
+            Err(err) => {
+                forget();
+                return Err(err);
+            }
+        };
+        match reply {
+            // Decided: this node's applier delivers the outcome once it applied the slot.
+            ProposeReply::Decided { .. } | ProposeReply::Timeout => {
+                rx.await.map_err(|_| SubmitError::Unavailable)
+            }
+            ProposeReply::NotLeader { leader } => {
+                forget();
+                self.view.lock().expect("view lock").leader = leader;
+                Err(SubmitError::NotLeader)
+            }
+            ProposeReply::Dropped => {
+                forget();
+                Err(SubmitError::Unavailable)
+            }
+            ProposeReply::Overloaded => {
+                forget();
+                Err(SubmitError::Overloaded)
+            }
+        }
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<(), SubmitError> {
+        let mut applied = self.applied.subscribe();
+        applied
+            .wait_for(|a| *a >= index)
+            .await
+            .map(|_| ())
+            .map_err(|_| SubmitError::Unavailable)
+    }
+
+    async fn applier(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+        fatal: CancellationToken,
+    ) {
+        let mut failures: u32 = 0;
+        let mut last_compacted = *self.applied.borrow();
+        while !shutdown.is_cancelled() {
+            let from = *self.applied.borrow() + 1;
+            let url = self.url(&format!("/local/entries?from={from}&max=4096&wait_ms=1000"));
+            let fetched = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = self.client.get(url).bearer_auth(&self.options.token).send() => r,
+            };
+            let reply = match fetched {
+                Ok(response) if response.status().is_success() => match response.bytes().await {
+                    Ok(bytes) => postcard::from_bytes::<EntriesReply>(&bytes).ok(),
+                    Err(_) => None,
+                },
+                _ => None,
+            };
+            let Some(reply) = reply else {
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(Duration::from_millis((20u64 << failures.min(5)).min(500)))
+                    .await;
+                continue;
+            };
+            failures = 0;
+            self.touch();
+            let result = match reply {
+                EntriesReply::Entries(entries) if entries.is_empty() => Ok(()),
+                EntriesReply::Entries(entries) => self.apply(&store, entries).await,
+                EntriesReply::Snapshot { slot, data } => self.install(&store, slot, &data).await,
+            };
+            if let Err(err) = result {
+                if err.is_retryable() {
+                    tracing::warn!(%err, "store unavailable; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                tracing::error!(%err, "fatal store error; the node stops");
+                self.fatal.store(true, Ordering::Relaxed);
+                fatal.cancel();
+                return;
+            }
+            let applied = *self.applied.borrow();
+            if applied >= last_compacted + self.options.compact_every {
+                last_compacted = applied;
+                if let Err(err) = self.compact(&store).await {
+                    tracing::warn!(%err, "handing paxos a snapshot failed");
+                }
+            }
+        }
+    }
+
+    async fn apply(
+        &self,
+        store: &Arc<dyn Store>,
+        decided: Vec<(u64, paxos::Value)>,
+    ) -> Result<(), crate::store::StoreError> {
+        let entries: Vec<Entry> = decided
+            .iter()
+            .map(|(slot, value)| Entry {
+                index: *slot,
+                commands: value
+                    .commands()
+                    .iter()
+                    .filter_map(|bytes| match serde_json::from_slice::<Command>(bytes) {
+                        Ok(command) => Some(command),
+                        Err(err) => {
+                            // Every replica skips the same bytes the same way: still deterministic.
+                            tracing::error!(%err, slot, "undecodable command in the log; skipped");
+                            None
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let outcomes = store.apply(&entries).await?;
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        for (entry, outcome) in entries.iter().zip(outcomes) {
+            let Some(outcome) = outcome else { continue };
+            for (command, outcome) in entry.commands.iter().zip(outcome) {
+                if let Some(waiter) = command.request_id.and_then(|id| waiters.remove(&id)) {
+                    let _ = waiter.send(outcome);
+                }
+            }
+        }
+        drop(waiters);
+        if let Some((last, _)) = decided.last() {
+            self.applied.send_replace(*last);
+            metrics::gauge!("bank_applied_index").set(*last as f64);
+        }
+        Ok(())
+    }
+
+    async fn install(
+        &self,
+        store: &Arc<dyn Store>,
+        slot: u64,
+        data: &[u8],
+    ) -> Result<(), crate::store::StoreError> {
+        if slot <= *self.applied.borrow() {
+            return Ok(());
+        }
+        let snapshot = Snapshot::decode(data)?;
+        tracing::info!(
+            slot,
+            accounts = snapshot.accounts.len(),
+            "installing a snapshot from the cluster"
+        );
+        store.install_snapshot(&snapshot).await?;
+        self.applied.send_replace(slot);
+        Ok(())
+    }
+
+    async fn compact(&self, store: &Arc<dyn Store>) -> anyhow::Result<()> {
+        let snapshot = store.snapshot().await?;
+        let body = postcard::to_stdvec(&(snapshot.applied_index, Bytes::from(snapshot.encode())))?;
+        let response = self
+            .client
+            .post(self.url("/local/compact"))
+            .bearer_auth(&self.options.token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "paxos answered {}",
+            response.status()
+        );
+        Ok(())
+    }
+
+    async fn poll_status(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_millis(50));
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let status = self
+                .client
+                .get(self.url("/status"))
+                .bearer_auth(&self.options.token)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await;
+            let Ok(response) = status else { continue };
+            let Ok(status) = response.json::<StatusReply>().await else {
+                continue;
+            };
+            self.touch();
+            let mut view = self.view.lock().expect("view lock");
+            view.is_leader = status.status.is_leader;
+            view.leader = status.status.leader;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Log for ClusterLog {
+    async fn submit(&self, command: Command) -> Result<Outcome, SubmitError> {
+        self.propose_and_wait(command).await
+    }
+
+    async fn read_barrier(&self) -> Result<(), SubmitError> {
+        if self.options.leader_mode {
+            let reply: ReadIndexReply = self.post_postcard("/local/read_index", Vec::new()).await?;
+            match reply {
+                ReadIndexReply::Ready { index } => self.wait_applied(index).await,
+                ReadIndexReply::NotLeader { .. } => Err(SubmitError::NotLeader),
+            }
+        } else {
+            // Leaderless: a no-op through the log; once it is applied here, so is everything
+            // decided before the read began.
+            let barrier = Command {
+                op: Operation::Barrier,
+                idempotency_key: None,
+                request_id: None,
+            };
+            self.propose_and_wait(barrier).await.map(|_| ())
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        let last = self.last_contact_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        !self.fatal.load(Ordering::Relaxed) && last > 0 && now.saturating_sub(last) < 2_000
+    }
+
+    fn route(&self) -> Route {
+        if !self.options.leader_mode {
+            return Route::Here;
+        }
+        let view = self.view.lock().expect("view lock");
+        if view.is_leader {
+            return Route::Here;
+        }
+        match view.leader {
+            Some(id) if id != self.options.node_id => self
+                .options
+                .peers_public
+                .get(id as usize)
+                .map_or(Route::NoLeader, |url| Route::Forward(url.clone())),
+            _ => Route::NoLeader,
+        }
+    }
+}

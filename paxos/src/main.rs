@@ -1,0 +1,13 @@
+//! `paxos`: one Paxos replica process (the second container of a bank pod).
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    telemetry::init_logging(telemetry::LogFormat::Human);
+    match paxos::runtime::main_with_args(std::env::args().collect()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("paxos: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

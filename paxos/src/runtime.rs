@@ -1,0 +1,788 @@
+//! The `paxos` process: drives a [`Replica`] with real time, durable storage and HTTP.
+//!
+//! One driver task owns the replica and runs a `tokio::select!` loop over the tick interval,
+//! inbound peer messages and requests from the local `node`. After every burst of inputs it
+//! follows the driver contract of the crate docs: persist and fsync (one redb transaction for
+//! everything the burst produced, so many messages share one sync), then hand messages to the
+//! per-peer senders, then answer whoever waits for decided entries.
+//!
+//! HTTP routes (one port; every route needs `Authorization: Bearer <cluster token>`):
+//! - `POST /peer/messages`: postcard `Vec<Envelope>` from a peer;
+//! - `POST /local/propose`: postcard `Vec<Bytes>` commands -> [`ProposeReply`], once they are
+//!   decided here, handed back, or refused;
+//! - `GET /local/entries?from=&max=&wait_ms=`: decided entries from a slot -> [`EntriesReply`]
+//!   (long poll), or the snapshot when those slots were compacted;
+//! - `POST /local/read_index` -> [`ReadIndexReply`]; `POST /local/compact`: postcard
+//!   `(Slot, Bytes)`;
+//! - `GET /status`, `POST /elect` (JSON [`StatusReply`]), `POST /shutdown`, `GET /metrics`,
+//!   `GET /healthz`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::body::Bytes as BodyBytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::ballot::{NodeId, Slot};
+use crate::core::{Config, Metrics, Mode, ProposeError, ReadResult, Replica, Status};
+use crate::messages::{Envelope, Value};
+use crate::storage::{RedbStorage, Storage};
+
+/// Answer to `POST /local/propose`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProposeReply {
+    /// Decided at this slot (this replica has it; apply up to here to see the outcome).
+    Decided {
+        /// The slot.
+        slot: Slot,
+    },
+    /// Leader mode and this replica does not lead: send it to `leader`.
+    NotLeader {
+        /// Best guess.
+        leader: Option<NodeId>,
+    },
+    /// Handed back without a decision (leadership changed): safe to retry.
+    Dropped,
+    /// Too many pending commands.
+    Overloaded,
+    /// No decision in time: it may still be decided.
+    Timeout,
+}
+
+/// Answer to `GET /local/entries`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntriesReply {
+    /// Consecutive decided entries from the requested slot (empty: none yet).
+    Entries(Vec<(Slot, Value)>),
+    /// The requested slots were compacted: install this application snapshot first.
+    Snapshot {
+        /// Last slot it covers.
+        slot: Slot,
+        /// The application's bytes.
+        data: Bytes,
+    },
+}
+
+/// Answer to `POST /local/read_index`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadIndexReply {
+    /// Apply up to `index`, then read.
+    Ready {
+        /// The read point.
+        index: Slot,
+    },
+    /// Not the leader (or leaderless mode).
+    NotLeader {
+        /// Best guess.
+        leader: Option<NodeId>,
+    },
+}
+
+/// `GET /status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// `leader` or `leaderless`.
+    pub mode: String,
+    /// The core's view.
+    #[serde(flatten)]
+    pub status: Status,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// Everything the process needs.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// This replica and the cluster shape.
+    pub core: Config,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Base URLs of every replica's paxos process, indexed by id (own entry unused).
+    pub peers: Vec<String>,
+    /// Where the acceptor state lives (`paxos.redb`).
+    pub data_dir: PathBuf,
+    /// The cluster token.
+    pub token: String,
+    /// Milliseconds per tick.
+    pub tick_ms: u64,
+    /// Most messages queued for one peer before new ones are dropped.
+    pub peer_queue: usize,
+}
+
+enum LocalRequest {
+    Propose {
+        commands: Vec<Bytes>,
+        reply: oneshot::Sender<ProposeReply>,
+    },
+    Entries {
+        from: Slot,
+        max: usize,
+        wait: bool,
+        reply: oneshot::Sender<EntriesReply>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<ReadIndexReply>,
+    },
+    Compact {
+        slot: Slot,
+        data: Bytes,
+    },
+    Status {
+        reply: oneshot::Sender<StatusReply>,
+    },
+    Elect {
+        reply: oneshot::Sender<StatusReply>,
+    },
+}
+
+#[derive(Clone)]
+struct HttpState {
+    requests: mpsc::Sender<LocalRequest>,
+    inbound: mpsc::Sender<Vec<Envelope>>,
+    token: Arc<str>,
+    shutdown: CancellationToken,
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+/// Runs the paxos process until `shutdown` is cancelled (or `POST /shutdown`).
+pub async fn run(
+    cfg: RuntimeConfig,
+    listener: tokio::net::TcpListener,
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    cfg.core.validate().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let path = cfg.data_dir.join("paxos.redb");
+    let storage =
+        RedbStorage::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let state = storage.load()?;
+    let replica = Replica::new(cfg.core.clone(), state);
+    let (requests_tx, requests_rx) = mpsc::channel(4_096);
+    let (inbound_tx, inbound_rx) = mpsc::channel(1_024);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .pool_max_idle_per_host(4)
+        .build()?;
+    let mut outbound = Vec::new();
+    for (id, url) in cfg.peers.iter().enumerate() {
+        if id as NodeId == cfg.core.id {
+            outbound.push(None);
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(cfg.peer_queue);
+        tokio::spawn(peer_sender(
+            client.clone(),
+            url.clone(),
+            cfg.token.clone(),
+            rx,
+            shutdown.clone(),
+        ));
+        outbound.push(Some(tx));
+    }
+    let driver = Driver {
+        replica,
+        storage,
+        outbound,
+        mode: cfg.core.mode,
+        proposals: HashMap::new(),
+        entry_waiters: Vec::new(),
+        read_waiters: HashMap::new(),
+        next_read: 1,
+    };
+    let driver_task =
+        tokio::spawn(driver.run(cfg.tick_ms, requests_rx, inbound_rx, shutdown.clone()));
+    let state = HttpState {
+        requests: requests_tx,
+        inbound: inbound_tx,
+        token: cfg.token.clone().into(),
+        shutdown: shutdown.clone(),
+        metrics,
+    };
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+    shutdown.cancel();
+    driver_task.await.context("driver task")??;
+    Ok(())
+}
+
+fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/peer/messages", post(peer_messages))
+        .route("/local/propose", post(propose))
+        .route("/local/entries", get(entries))
+        .route("/local/read_index", post(read_index))
+        .route("/local/compact", post(compact))
+        .route("/status", get(status))
+        .route("/elect", post(elect))
+        .route("/shutdown", post(shutdown))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    use subtle::ConstantTimeEq as _;
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok =
+        !state.token.is_empty() && bool::from(presented.as_bytes().ct_eq(state.token.as_bytes()));
+    if ok {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            "a valid cluster token is required",
+        )
+            .into_response()
+    }
+}
+
+fn postcard_response<T: Serialize>(value: &T) -> Response {
+    match postcard::to_stdvec(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the paxos driver is not running",
+    )
+        .into_response()
+}
+
+async fn ask<T>(
+    state: &HttpState,
+    make: impl FnOnce(oneshot::Sender<T>) -> LocalRequest,
+) -> Option<oneshot::Receiver<T>> {
+    let (tx, rx) = oneshot::channel();
+    state.requests.send(make(tx)).await.ok()?;
+    Some(rx)
+}
+
+async fn peer_messages(State(state): State<HttpState>, body: BodyBytes) -> Response {
+    let Ok(envelopes) = postcard::from_bytes::<Vec<Envelope>>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not a postcard Vec<Envelope>").into_response();
+    };
+    // Paxos tolerates loss: when the driver is behind, drop rather than queue without bound.
+    if state.inbound.try_send(envelopes).is_err() {
+        metrics::counter!("paxos_messages_dropped_total", "reason" => "inbound_full").increment(1);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn propose(State(state): State<HttpState>, body: BodyBytes) -> Response {
+    let Ok(commands) = postcard::from_bytes::<Vec<Bytes>>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not a postcard Vec<Bytes>").into_response();
+    };
+    let Some(rx) = ask(&state, |reply| LocalRequest::Propose { commands, reply }).await else {
+        return unavailable();
+    };
+    let reply = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => return unavailable(),
+        Err(_) => ProposeReply::Timeout,
+    };
+    postcard_response(&reply)
+}
+
+#[derive(Deserialize)]
+struct EntriesQuery {
+    from: Slot,
+    max: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+async fn entries(State(state): State<HttpState>, Query(q): Query<EntriesQuery>) -> Response {
+    let max = q.max.unwrap_or(1_024).clamp(1, 16_384);
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
+    let from = q.from.max(1);
+    let Some(rx) = ask(&state, |reply| LocalRequest::Entries {
+        from,
+        max,
+        wait: !wait.is_zero(),
+        reply,
+    })
+    .await
+    else {
+        return unavailable();
+    };
+    let reply = match tokio::time::timeout(wait.max(Duration::from_millis(1)), rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => return unavailable(),
+        Err(_) => EntriesReply::Entries(Vec::new()),
+    };
+    postcard_response(&reply)
+}
+
+async fn read_index(State(state): State<HttpState>) -> Response {
+    let Some(rx) = ask(&state, |reply| LocalRequest::ReadIndex { reply }).await else {
+        return unavailable();
+    };
+    match tokio::time::timeout(Duration::from_secs(2), rx).await {
+        Ok(Ok(reply)) => postcard_response(&reply),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "no read point in time").into_response(),
+    }
+}
+
+async fn compact(State(state): State<HttpState>, body: BodyBytes) -> Response {
+    let Ok((slot, data)) = postcard::from_bytes::<(Slot, Bytes)>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not a postcard (Slot, Bytes)").into_response();
+    };
+    match state
+        .requests
+        .send(LocalRequest::Compact { slot, data })
+        .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn status(State(state): State<HttpState>) -> Response {
+    let Some(rx) = ask(&state, |reply| LocalRequest::Status { reply }).await else {
+        return unavailable();
+    };
+    match rx.await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn elect(State(state): State<HttpState>) -> Response {
+    let Some(rx) = ask(&state, |reply| LocalRequest::Elect { reply }).await else {
+        return unavailable();
+    };
+    match rx.await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn shutdown(State(state): State<HttpState>) -> &'static str {
+    state.shutdown.cancel();
+    "Server shut down..."
+}
+
+async fn metrics_text(State(state): State<HttpState>) -> Response {
+    match &state.metrics {
+        Some(render) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}
+
+/// Sends queued messages to one peer, many per HTTP request, with capped backoff on failure.
+async fn peer_sender(
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    mut queue: mpsc::Receiver<Envelope>,
+    shutdown: CancellationToken,
+) {
+    let url = format!("{}/peer/messages", base.trim_end_matches('/'));
+    let mut batch = Vec::with_capacity(256);
+    let mut failures: u32 = 0;
+    loop {
+        let received = tokio::select! {
+            () = shutdown.cancelled() => return,
+            n = queue.recv_many(&mut batch, 256) => n,
+        };
+        if received == 0 {
+            return;
+        }
+        let Ok(body) = postcard::to_stdvec(&batch) else {
+            batch.clear();
+            continue;
+        };
+        let sent = client
+            .post(&url)
+            .bearer_auth(&token)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => {
+                failures = 0;
+                metrics::counter!("paxos_messages_sent_total").increment(batch.len() as u64);
+            }
+            _ => {
+                // The peer is down or slow: drop this batch (Paxos resends what matters) and back
+                // off so a dead peer costs little.
+                metrics::counter!("paxos_messages_dropped_total", "reason" => "peer_unreachable")
+                    .increment(batch.len() as u64);
+                failures = failures.saturating_add(1);
+                let backoff = Duration::from_millis((10u64 << failures.min(6)).min(500));
+                tokio::time::sleep(backoff).await;
+                // Drain what queued meanwhile: it is stale by now.
+                while queue.try_recv().is_ok() {}
+            }
+        }
+        batch.clear();
+    }
+}
+
+struct Driver {
+    replica: Replica,
+    storage: RedbStorage,
+    outbound: Vec<Option<mpsc::Sender<Envelope>>>,
+    mode: Mode,
+    proposals: HashMap<Bytes, oneshot::Sender<ProposeReply>>,
+    entry_waiters: Vec<(Slot, usize, oneshot::Sender<EntriesReply>)>,
+    read_waiters: HashMap<u64, oneshot::Sender<ReadIndexReply>>,
+    next_read: u64,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        tick_ms: u64,
+        mut requests: mpsc::Receiver<LocalRequest>,
+        mut inbound: mpsc::Receiver<Vec<Envelope>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut ticker = tokio::time::interval(Duration::from_millis(tick_ms.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        self.after_inputs().await?;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = ticker.tick() => {
+                    self.replica.tick();
+                    ticks += 1;
+                    if ticks % 100 == 0 {
+                        self.proposals.retain(|_, reply| !reply.is_closed());
+                        self.entry_waiters.retain(|(_, _, reply)| !reply.is_closed());
+                    }
+                }
+                Some(envelopes) = inbound.recv() => {
+                    for envelope in envelopes {
+                        self.replica.handle(envelope);
+                    }
+                }
+                Some(request) = requests.recv() => self.local(request),
+            }
+            // Take whatever else is already waiting, so one fsync covers the whole burst.
+            for _ in 0..64 {
+                match inbound.try_recv() {
+                    Ok(envelopes) => envelopes.into_iter().for_each(|e| self.replica.handle(e)),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..1_024 {
+                match requests.try_recv() {
+                    Ok(request) => self.local(request),
+                    Err(_) => break,
+                }
+            }
+            self.after_inputs().await?;
+        }
+    }
+
+    fn local(&mut self, request: LocalRequest) {
+        match request {
+            LocalRequest::Propose { commands, reply } => {
+                match self.replica.propose(commands.clone()) {
+                    Ok(()) => {
+                        // One waiter per request: the node sends one command per request.
+                        if let Some(first) = commands.into_iter().next() {
+                            self.proposals.insert(first, reply);
+                        }
+                    }
+                    Err(ProposeError::NotLeader { leader }) => {
+                        let _ = reply.send(ProposeReply::NotLeader { leader });
+                    }
+                    Err(ProposeError::Overloaded) => {
+                        let _ = reply.send(ProposeReply::Overloaded);
+                    }
+                }
+            }
+            LocalRequest::Entries {
+                from,
+                max,
+                wait,
+                reply,
+            } => {
+                if let Some(answer) = self.entries_for(from, max) {
+                    let _ = reply.send(answer);
+                } else if wait {
+                    self.entry_waiters.push((from, max, reply));
+                } else {
+                    let _ = reply.send(EntriesReply::Entries(Vec::new()));
+                }
+            }
+            LocalRequest::ReadIndex { reply } => {
+                let id = self.next_read;
+                self.next_read += 1;
+                match self.replica.read_index(id) {
+                    Ok(()) => {
+                        self.read_waiters.insert(id, reply);
+                    }
+                    Err(ProposeError::NotLeader { leader }) => {
+                        let _ = reply.send(ReadIndexReply::NotLeader { leader });
+                    }
+                    Err(ProposeError::Overloaded) => {
+                        let _ = reply.send(ReadIndexReply::NotLeader { leader: None });
+                    }
+                }
+            }
+            LocalRequest::Compact { slot, data } => self.replica.compact(slot, data),
+            LocalRequest::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            LocalRequest::Elect { reply } => {
+                self.replica.start_election();
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn status(&self) -> StatusReply {
+        StatusReply {
+            mode: match self.mode {
+                Mode::Leader => "leader".to_owned(),
+                Mode::Leaderless => "leaderless".to_owned(),
+            },
+            status: self.replica.status(),
+            metrics: self.replica.metrics().clone(),
+        }
+    }
+
+    /// Entries from `from`, the snapshot if they were compacted, or `None` if nothing yet.
+    fn entries_for(&self, from: Slot, max: usize) -> Option<EntriesReply> {
+        if let Some((slot, data)) = self.replica.snapshot() {
+            if from <= slot {
+                return Some(EntriesReply::Snapshot { slot, data });
+            }
+        }
+        let entries = self.replica.decided_entries(from, max);
+        (!entries.is_empty()).then_some(EntriesReply::Entries(entries))
+    }
+
+    async fn after_inputs(&mut self) -> anyhow::Result<()> {
+        let ready = self.replica.take_ready();
+        if ready.is_empty() && ready.messages.is_empty() {
+            return Ok(());
+        }
+        // 1-2: persist and sync before anything leaves. A storage error is fatal.
+        if !ready.persist.is_empty() {
+            let started = std::time::Instant::now();
+            tokio::task::block_in_place(|| self.storage.write(&ready.persist))
+                .context("paxos storage failed; stopping")?;
+            metrics::histogram!("paxos_persist_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        // 3: send.
+        for envelope in ready.messages {
+            if let Some(Some(queue)) = self.outbound.get(envelope.to as usize) {
+                if queue.try_send(envelope).is_err() {
+                    metrics::counter!("paxos_messages_dropped_total", "reason" => "outbound_full")
+                        .increment(1);
+                }
+            }
+        }
+        // 4-6: tell the local node.
+        for (slot, value) in &ready.decided {
+            for command in value.commands() {
+                if let Some(reply) = self.proposals.remove(command) {
+                    let _ = reply.send(ProposeReply::Decided { slot: *slot });
+                }
+            }
+        }
+        for command in ready.dropped.iter().chain(&ready.outcome_unknown) {
+            if let Some(reply) = self.proposals.remove(command) {
+                let _ = reply.send(ProposeReply::Dropped);
+            }
+        }
+        for read in ready.reads {
+            match read {
+                ReadResult::Ready { id, index } => {
+                    if let Some(reply) = self.read_waiters.remove(&id) {
+                        let _ = reply.send(ReadIndexReply::Ready { index });
+                    }
+                }
+                ReadResult::Failed { id } => {
+                    if let Some(reply) = self.read_waiters.remove(&id) {
+                        let _ = reply.send(ReadIndexReply::NotLeader { leader: None });
+                    }
+                }
+            }
+        }
+        if !self.entry_waiters.is_empty() && (!ready.decided.is_empty() || ready.snapshot.is_some())
+        {
+            let waiters = std::mem::take(&mut self.entry_waiters);
+            for (from, max, reply) in waiters {
+                match self.entries_for(from, max) {
+                    Some(answer) => {
+                        let _ = reply.send(answer);
+                    }
+                    None => self.entry_waiters.push((from, max, reply)),
+                }
+            }
+        }
+        let status = self.replica.status();
+        metrics::gauge!("paxos_decided_index").set(status.decided as f64);
+        metrics::gauge!("paxos_ballot_round").set(status.ballot.round as f64);
+        Ok(())
+    }
+}
+
+/// Command-line options of the `paxos` binary.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "paxos", about = "One Paxos replica of the bank cluster")]
+pub struct Cli {
+    /// This replica's id, 0..N.
+    #[arg(long, env = "PAXOS_ID")]
+    pub id: NodeId,
+    /// Base URLs of every replica's paxos process, comma-separated, in id order.
+    #[arg(long, env = "PAXOS_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// leader or leaderless.
+    #[arg(long, env = "BANK_MODE", default_value = "leader")]
+    pub mode: String,
+    /// Listen address (peers and the local node).
+    #[arg(long, env = "PAXOS_LISTEN", default_value = "127.0.0.1:9180")]
+    pub listen: SocketAddr,
+    /// Directory of the acceptor state.
+    #[arg(long, env = "PAXOS_DATA_DIR", default_value = "data/paxos")]
+    pub data_dir: PathBuf,
+    /// File holding the cluster token (else BANK_CLUSTER_TOKEN).
+    #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+    /// Milliseconds per tick.
+    #[arg(long, env = "PAXOS_TICK_MS", default_value_t = 10)]
+    pub tick_ms: u64,
+    /// Ticks between heartbeats.
+    #[arg(long, env = "PAXOS_HEARTBEAT_TICKS", default_value_t = 5)]
+    pub heartbeat_ticks: u64,
+    /// Ticks of leader silence before an election (randomized up to twice this).
+    #[arg(long, env = "PAXOS_ELECTION_TICKS", default_value_t = 20)]
+    pub election_ticks: u64,
+    /// Slots in flight per lane.
+    #[arg(long, env = "PAXOS_WINDOW", default_value_t = 64)]
+    pub window: usize,
+    /// Decided entries kept before asking the node for a snapshot.
+    #[arg(long, env = "PAXOS_MAX_RETAINED_LOG", default_value_t = 100_000)]
+    pub max_retained_log: u64,
+}
+
+impl Cli {
+    /// The runtime configuration, validated.
+    pub fn into_config(self, token: String) -> anyhow::Result<RuntimeConfig> {
+        let mode = match self.mode.as_str() {
+            "leader" => Mode::Leader,
+            "leaderless" => Mode::Leaderless,
+            other => anyhow::bail!("--mode must be leader or leaderless, not {other:?}"),
+        };
+        let nodes = u32::try_from(self.peers.len())?;
+        let mut core = Config::new(self.id, nodes, mode);
+        core.heartbeat_ticks = self.heartbeat_ticks;
+        core.election_ticks = self.election_ticks;
+        core.resend_ticks = self.heartbeat_ticks * 2;
+        core.window = self.window;
+        core.max_retained_log = self.max_retained_log;
+        core.seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(self.id);
+        core.validate().map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.tick_ms),
+            "--tick-ms must be 1..=10000, got {}",
+            self.tick_ms
+        );
+        Ok(RuntimeConfig {
+            core,
+            listen: self.listen,
+            peers: self.peers,
+            data_dir: self.data_dir,
+            token,
+            tick_ms: self.tick_ms,
+            peer_queue: 65_536,
+        })
+    }
+}
+
+/// The token from `BANK_CLUSTER_TOKEN` or a file.
+pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Ok(token) = std::env::var("BANK_CLUSTER_TOKEN") {
+        if !token.trim().is_empty() {
+            return Ok(token.trim().to_owned());
+        }
+    }
+    let path = file.context("set BANK_CLUSTER_TOKEN or --cluster-token-file")?;
+    let token =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        !token.trim().is_empty(),
+        "cluster token file {} is empty",
+        path.display()
+    );
+    Ok(token.trim().to_owned())
+}
+
+/// The `paxos` binary's main, also used by the testbed when it re-executes itself.
+pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
+    use clap::Parser as _;
+    let cli = Cli::try_parse_from(args)?;
+    let token = read_token(cli.cluster_token_file.as_deref())?;
+    let cfg = cli.into_config(token)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", cfg.listen))?;
+    let handle = telemetry::install_prometheus();
+    let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || handle.render());
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal.cancel();
+    });
+    tracing::info!(id = cfg.core.id, listen = %cfg.listen, "paxos replica starting");
+    println!(
+        "paxos replica {} listening on http://{}",
+        cfg.core.id,
+        listener.local_addr()?
+    );
+    run(cfg, listener, Some(render), shutdown).await
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
