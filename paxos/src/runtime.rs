@@ -479,7 +479,7 @@ impl Driver {
                 _ = ticker.tick() => {
                     self.replica.tick();
                     ticks += 1;
-                    if ticks % 100 == 0 {
+                    if ticks.is_multiple_of(100) {
                         self.proposals.retain(|_, reply| !reply.is_closed());
                         self.entry_waiters.retain(|(_, _, reply)| !reply.is_closed());
                     }
@@ -579,10 +579,10 @@ impl Driver {
 
     /// Entries from `from`, the snapshot if they were compacted, or `None` if nothing yet.
     fn entries_for(&self, from: Slot, max: usize) -> Option<EntriesReply> {
-        if let Some((slot, data)) = self.replica.snapshot() {
-            if from <= slot {
-                return Some(EntriesReply::Snapshot { slot, data });
-            }
+        if let Some((slot, data)) = self.replica.snapshot()
+            && from <= slot
+        {
+            return Some(EntriesReply::Snapshot { slot, data });
         }
         let entries = self.replica.decided_entries(from, max);
         (!entries.is_empty()).then_some(EntriesReply::Entries(entries))
@@ -603,11 +603,11 @@ impl Driver {
         }
         // 3: send.
         for envelope in ready.messages {
-            if let Some(Some(queue)) = self.outbound.get(envelope.to as usize) {
-                if queue.try_send(envelope).is_err() {
-                    metrics::counter!("paxos_messages_dropped_total", "reason" => "outbound_full")
-                        .increment(1);
-                }
+            if let Some(Some(queue)) = self.outbound.get(envelope.to as usize)
+                && queue.try_send(envelope).is_err()
+            {
+                metrics::counter!("paxos_messages_dropped_total", "reason" => "outbound_full")
+                    .increment(1);
             }
         }
         // 4-6: tell the local node.
@@ -735,10 +735,10 @@ impl Cli {
 
 /// The token from `BANK_CLUSTER_TOKEN` or a file.
 pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
-    if let Ok(token) = std::env::var("BANK_CLUSTER_TOKEN") {
-        if !token.trim().is_empty() {
-            return Ok(token.trim().to_owned());
-        }
+    if let Ok(token) = std::env::var("BANK_CLUSTER_TOKEN")
+        && !token.trim().is_empty()
+    {
+        return Ok(token.trim().to_owned());
     }
     let path = file.context("set BANK_CLUSTER_TOKEN or --cluster-token-file")?;
     let token =
@@ -755,6 +755,7 @@ pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
 pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
     use clap::Parser as _;
     let cli = Cli::try_parse_from(args)?;
+    telemetry::init_logging(telemetry::LogFormat::Human);
     let token = read_token(cli.cluster_token_file.as_deref())?;
     let cfg = cli.into_config(token)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -1,0 +1,81 @@
+//! `testbed` command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The local testbed of the paxos bank.
+#[derive(Debug, Parser)]
+#[command(name = "testbed", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a local cluster and its front door; Ctrl-C stops everything.
+    Up(UpArgs),
+}
+
+/// `testbed up`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpArgs {
+    /// Number of node+paxos pairs (1 to 7).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// leader (one elected leader serves and proposes) or leaderless (every node proposes).
+    #[arg(long, default_value = "leader")]
+    pub mode: String,
+    /// Storage backend of the nodes: embedded.
+    #[arg(long, default_value = "embedded")]
+    pub store: String,
+    /// Where the nodes keep their data (default: a fresh folder under the system temp dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Reuse the data already in --data-dir (without it, a non-empty --data-dir is refused).
+    #[arg(long)]
+    pub keep_data: bool,
+    /// Front door port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Do not restart processes that die.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Leader mode: keep the front door on its target even when another node leads (the
+    /// prober retargets it); by default the front door follows the leader itself.
+    #[arg(long)]
+    pub manual_target: bool,
+    /// Milliseconds per Paxos tick.
+    #[arg(long, default_value_t = 10)]
+    pub tick_ms: u64,
+}
+
+impl UpArgs {
+    /// Checks values; the message names the flag and the value.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=7).contains(&self.nodes),
+            "--nodes must be 1 to 7, got {}",
+            self.nodes
+        );
+        anyhow::ensure!(
+            self.mode == "leader" || self.mode == "leaderless",
+            "--mode must be leader or leaderless, got {:?}",
+            self.mode
+        );
+        anyhow::ensure!(
+            self.store == "embedded",
+            "--store must be embedded (the Firestore backend is not built yet), got {:?}",
+            self.store
+        );
+        anyhow::ensure!(
+            (1..=1_000).contains(&self.tick_ms),
+            "--tick-ms must be 1 to 1000, got {}",
+            self.tick_ms
+        );
+        Ok(())
+    }
+}

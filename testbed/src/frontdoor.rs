@@ -1,0 +1,370 @@
+//! The front door: the local stand-in for the Kubernetes Service / external load balancer.
+//!
+//! Every path except `/_testbed/...` is proxied to a node's public port. Leader mode: to the
+//! current target (by default the node the cluster reports as leader; `POST /_testbed/target`
+//! pins it, as the prober will). Leaderless: round robin over the nodes that answered `/readyz`.
+//! If the chosen node refuses the connection (the request was never sent, so retrying cannot
+//! apply anything twice), the next node is tried.
+//!
+//! `/_testbed/cluster` (GET) describes the cluster; `POST /_testbed/target`, and
+//! `POST /_testbed/nodes/{id}/{stop|start|wipe}` need the cluster token.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::supervisor::Child;
+
+/// One node as the testbed sees it.
+pub struct NodeHandle {
+    /// Id.
+    pub id: u32,
+    /// Public base URL of its `node` process.
+    pub public_url: String,
+    /// Internal base URL of its `node` process.
+    pub internal_url: String,
+    /// Base URL of its `paxos` process.
+    pub paxos_url: String,
+    /// Its `node` process.
+    pub node: Arc<Child>,
+    /// Its `paxos` process.
+    pub paxos: Arc<Child>,
+    /// Data folders to delete on wipe.
+    pub data_dirs: Vec<std::path::PathBuf>,
+    /// Last known role: `leader`, `follower`, `replica`, `candidate` or `down`.
+    pub role: std::sync::Mutex<String>,
+    /// Answered `/readyz` at the last check.
+    pub ready: AtomicBool,
+}
+
+/// Shared state of the front door.
+pub struct FrontDoor {
+    /// `leader` or `leaderless`.
+    pub mode: String,
+    /// The nodes.
+    pub nodes: Vec<NodeHandle>,
+    /// Leader mode: index of the target node.
+    pub target: AtomicUsize,
+    /// Leader mode: follow the leader automatically.
+    pub auto_target: AtomicBool,
+    /// Leaderless: round-robin position.
+    pub next: AtomicUsize,
+    /// Node the cluster reports as leader (leader mode), `usize::MAX` if none.
+    pub leader: AtomicUsize,
+    /// Cluster token (admin calls).
+    pub token: String,
+    /// Where the data lives.
+    pub data_dir: std::path::PathBuf,
+    /// The token file, if generated.
+    pub token_file: Option<std::path::PathBuf>,
+    /// The front door's own URL.
+    pub url: std::sync::Mutex<String>,
+    /// HTTP client for proxying and polling.
+    pub client: reqwest::Client,
+}
+
+/// `GET /_testbed/cluster`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// `leader` or `leaderless`.
+    pub mode: String,
+    /// Leader node id (leader mode, when known).
+    pub leader: Option<u32>,
+    /// Node the front door sends traffic to (leader mode).
+    pub target: Option<u32>,
+    /// The front door.
+    pub front_door: String,
+    /// Where the data lives.
+    pub data_dir: String,
+    /// The generated token file (absent when the token came from the environment).
+    pub token_file: Option<String>,
+    /// Every node.
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// One node in [`ClusterInfo`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Id.
+    pub id: u32,
+    /// `leader`, `follower`, `replica`, `candidate` or `down`.
+    pub role: String,
+    /// Public URL.
+    pub public_url: String,
+    /// Internal URL of the node process.
+    pub internal_url: String,
+    /// URL of the paxos process.
+    pub paxos_url: String,
+    /// PID of the node process (0: not running).
+    pub node_pid: u32,
+    /// PID of the paxos process (0: not running).
+    pub paxos_pid: u32,
+    /// Restarts of the node process.
+    pub node_restarts: u64,
+    /// Restarts of the paxos process.
+    pub paxos_restarts: u64,
+    /// Answered `/readyz` at the last check.
+    pub ready: bool,
+}
+
+impl FrontDoor {
+    /// The cluster description.
+    pub fn info(&self) -> ClusterInfo {
+        let leader = self.leader.load(Ordering::SeqCst);
+        let leader_mode = self.mode == "leader";
+        ClusterInfo {
+            mode: self.mode.clone(),
+            leader: (leader_mode && leader != usize::MAX).then_some(leader as u32),
+            target: leader_mode.then(|| self.target.load(Ordering::SeqCst) as u32),
+            front_door: self.url.lock().expect("url lock").clone(),
+            data_dir: self.data_dir.display().to_string(),
+            token_file: self.token_file.as_ref().map(|p| p.display().to_string()),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeInfo {
+                    id: n.id,
+                    role: n.role.lock().expect("role lock").clone(),
+                    public_url: n.public_url.clone(),
+                    internal_url: n.internal_url.clone(),
+                    paxos_url: n.paxos_url.clone(),
+                    node_pid: n.node.pid.load(Ordering::SeqCst),
+                    paxos_pid: n.paxos.pid.load(Ordering::SeqCst),
+                    node_restarts: n.node.restarts.load(Ordering::SeqCst),
+                    paxos_restarts: n.paxos.restarts.load(Ordering::SeqCst),
+                    ready: n.ready.load(Ordering::SeqCst),
+                })
+                .collect(),
+        }
+    }
+
+    /// Polls every node (paxos status and node readiness) and updates roles, leader and target.
+    pub async fn poll(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let mut leader = usize::MAX;
+            for (i, node) in self.nodes.iter().enumerate() {
+                let status = self
+                    .client
+                    .get(format!("{}/status", node.paxos_url))
+                    .bearer_auth(&self.token)
+                    .timeout(Duration::from_millis(300))
+                    .send()
+                    .await;
+                let status: Option<paxos::runtime::StatusReply> = match status {
+                    Ok(r) if r.status().is_success() => r.json().await.ok(),
+                    _ => None,
+                };
+                let ready = self
+                    .client
+                    .get(format!("{}/readyz", node.public_url))
+                    .timeout(Duration::from_millis(300))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                node.ready.store(ready, Ordering::SeqCst);
+                let role = match (&status, self.mode.as_str()) {
+                    (None, _) => "down",
+                    (Some(s), "leader") if s.status.is_leader => {
+                        leader = i;
+                        "leader"
+                    }
+                    (Some(s), "leader") if s.status.leader == Some(node.id) => "candidate",
+                    (Some(_), "leader") => "follower",
+                    (Some(_), _) => "replica",
+                };
+                *node.role.lock().expect("role lock") = role.to_owned();
+            }
+            self.leader.store(leader, Ordering::SeqCst);
+            if leader != usize::MAX && self.auto_target.load(Ordering::SeqCst) {
+                self.target.store(leader, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Candidate nodes for one request, best first.
+    fn candidates(&self) -> Vec<usize> {
+        let n = self.nodes.len();
+        let first = if self.mode == "leader" {
+            self.target.load(Ordering::SeqCst) % n
+        } else {
+            // Round robin over ready nodes; if none looks ready, try them all.
+            let start = self.next.fetch_add(1, Ordering::SeqCst);
+            (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| self.nodes[i].ready.load(Ordering::SeqCst))
+                .unwrap_or(start % n)
+        };
+        (0..n).map(|k| (first + k) % n).collect()
+    }
+}
+
+/// The front door's router.
+pub fn router(door: Arc<FrontDoor>) -> Router {
+    Router::new()
+        .route("/_testbed/cluster", get(cluster))
+        .route("/_testbed/target", post(set_target))
+        .route("/_testbed/nodes/{id}/{action}", post(node_action))
+        .fallback(proxy)
+        .with_state(door)
+}
+
+async fn cluster(State(door): State<Arc<FrontDoor>>) -> Json<ClusterInfo> {
+    Json(door.info())
+}
+
+fn authorized(door: &FrontDoor, headers: &HeaderMap) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(presented.as_bytes().ct_eq(door.token.as_bytes()))
+}
+
+#[derive(Deserialize)]
+struct TargetRequest {
+    node: u32,
+    /// Keep following the leader automatically afterwards (default: no, the caller decides).
+    #[serde(default)]
+    auto: bool,
+}
+
+async fn set_target(
+    State(door): State<Arc<FrontDoor>>,
+    headers: HeaderMap,
+    Json(req): Json<TargetRequest>,
+) -> Response {
+    if !authorized(&door, &headers) {
+        return (StatusCode::UNAUTHORIZED, "cluster token required").into_response();
+    }
+    if req.node as usize >= door.nodes.len() {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("no node {}", req.node),
+        )
+            .into_response();
+    }
+    door.target.store(req.node as usize, Ordering::SeqCst);
+    door.auto_target.store(req.auto, Ordering::SeqCst);
+    Json(door.info()).into_response()
+}
+
+async fn node_action(
+    State(door): State<Arc<FrontDoor>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(u32, String)>,
+) -> Response {
+    if !authorized(&door, &headers) {
+        return (StatusCode::UNAUTHORIZED, "cluster token required").into_response();
+    }
+    let Some(node) = door.nodes.get(id as usize) else {
+        return (StatusCode::NOT_FOUND, format!("no node {id}")).into_response();
+    };
+    match action.as_str() {
+        "stop" => {
+            node.node.stop();
+            node.paxos.stop();
+        }
+        "start" => {
+            node.paxos.start();
+            node.node.start();
+        }
+        "wipe" => {
+            node.node.stop();
+            node.paxos.stop();
+            for _ in 0..50 {
+                if node.node.pid.load(Ordering::SeqCst) == 0
+                    && node.paxos.pid.load(Ordering::SeqCst) == 0
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for dir in &node.data_dirs {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            node.paxos.start();
+            node.node.start();
+        }
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}: stop, start, wipe"),
+            )
+                .into_response();
+        }
+    }
+    Json(door.info()).into_response()
+}
+
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 1 << 20).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB").into_response();
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    for index in door.candidates() {
+        let node = &door.nodes[index];
+        let mut outgoing = door
+            .client
+            .request(parts.method.clone(), format!("{}{}", node.public_url, path))
+            .timeout(Duration::from_secs(15))
+            .body(body.clone());
+        for (name, value) in &parts.headers {
+            if !HOP_BY_HOP.contains(&name.as_str()) {
+                outgoing = outgoing.header(name, value);
+            }
+        }
+        match outgoing.send().await {
+            Ok(reply) => {
+                let mut response = Response::builder().status(reply.status());
+                for (name, value) in reply.headers() {
+                    if !HOP_BY_HOP.contains(&name.as_str()) {
+                        response = response.header(name, value);
+                    }
+                }
+                let bytes = reply.bytes().await.unwrap_or_default();
+                return response
+                    .body(Body::from(bytes))
+                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+            }
+            // Not connected: nothing was sent, so another node may take it.
+            Err(err) if err.is_connect() => continue,
+            Err(_) => break,
+        }
+    }
+    let body = serde_json::json!({"error": "no node answered; retry", "code": "unavailable"});
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(body),
+    )
+        .into_response()
+}

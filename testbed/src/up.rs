@@ -1,0 +1,276 @@
+//! `testbed up`: ports, data folders, the token, children, the front door, `cluster.json`.
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::UpArgs;
+use crate::frontdoor::{self, FrontDoor, NodeHandle};
+use crate::supervisor::Child;
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn prepare_data_dir(args: &UpArgs) -> anyhow::Result<PathBuf> {
+    let dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis();
+            std::env::temp_dir().join(format!("paxos-bank-{stamp}-{}", std::process::id()))
+        }
+    };
+    if dir.exists() && !args.keep_data && std::fs::read_dir(&dir)?.next().is_some() {
+        anyhow::bail!(
+            "--data-dir {} is not empty: add --keep-data to reuse its data, or choose an empty folder",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(std::fs::canonicalize(&dir)?)
+}
+
+/// Runs the testbed until Ctrl-C or SIGTERM.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let data_dir = prepare_data_dir(&args)?;
+    let (token, token_file) = match std::env::var("BANK_CLUSTER_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => (token.trim().to_owned(), None),
+        _ => {
+            let path = data_dir.join("cluster-token");
+            let token = match std::fs::read_to_string(&path) {
+                Ok(existing) if args.keep_data && !existing.trim().is_empty() => {
+                    existing.trim().to_owned()
+                }
+                _ => {
+                    let token = format!(
+                        "{}{}",
+                        uuid::Uuid::new_v4().simple(),
+                        uuid::Uuid::new_v4().simple()
+                    );
+                    write_private(&path, &token)?;
+                    token
+                }
+            };
+            (token, Some(path))
+        }
+    };
+    let exe = std::env::current_exe().context("finding the testbed binary")?;
+    let n = args.nodes as usize;
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        ports.push((free_port()?, free_port()?, free_port()?));
+    }
+    let public: Vec<String> = ports
+        .iter()
+        .map(|(p, _, _)| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let paxos: Vec<String> = ports
+        .iter()
+        .map(|(_, _, x)| format!("http://127.0.0.1:{x}"))
+        .collect();
+    let restart = !args.no_restart;
+    let mut nodes = Vec::new();
+    for (i, (public_port, internal_port, paxos_port)) in ports.iter().enumerate() {
+        let dir = data_dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let paxos_args = vec![
+            "paxos".to_owned(),
+            "--id".to_owned(),
+            i.to_string(),
+            "--peers".to_owned(),
+            paxos.join(","),
+            "--mode".to_owned(),
+            args.mode.clone(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{paxos_port}"),
+            "--data-dir".to_owned(),
+            dir.join("paxos").display().to_string(),
+            "--tick-ms".to_owned(),
+            args.tick_ms.to_string(),
+        ];
+        let node_args = vec![
+            "node".to_owned(),
+            "--node-id".to_owned(),
+            i.to_string(),
+            "--mode".to_owned(),
+            args.mode.clone(),
+            "--paxos-url".to_owned(),
+            paxos[i].clone(),
+            "--peers-public".to_owned(),
+            public.join(","),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{public_port}"),
+            "--internal-listen".to_owned(),
+            format!("127.0.0.1:{internal_port}"),
+            "--data-dir".to_owned(),
+            dir.join("bank").display().to_string(),
+        ];
+        nodes.push(NodeHandle {
+            id: i as u32,
+            public_url: public[i].clone(),
+            internal_url: format!("http://127.0.0.1:{internal_port}"),
+            paxos_url: paxos[i].clone(),
+            paxos: Child::new(
+                format!("paxos-{i}"),
+                exe.clone(),
+                paxos_args,
+                dir.join("paxos.log"),
+                restart,
+            ),
+            node: Child::new(
+                format!("node-{i}"),
+                exe.clone(),
+                node_args,
+                dir.join("node.log"),
+                restart,
+            ),
+            data_dirs: vec![dir.join("paxos"), dir.join("bank")],
+            role: std::sync::Mutex::new("down".to_owned()),
+            ready: AtomicBool::new(false),
+        });
+    }
+    // Children read the token from the environment they inherit.
+    // SAFETY: set before any child is spawned and while no other thread reads the environment.
+    unsafe {
+        std::env::set_var("BANK_CLUSTER_TOKEN", &token);
+    }
+    let door = Arc::new(FrontDoor {
+        mode: args.mode.clone(),
+        nodes,
+        target: AtomicUsize::new(0),
+        auto_target: AtomicBool::new(!args.manual_target),
+        next: AtomicUsize::new(0),
+        leader: AtomicUsize::new(usize::MAX),
+        token,
+        data_dir: data_dir.clone(),
+        token_file: token_file.clone(),
+        url: std::sync::Mutex::new(String::new()),
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(128)
+            .build()?,
+    });
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for node in &door.nodes {
+        tasks.push(tokio::spawn(node.paxos.clone().supervise(shutdown.clone())));
+        tasks.push(tokio::spawn(node.node.clone().supervise(shutdown.clone())));
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+        .await
+        .with_context(|| {
+            format!(
+                "binding the front door on 127.0.0.1:{} (try --port 0)",
+                args.port
+            )
+        })?;
+    let front = format!("http://{}", listener.local_addr()?);
+    *door.url.lock().expect("url lock") = front.clone();
+    tokio::spawn(door.clone().poll(shutdown.clone()));
+    tokio::spawn(write_cluster_json(door.clone(), shutdown.clone()));
+    let server = axum::serve(listener, frontdoor::router(door.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+
+    println!(
+        "testbed: {} nodes, {} mode, {} store, data in {}",
+        args.nodes,
+        args.mode,
+        args.store,
+        data_dir.display()
+    );
+    for node in &door.nodes {
+        println!(
+            "  node {}: public {}  internal {}  paxos {}",
+            node.id, node.public_url, node.internal_url, node.paxos_url
+        );
+    }
+    match &token_file {
+        Some(path) => println!("  cluster token: {} (mode 0600)", path.display()),
+        None => println!("  cluster token: from BANK_CLUSTER_TOKEN"),
+    }
+    println!(
+        "front door: {front}/ (the web page of all accounts; the banking API is on the same address)"
+    );
+    println!(
+        "cluster status: {front}/_testbed/cluster (also {}/cluster.json)",
+        data_dir.display()
+    );
+    println!(
+        "logs: {}/node-*/{{node,paxos}}.log; Ctrl-C stops everything",
+        data_dir.display()
+    );
+
+    let started = Instant::now();
+    let ready = wait_ready(&door, Duration::from_secs(60), &shutdown).await;
+    if ready {
+        println!(
+            "ready: the cluster answers at {front}/ ({} ms)",
+            started.elapsed().as_millis()
+        );
+    } else if !shutdown.is_cancelled() {
+        println!("not ready after 60 s: see the logs above");
+    }
+    tokio::select! {
+        () = paxos::runtime::wait_for_signal() => {}
+        () = shutdown.cancelled() => {}
+    }
+    println!("testbed: stopping every process");
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+async fn wait_ready(door: &Arc<FrontDoor>, limit: Duration, shutdown: &CancellationToken) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !shutdown.is_cancelled() {
+        let all_ready = door.nodes.iter().all(|n| n.ready.load(Ordering::SeqCst));
+        let leader_known =
+            door.mode != "leader" || door.leader.load(Ordering::SeqCst) != usize::MAX;
+        if all_ready && leader_known {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn write_cluster_json(door: Arc<FrontDoor>, shutdown: CancellationToken) {
+    let path = door.data_dir.join("cluster.json");
+    let mut last = String::new();
+    while !shutdown.is_cancelled() {
+        if let Ok(text) = serde_json::to_string_pretty(&door.info())
+            && text != last
+        {
+            let tmp = path.with_extension("json.tmp");
+            if std::fs::write(&tmp, &text).is_ok() && std::fs::rename(&tmp, &path).is_ok() {
+                last = text;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
