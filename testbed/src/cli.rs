@@ -48,6 +48,9 @@ pub struct UpArgs {
     /// prober retargets it); by default the front door follows the leader itself.
     #[arg(long)]
     pub manual_target: bool,
+    /// Nodes hand their paxos process a snapshot every this many applied slots (log compaction).
+    #[arg(long, default_value_t = 10_000)]
+    pub compact_every: u64,
     /// Milliseconds per Paxos tick.
     #[arg(long, default_value_t = 10)]
     pub tick_ms: u64,

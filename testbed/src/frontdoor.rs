@@ -7,7 +7,7 @@
 //! apply anything twice), the next node is tried.
 //!
 //! `/_testbed/cluster` (GET) describes the cluster; `POST /_testbed/target`, and
-//! `POST /_testbed/nodes/{id}/{stop|start|wipe}` need the cluster token.
+//! `POST /_testbed/nodes/{id}/{stop|start}` need the cluster token.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,8 +37,6 @@ pub struct NodeHandle {
     pub node: Arc<Child>,
     /// Its `paxos` process.
     pub paxos: Arc<Child>,
-    /// Data folders to delete on wipe.
-    pub data_dirs: Vec<std::path::PathBuf>,
     /// Last known role: `leader`, `follower`, `replica`, `candidate` or `down`.
     pub role: std::sync::Mutex<String>,
     /// Answered `/readyz` at the last check.
@@ -283,27 +281,10 @@ async fn node_action(
             node.paxos.start();
             node.node.start();
         }
-        "wipe" => {
-            node.node.stop();
-            node.paxos.stop();
-            for _ in 0..50 {
-                if node.node.pid.load(Ordering::SeqCst) == 0
-                    && node.paxos.pid.load(Ordering::SeqCst) == 0
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            for dir in &node.data_dirs {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            node.paxos.start();
-            node.node.start();
-        }
         other => {
             return (
                 StatusCode::NOT_FOUND,
-                format!("unknown action {other:?}: stop, start, wipe"),
+                format!("unknown action {other:?}: stop, start"),
             )
                 .into_response();
         }

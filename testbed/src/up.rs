@@ -126,6 +126,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             format!("127.0.0.1:{internal_port}"),
             "--data-dir".to_owned(),
             dir.join("bank").display().to_string(),
+            "--compact-every".to_owned(),
+            args.compact_every.to_string(),
         ];
         nodes.push(NodeHandle {
             id: i as u32,
@@ -146,7 +148,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 dir.join("node.log"),
                 restart,
             ),
-            data_dirs: vec![dir.join("paxos"), dir.join("bank")],
             role: std::sync::Mutex::new("down".to_owned()),
             ready: AtomicBool::new(false),
         });

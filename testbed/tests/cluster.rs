@@ -1,0 +1,270 @@
+//! End to end: real `node` and `paxos` processes started by `testbed up` on 127.0.0.1.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+async fn serves_the_whole_api(mode: &str) {
+    let tb = Testbed::up(mode, &[]);
+    let client = &tb.client;
+    let mut entry_points = vec![tb.url.clone()];
+    entry_points.extend(tb.node_urls().await);
+    for (i, base) in entry_points.iter().enumerate() {
+        let a = open_account(client, base).await;
+        let b = open_account(client, base).await;
+        let answer = deposit(client, base, &a, "10.50").await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.body["result"], "Money added successfully.");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let withdraw = json!({"account_id": a, "amount": 0.5});
+        let answer = send_retrying(client, reqwest::Method::POST, &format!("{base}/withdraw_money"), Some(withdraw), Some(&uuid_key()), deadline).await.unwrap();
+        assert_eq!((answer.status, &answer.body["balance"]), (200, &json!(10)), "{answer:?}");
+        let mv = json!({"source": {"account_id": a}, "destination": {"account_id": b}, "amount": "2.25"});
+        let answer = send_retrying(client, reqwest::Method::POST, &format!("{base}/move_money"), Some(mv), Some(&uuid_key()), deadline).await.unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.body["result"], "Money moved successfully.");
+        // Read through another entry point: linearizable by default.
+        let other = &entry_points[(i + 1) % entry_points.len()];
+        assert_eq!(balance(client, other, &a, false).await.body, json!({"balance": 7.75}));
+        assert_eq!(balance(client, other, &b, false).await.body, json!({"balance": 2.25}));
+        // Business errors come back through forwarding unchanged.
+        let too_much = json!({"account_id": b, "amount": 100});
+        let answer = send_retrying(client, reqwest::Method::POST, &format!("{base}/withdraw_money"), Some(too_much), None, deadline).await.unwrap();
+        assert_eq!((answer.status, &answer.body["code"]), (409, &json!("insufficient_funds")));
+        let ghost = uuid::Uuid::new_v4();
+        let answer = balance(client, base, &ghost.to_string(), false).await;
+        assert_eq!((answer.status, &answer.body["result"]), (404, &json!("Account not found.")));
+    }
+    let page = client.get(format!("{}/", tb.url)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("<span id=\"account-count\">8</span>"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_mode_serves_the_api_through_any_node_and_the_front_door() {
+    serves_the_whole_api("leader").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaderless_mode_serves_the_api_through_any_node_and_the_front_door() {
+    serves_the_whole_api("leaderless").await;
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Deposit { account: usize, cents: i64 },
+    Move { from: usize, to: usize, cents: i64 },
+}
+
+struct Record {
+    op: Op,
+    key: String,
+    answer: Option<Answer>,
+}
+
+const ACCOUNTS: usize = 6;
+const START_CENTS: i64 = 100_000;
+
+async fn kill_during_load(mode: &str) {
+    let tb = Testbed::up(mode, &[]);
+    let client = tb.client.clone();
+    let mut accounts = Vec::new();
+    for _ in 0..ACCOUNTS {
+        let id = open_account(&client, &tb.url).await;
+        assert_eq!(deposit(&client, &tb.url, &id, "1000").await.status, 200);
+        accounts.push(id);
+    }
+    let accounts = Arc::new(accounts);
+    let records: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first_ok_after_kill: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..8u64 {
+        let (client, url, accounts, records, stop) = (client.clone(), tb.url.clone(), accounts.clone(), records.clone(), stop.clone());
+        let (first_ok, killed_at) = (first_ok_after_kill.clone(), killed_at.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let r = (w * 7919 + n * 104_729) as usize;
+                let op = if n % 2 == 0 {
+                    Op::Deposit { account: r % ACCOUNTS, cents: (r % 500) as i64 + 1 }
+                } else {
+                    let from = r % ACCOUNTS;
+                    Op::Move { from, to: (from + 1 + r % (ACCOUNTS - 1)) % ACCOUNTS, cents: (r % 300) as i64 + 1 }
+                };
+                let (path, body) = match &op {
+                    Op::Deposit { account, cents } => ("deposit_money", json!({"account_id": accounts[*account], "amount": format!("{}.{:02}", cents / 100, cents % 100)})),
+                    Op::Move { from, to, cents } => ("move_money", json!({"source": {"account_id": accounts[*from]}, "destination": {"account_id": accounts[*to]}, "amount": format!("{}.{:02}", cents / 100, cents % 100)})),
+                };
+                let key = format!("w{w}-{n}-{}", uuid_key());
+                let deadline = Instant::now() + Duration::from_secs(15);
+                let answer = send_retrying(&client, reqwest::Method::POST, &format!("{url}/{path}"), Some(body), Some(&key), deadline).await;
+                if answer.as_ref().is_some_and(|a| a.status == 200) {
+                    if let Some(killed) = *killed_at.lock().unwrap() {
+                        let mut first = first_ok.lock().unwrap();
+                        if first.is_none() && Instant::now() > killed {
+                            *first = Some(Instant::now());
+                        }
+                    }
+                }
+                records.lock().unwrap().push(Record { op, key, answer });
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let victim = if mode == "leader" { tb.wait_leader(None, Duration::from_secs(5)).await } else { 1 };
+    *killed_at.lock().unwrap() = Some(Instant::now());
+    tb.kill_9(victim).await;
+    if mode == "leader" {
+        // A leader again (possibly the victim itself, restarted by the testbed, re-elected).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tb.wait_leader(None, Duration::from_secs(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let records = Arc::try_unwrap(records).ok().unwrap().into_inner().unwrap();
+    let failover = first_ok_after_kill.lock().unwrap().zip(*killed_at.lock().unwrap()).map(|(ok, k)| ok - k);
+    eprintln!("{mode}: {} operations, failover (kill -9 to first acknowledged write): {failover:?}", records.len());
+
+    // What the acknowledged operations imply.
+    let mut expected = vec![START_CENTS; ACCOUNTS];
+    let mut unknown_deposits = 0;
+    for record in &records {
+        match (&record.op, &record.answer) {
+            (Op::Deposit { account, cents }, Some(a)) if a.status == 200 => expected[*account] += cents,
+            (Op::Move { from, to, cents }, Some(a)) if a.status == 200 => {
+                expected[*from] -= cents;
+                expected[*to] += cents;
+            }
+            (_, Some(a)) => assert_eq!(a.status, 409, "unexpected answer {a:?}"),
+            (_, None) => unknown_deposits += 1,
+        }
+    }
+    assert_eq!(unknown_deposits, 0, "every operation got an answer within its retry deadline");
+    let acknowledged = records.iter().filter(|r| r.answer.as_ref().is_some_and(|a| a.status == 200)).count();
+    assert!(acknowledged > 50, "too little traffic to mean anything: {acknowledged}");
+
+    // Every replica (the killed one restarted and caught up) holds exactly that.
+    let balances = converged_balances(&tb, &accounts, Duration::from_secs(30)).await;
+    assert_eq!(balances, expected, "replicas differ from what the acknowledged operations imply");
+    assert!(balances.iter().all(|b| *b >= 0));
+    // Exactly once: a retry of an acknowledged write returns its first answer, applies nothing.
+    for record in records.iter().filter(|r| r.answer.as_ref().is_some_and(|a| a.status == 200)).take(40) {
+        let (path, body) = match &record.op {
+            Op::Deposit { account, cents } => ("deposit_money", json!({"account_id": accounts[*account], "amount": format!("{}.{:02}", cents / 100, cents % 100)})),
+            Op::Move { from, to, cents } => ("move_money", json!({"source": {"account_id": accounts[*from]}, "destination": {"account_id": accounts[*to]}, "amount": format!("{}.{:02}", cents / 100, cents % 100)})),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let again = send_retrying(&client, reqwest::Method::POST, &format!("{}/{path}", tb.url), Some(body), Some(&record.key), deadline).await;
+        assert_eq!(again.as_ref(), record.answer.as_ref(), "retry of {} changed its answer", record.key);
+    }
+    assert_eq!(converged_balances(&tb, &accounts, Duration::from_secs(10)).await, expected);
+    let cluster = tb.cluster().await;
+    let restarts: u64 = cluster["nodes"].as_array().unwrap().iter().map(|n| n["node_restarts"].as_u64().unwrap() + n["paxos_restarts"].as_u64().unwrap()).sum();
+    assert!(restarts >= 2, "the testbed restarted the killed processes: {cluster}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_mode_survives_kill_9_of_the_leader_without_losing_or_duplicating_writes() {
+    kill_during_load("leader").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaderless_mode_survives_kill_9_of_a_node_without_losing_or_duplicating_writes() {
+    kill_during_load("leaderless").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_catches_up_after_compaction_and_serves() {
+    let tb = Testbed::up("leader", &["--compact-every", "20"]);
+    let client = &tb.client;
+    let account = open_account(client, &tb.url).await;
+    let leader = tb.wait_leader(None, Duration::from_secs(5)).await;
+    let lagging = (leader + 1) % 3;
+    tb.admin(lagging, "stop").await;
+    for _ in 0..60 {
+        assert_eq!(deposit(client, &tb.url, &account, "1").await.status, 200);
+    }
+    tb.admin(lagging, "start").await;
+    let balances = converged_balances(&tb, std::slice::from_ref(&account), Duration::from_secs(30)).await;
+    assert_eq!(balances, vec![6_000]);
+    // It serves again, including writes through it.
+    let lagging_url = &tb.node_urls().await[lagging as usize];
+    assert_eq!(deposit(client, lagging_url, &account, "1").await.status, 200);
+    assert_eq!(balance(client, lagging_url, &account, false).await.body, json!({"balance": 61}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_majority_fails_fast_with_503_and_recovers() {
+    let tb = Testbed::up("leader", &["--no-restart"]);
+    let client = &tb.client;
+    let account = open_account(client, &tb.url).await;
+    let leader = tb.wait_leader(None, Duration::from_secs(5)).await;
+    let others: Vec<u64> = (0..3).filter(|n| *n != leader).collect();
+    for n in &others {
+        tb.admin(*n, "stop").await;
+    }
+    let started = Instant::now();
+    let response = client
+        .post(format!("{}/deposit_money", tb.url))
+        .timeout(Duration::from_secs(30))
+        .json(&json!({"account_id": account, "amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status().as_u16(), 503, "a write without a majority must fail");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["code"].is_string() && body["error"].is_string(), "{body}");
+    assert!(waited < Duration::from_secs(15), "it must not hang: {waited:?}");
+    for n in &others {
+        tb.admin(*n, "start").await;
+    }
+    let answer = deposit(client, &tb.url, &account, "1").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    eprintln!("majority loss: 503 after {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_amount_never_reaches_the_log() {
+    let tb = Testbed::up("leader", &[]);
+    let client = &tb.client;
+    let account = open_account(client, &tb.url).await;
+    let decided = |cluster: Value| async move {
+        let mut max = 0;
+        for node in cluster["nodes"].as_array().unwrap() {
+            let status: Value = reqwest::Client::new()
+                .get(format!("{}/status", node["paxos_url"].as_str().unwrap()))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            max = max.max(status["frontier"].as_u64().unwrap());
+        }
+        max
+    };
+    let before = decided(tb.cluster().await).await;
+    for bad in [json!(12.345), json!(-1), json!("NaN"), json!(0)] {
+        let response = client
+            .post(format!("{}/deposit_money", tb.url))
+            .json(&json!({"account_id": account, "amount": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 422);
+    }
+    assert_eq!(decided(tb.cluster().await).await, before, "a refused request must not use a slot");
+    assert_eq!(deposit(client, &tb.url, &account, "2").await.status, 200);
+    assert_eq!(balance(client, &tb.url, &account, false).await.body, json!({"balance": 2}));
+}
