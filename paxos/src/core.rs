@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::ballot::{Ballot, NodeId, Slot};
 use crate::messages::{
     Accept, Accepted, CatchUp, CatchUpReply, Command, Decide, Envelope, Heartbeat, HeartbeatAck,
-    LaneClaim, Message, Nack, NackReason, Prepare, Promise, PromiseEntry, Value,
+    LaneClaim, Message, Nack, NackReason, Prepare, Promise, PromiseEntry, RecoveryReply, Value,
 };
 use crate::storage::{PersistOp, PersistentState};
 
@@ -54,6 +54,11 @@ pub struct Config {
     pub max_retained_log: u64,
     /// Seed of the replica's only source of randomness (election jitter).
     pub seed: u64,
+    /// This replica lost its durable state and rejoins an existing cluster: with empty storage it
+    /// does not vote until it has learned, from a majority of the others, every ballot it may
+    /// have promised and every slot it may have accepted (see [`Replica`]). Never set it for the
+    /// first start of a new cluster.
+    pub rejoin: bool,
 }
 
 impl Config {
@@ -73,6 +78,7 @@ impl Config {
             max_entries_per_message: 1_024,
             max_retained_log: 100_000,
             seed: u64::from(id),
+            rejoin: false,
         }
     }
 
@@ -322,6 +328,20 @@ impl Rng {
     }
 }
 
+/// A rejoining replica's progress (see [`Config::rejoin`]).
+#[derive(Debug, Default)]
+struct Recovery {
+    replies: BTreeMap<NodeId, RecoveryReply>,
+    /// Decided index to reach before voting: every slot it may have accepted before.
+    target: Option<Slot>,
+    /// Highest promise any responder holds, per lane.
+    max_promised: Vec<Ballot>,
+    /// Writes held back until recovery completes, so a crash during recovery leaves the storage
+    /// empty and recovery simply starts over.
+    deferred: Vec<PersistOp>,
+    last_query: u64,
+}
+
 #[derive(Debug)]
 struct PendingRead {
     id: u64,
@@ -345,6 +365,7 @@ pub struct Replica {
     frontier: Slot,
     pending: VecDeque<Command>,
     my_proposals: BTreeMap<Slot, (Value, u64)>,
+    /// Tick of the last heartbeat from each replica.
     last_heard: Vec<u64>,
     next_heartbeat: u64,
     catchup_after: u64,
@@ -353,6 +374,7 @@ pub struct Replica {
     reads: Vec<PendingRead>,
     ready: Ready,
     metrics: Metrics,
+    recovery: Option<Recovery>,
 }
 
 impl Replica {
@@ -427,6 +449,7 @@ impl Replica {
             reads: Vec::new(),
             ready: Ready::default(),
             metrics: Metrics::default(),
+            recovery: None,
             cfg,
         };
         if let Some((slot, data)) = &replica.snapshot {
@@ -437,7 +460,12 @@ impl Replica {
         // leads without phase 1. After any restart it wins its lane back with phase 1 at a new
         // ballot instead, so a ballot is never used across two lives (its earlier life may have
         // proposed values at (0, owner) that were not chosen).
-        let fresh = state_was_empty;
+        let fresh = state_was_empty && !replica.cfg.rejoin;
+        if state_was_empty && replica.cfg.rejoin {
+            replica.recovery = Some(Recovery::default());
+            replica.broadcast(Message::RecoveryQuery);
+            replica.check_recovered();
+        }
         for lane in 0..lanes_n {
             replica.refresh_lane_prefix(lane);
             let default = default_ballot(&replica.cfg, lane);
@@ -551,13 +579,24 @@ impl Replica {
     /// Drains the outputs. See the driver contract.
     pub fn take_ready(&mut self) -> Ready {
         self.metrics.messages_sent += self.ready.messages.len() as u64;
+        if let Some(recovery) = &mut self.recovery {
+            recovery.deferred.append(&mut self.ready.persist);
+        }
         std::mem::take(&mut self.ready)
+    }
+
+    /// True while a rejoining replica is still recovering (it does not vote yet).
+    pub fn is_recovering(&self) -> bool {
+        self.recovery.is_some()
     }
 
     // ----- inputs -----
 
     /// Queues client commands. Leader mode: only the leader accepts them.
     pub fn propose(&mut self, commands: Vec<Command>) -> Result<(), ProposeError> {
+        if self.recovery.is_some() {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
         if self.cfg.mode == Mode::Leader && !self.is_leading(0) {
             return Err(ProposeError::NotLeader {
                 leader: self.leader_hint(),
@@ -574,6 +613,9 @@ impl Replica {
 
     /// Leader mode: start an election now (the prober's "elect" call).
     pub fn start_election(&mut self) {
+        if self.recovery.is_some() {
+            return;
+        }
         if !self.is_leading(0) {
             self.start_prepare(0);
             self.flush();
@@ -583,6 +625,9 @@ impl Replica {
     /// Leader mode: ask for a linearizable read point for request `id`. Answered in
     /// `Ready::reads` once a majority confirmed this replica still leads.
     pub fn read_index(&mut self, id: u64) -> Result<(), ProposeError> {
+        if self.recovery.is_some() {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
         if self.cfg.mode != Mode::Leader {
             return Err(ProposeError::NotLeader { leader: None });
         }
@@ -621,6 +666,10 @@ impl Replica {
     /// One unit of time.
     pub fn tick(&mut self) {
         self.tick += 1;
+        if self.recovery.is_some() {
+            self.tick_recovery();
+            return;
+        }
         if self.tick >= self.next_heartbeat {
             self.broadcast_heartbeat(0);
             self.next_heartbeat = self.tick + self.cfg.heartbeat_ticks;
@@ -641,8 +690,27 @@ impl Replica {
         }
         self.metrics.messages_received += 1;
         let from = envelope.from;
-        self.last_heard[from as usize] = self.tick;
+        if matches!(envelope.msg, Message::Heartbeat(_)) {
+            // Liveness is judged by heartbeats alone: a replica that talks but does not
+            // heartbeat (one recovering its state) is not serving its lanes.
+            self.last_heard[from as usize] = self.tick;
+        }
+        if self.recovery.is_some() {
+            // Not a voter yet: only learn.
+            match envelope.msg {
+                Message::RecoveryReply(m) => self.on_recovery_reply(from, m),
+                Message::Decide(m) => self.on_decide(from, m),
+                Message::Heartbeat(m) => self.on_heartbeat(from, m),
+                Message::CatchUpReply(m) => self.on_catch_up_reply(m),
+                _ => {}
+            }
+            self.advance_decided();
+            self.check_recovered();
+            return;
+        }
         match envelope.msg {
+            Message::RecoveryQuery => self.on_recovery_query(from),
+            Message::RecoveryReply(_) => {}
             Message::Prepare(m) => self.on_prepare(from, m),
             Message::Promise(m) => self.on_promise(from, m),
             Message::Accept(m) => self.on_accept(from, m),
@@ -655,6 +723,114 @@ impl Replica {
             Message::CatchUpReply(m) => self.on_catch_up_reply(m),
         }
         self.flush();
+    }
+
+    // ----- recovery of a replica that lost its state -----
+
+    fn on_recovery_query(&mut self, from: NodeId) {
+        let reply = RecoveryReply {
+            promised: self.promised.clone(),
+            decided: self.decided_index,
+            frontier: self.frontier,
+        };
+        self.send(from, Message::RecoveryReply(reply));
+    }
+
+    fn on_recovery_reply(&mut self, from: NodeId, m: RecoveryReply) {
+        if m.decided > self.decided_index {
+            self.request_catch_up(from);
+        }
+        if let Some(recovery) = &mut self.recovery {
+            recovery.replies.insert(from, m);
+        }
+    }
+
+    fn tick_recovery(&mut self) {
+        let (tick, resend) = (self.tick, self.cfg.resend_ticks);
+        let Some(recovery) = &mut self.recovery else {
+            return;
+        };
+        if recovery.last_query + resend <= tick {
+            recovery.last_query = tick;
+            let missing: Vec<NodeId> = (0..self.cfg.nodes)
+                .filter(|n| *n != self.cfg.id && !recovery.replies.contains_key(n))
+                .collect();
+            // Ask the most advanced responder for what is still missing.
+            let best = recovery
+                .replies
+                .iter()
+                .max_by_key(|(_, r)| r.decided)
+                .map(|(n, _)| *n);
+            let target = recovery.target;
+            for to in missing {
+                self.send(to, Message::RecoveryQuery);
+            }
+            if let (Some(best), Some(target)) = (best, target) {
+                if self.decided_index < target {
+                    self.request_catch_up(best);
+                }
+            }
+        }
+        self.check_recovered();
+    }
+
+    /// Completes recovery once a majority of the *other* replicas answered (any promise or
+    /// accepted value this replica forgot is then known to one of them: the quorum it was part
+    /// of, minus itself, intersects every majority of the others) and this replica has learned
+    /// every slot up to the highest one they reported.
+    fn check_recovered(&mut self) {
+        let needed = if self.cfg.nodes == 1 {
+            0
+        } else {
+            self.cfg.majority()
+        };
+        let lanes_n = self.lanes_n as usize;
+        let Some(recovery) = &mut self.recovery else {
+            return;
+        };
+        if recovery.target.is_none() && recovery.replies.len() >= needed {
+            let target = recovery
+                .replies
+                .values()
+                .map(|r| r.decided.max(r.frontier))
+                .max()
+                .unwrap_or(0);
+            let mut max_promised = self.promised.clone();
+            for reply in recovery.replies.values() {
+                for (lane, ballot) in reply.promised.iter().enumerate().take(lanes_n) {
+                    max_promised[lane] = max_promised[lane].max(*ballot);
+                }
+            }
+            recovery.target = Some(target);
+            recovery.max_promised = max_promised;
+            self.frontier = self.frontier.max(target);
+        }
+        let Some(target) = recovery.target else {
+            return;
+        };
+        if self.decided_index < target {
+            return;
+        }
+        let recovery = self.recovery.take().expect("recovering");
+        self.ready.persist.extend(recovery.deferred);
+        for lane in 0..self.lanes_n {
+            let ballot = recovery.max_promised[lane as usize];
+            if ballot > self.promised[lane as usize] {
+                self.promise(lane, ballot);
+            }
+            self.lanes[lane as usize].highest_seen =
+                self.lanes[lane as usize].highest_seen.max(ballot);
+            let deadline = self.randomized_deadline();
+            self.lanes[lane as usize].deadline = deadline;
+        }
+        if self.ready.persist.is_empty() {
+            // Nothing to write would leave the storage empty: record at least the promises, so
+            // a restart is a normal restart and not another recovery.
+            for lane in 0..self.lanes_n {
+                let ballot = self.promised[lane as usize];
+                self.ready.persist.push(PersistOp::Promise { lane, ballot });
+            }
+        }
     }
 
     // ----- slot arithmetic -----
@@ -1543,7 +1719,9 @@ impl Replica {
             // stuck on one of its slots (M 4.3).
             Mode::Leaderless => {
                 let stuck = self.decided_index + 1;
-                silent(holder) && self.frontier >= stuck && self.lane_of(stuck) == lane
+                (holder == self.cfg.id || silent(holder))
+                    && self.frontier >= stuck
+                    && self.lane_of(stuck) == lane
             }
         }
     }

@@ -68,6 +68,10 @@ pub enum Message {
     CatchUp(CatchUp),
     /// Decided entries or a snapshot.
     CatchUpReply(CatchUpReply),
+    /// A replica that lost its state asks what it may have promised and how far the log went.
+    RecoveryQuery,
+    /// The answer to a [`Message::RecoveryQuery`].
+    RecoveryReply(RecoveryReply),
 }
 
 impl Message {
@@ -84,6 +88,8 @@ impl Message {
             Message::HeartbeatAck(_) => "heartbeat_ack",
             Message::CatchUp(_) => "catch_up",
             Message::CatchUpReply(_) => "catch_up_reply",
+            Message::RecoveryQuery => "recovery_query",
+            Message::RecoveryReply(_) => "recovery_reply",
         }
     }
 }
@@ -239,4 +245,15 @@ pub struct CatchUpReply {
     pub snapshot: Option<(Slot, Bytes)>,
     /// Decided entries.
     pub entries: Vec<(Slot, Value)>,
+}
+
+/// What a replica with intact state reports to one that is recovering.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryReply {
+    /// Promised ballot per lane.
+    pub promised: Vec<Ballot>,
+    /// Contiguous decided index.
+    pub decided: Slot,
+    /// Highest slot seen proposed.
+    pub frontier: Slot,
 }

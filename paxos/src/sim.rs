@@ -57,6 +57,9 @@ pub struct SimConfig {
     pub propose_per_mille: u64,
     /// Compact when a replica retains more applied slots than this.
     pub compact_after: u64,
+    /// Per-tick chance that a replica loses its whole durable state (a wiped disk) and
+    /// rejoins, per mille. Only one replica is ever without its state at a time.
+    pub wipe_per_mille: u64,
 }
 
 impl SimConfig {
@@ -78,6 +81,7 @@ impl SimConfig {
             heal_per_mille: 40,
             propose_per_mille: 250,
             compact_after: 40,
+            wipe_per_mille: 5,
         }
     }
 
@@ -106,6 +110,8 @@ pub struct SimReport {
     pub crashes: u64,
     /// Partitions injected.
     pub partitions: u64,
+    /// Replicas wiped (durable state erased) and rejoined.
+    pub wipes: u64,
     /// Messages delivered.
     pub messages_delivered: u64,
     /// Ticks it took after healing until everything was decided everywhere.
@@ -195,6 +201,7 @@ struct SimNode {
     app: App,
     applied_floor: Slot,
     restarts: u64,
+    rejoin: bool,
 }
 
 struct InFlight {
@@ -234,6 +241,7 @@ impl Sim {
                 app: App::default(),
                 applied_floor: 0,
                 restarts: 0,
+                rejoin: false,
             })
             .collect();
         Sim {
@@ -262,7 +270,28 @@ impl Sim {
         cfg.max_batch_commands = 4;
         cfg.max_entries_per_message = 64;
         cfg.max_retained_log = self.cfg.compact_after;
+        cfg.rejoin = self.nodes[id as usize].rejoin;
         cfg
+    }
+
+    /// Crashes a replica and erases its storage; it restarts later as a rejoining replica.
+    fn wipe(&mut self, id: NodeId) {
+        let someone_without_state = self.nodes.iter().any(|n| {
+            n.replica.as_ref().is_some_and(Replica::is_recovering)
+                || (n.replica.is_none() && n.rejoin && n.storage.state == Default::default())
+        });
+        if someone_without_state {
+            return;
+        }
+        self.crash(id);
+        if self.trace {
+            eprintln!("t{} wipe {id}", self.tick);
+        }
+        let node = &mut self.nodes[id as usize];
+        node.storage = MemStorage::default();
+        node.applied_floor = 0;
+        node.rejoin = true;
+        self.report.wipes += 1;
     }
 
     fn start(&mut self, id: NodeId) -> Check {
@@ -301,7 +330,12 @@ impl Sim {
                 replica.tick();
                 drop(replica.take_ready());
             }
-            node.applied_floor = node.app.applied;
+            // A replica still recovering has nothing durable yet: it starts over from nothing.
+            node.applied_floor = if replica.is_recovering() {
+                0
+            } else {
+                node.app.applied
+            };
             node.restarts += 1;
             self.report.crashes += 1;
             // Commands this replica was responsible for may now never be decided.
@@ -557,6 +591,10 @@ impl Sim {
             if self.rng.chance(self.cfg.crash_per_mille) {
                 let id = self.rng.below(n) as NodeId;
                 self.crash(id);
+            }
+            if self.rng.chance(self.cfg.wipe_per_mille) {
+                let id = self.rng.below(n) as NodeId;
+                self.wipe(id);
             }
             for id in 0..self.cfg.nodes {
                 if self.nodes[id as usize].replica.is_none()

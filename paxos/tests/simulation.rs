@@ -22,13 +22,14 @@ fn seeds(nodes: u32, mode: Mode) {
             let commands: u64 = reports.iter().map(|r| r.commands_decided).sum();
             let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
             let partitions: u64 = reports.iter().map(|r| r.partitions).sum();
+            let wipes: u64 = reports.iter().map(|r| r.wipes).sum();
             let settle = reports
                 .iter()
                 .map(|r| r.settle_ticks_used)
                 .max()
                 .unwrap_or(0);
             println!(
-                "{count} seeds ({mode:?}, N={nodes}): {commands} commands decided, {crashes} crashes, {partitions} partitions, slowest settle {settle} ticks"
+                "{count} seeds ({mode:?}, N={nodes}): {commands} commands decided, {crashes} crashes, {wipes} wipes, {partitions} partitions, slowest settle {settle} ticks"
             );
             assert!(commands > count, "the simulations decided almost nothing");
         }

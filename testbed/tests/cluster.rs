@@ -21,26 +21,79 @@ async fn serves_the_whole_api(mode: &str) {
         assert_eq!(answer.body["result"], "Money added successfully.");
         let deadline = Instant::now() + Duration::from_secs(20);
         let withdraw = json!({"account_id": a, "amount": 0.5});
-        let answer = send_retrying(client, reqwest::Method::POST, &format!("{base}/withdraw_money"), Some(withdraw), Some(&uuid_key()), deadline).await.unwrap();
-        assert_eq!((answer.status, &answer.body["balance"]), (200, &json!(10)), "{answer:?}");
+        let answer = send_retrying(
+            client,
+            reqwest::Method::POST,
+            &format!("{base}/withdraw_money"),
+            Some(withdraw),
+            Some(&uuid_key()),
+            deadline,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (answer.status, &answer.body["balance"]),
+            (200, &json!(10)),
+            "{answer:?}"
+        );
         let mv = json!({"source": {"account_id": a}, "destination": {"account_id": b}, "amount": "2.25"});
-        let answer = send_retrying(client, reqwest::Method::POST, &format!("{base}/move_money"), Some(mv), Some(&uuid_key()), deadline).await.unwrap();
+        let answer = send_retrying(
+            client,
+            reqwest::Method::POST,
+            &format!("{base}/move_money"),
+            Some(mv),
+            Some(&uuid_key()),
+            deadline,
+        )
+        .await
+        .unwrap();
         assert_eq!(answer.status, 200, "{answer:?}");
         assert_eq!(answer.body["result"], "Money moved successfully.");
         // Read through another entry point: linearizable by default.
         let other = &entry_points[(i + 1) % entry_points.len()];
-        assert_eq!(balance(client, other, &a, false).await.body, json!({"balance": 7.75}));
-        assert_eq!(balance(client, other, &b, false).await.body, json!({"balance": 2.25}));
+        assert_eq!(
+            balance(client, other, &a, false).await.body,
+            json!({"balance": 7.75})
+        );
+        assert_eq!(
+            balance(client, other, &b, false).await.body,
+            json!({"balance": 2.25})
+        );
         // Business errors come back through forwarding unchanged.
         let too_much = json!({"account_id": b, "amount": 100});
-        let answer = send_retrying(client, reqwest::Method::POST, &format!("{base}/withdraw_money"), Some(too_much), None, deadline).await.unwrap();
-        assert_eq!((answer.status, &answer.body["code"]), (409, &json!("insufficient_funds")));
+        let answer = send_retrying(
+            client,
+            reqwest::Method::POST,
+            &format!("{base}/withdraw_money"),
+            Some(too_much),
+            None,
+            deadline,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (answer.status, &answer.body["code"]),
+            (409, &json!("insufficient_funds"))
+        );
         let ghost = uuid::Uuid::new_v4();
         let answer = balance(client, base, &ghost.to_string(), false).await;
-        assert_eq!((answer.status, &answer.body["result"]), (404, &json!("Account not found.")));
+        assert_eq!(
+            (answer.status, &answer.body["result"]),
+            (404, &json!("Account not found."))
+        );
     }
-    let page = client.get(format!("{}/", tb.url)).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("<span id=\"account-count\">8</span>"), "{page}");
+    let page = client
+        .get(format!("{}/", tb.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<span id=\"account-count\">8</span>"),
+        "{page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +137,13 @@ async fn kill_during_load(mode: &str) {
     let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..8u64 {
-        let (client, url, accounts, records, stop) = (client.clone(), tb.url.clone(), accounts.clone(), records.clone(), stop.clone());
+        let (client, url, accounts, records, stop) = (
+            client.clone(),
+            tb.url.clone(),
+            accounts.clone(),
+            records.clone(),
+            stop.clone(),
+        );
         let (first_ok, killed_at) = (first_ok_after_kill.clone(), killed_at.clone());
         workers.push(tokio::spawn(async move {
             let mut n = 0u64;
@@ -117,7 +176,11 @@ async fn kill_during_load(mode: &str) {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let victim = if mode == "leader" { tb.wait_leader(None, Duration::from_secs(5)).await } else { 1 };
+    let victim = if mode == "leader" {
+        tb.wait_leader(None, Duration::from_secs(5)).await
+    } else {
+        1
+    };
     *killed_at.lock().unwrap() = Some(Instant::now());
     tb.kill_9(victim).await;
     if mode == "leader" {
@@ -131,15 +194,24 @@ async fn kill_during_load(mode: &str) {
         worker.await.unwrap();
     }
     let records = Arc::try_unwrap(records).ok().unwrap().into_inner().unwrap();
-    let failover = first_ok_after_kill.lock().unwrap().zip(*killed_at.lock().unwrap()).map(|(ok, k)| ok - k);
-    eprintln!("{mode}: {} operations, failover (kill -9 to first acknowledged write): {failover:?}", records.len());
+    let failover = first_ok_after_kill
+        .lock()
+        .unwrap()
+        .zip(*killed_at.lock().unwrap())
+        .map(|(ok, k)| ok - k);
+    eprintln!(
+        "{mode}: {} operations, failover (kill -9 to first acknowledged write): {failover:?}",
+        records.len()
+    );
 
     // What the acknowledged operations imply.
     let mut expected = vec![START_CENTS; ACCOUNTS];
     let mut unknown_deposits = 0;
     for record in &records {
         match (&record.op, &record.answer) {
-            (Op::Deposit { account, cents }, Some(a)) if a.status == 200 => expected[*account] += cents,
+            (Op::Deposit { account, cents }, Some(a)) if a.status == 200 => {
+                expected[*account] += cents
+            }
             (Op::Move { from, to, cents }, Some(a)) if a.status == 200 => {
                 expected[*from] -= cents;
                 expected[*to] += cents;
@@ -148,28 +220,74 @@ async fn kill_during_load(mode: &str) {
             (_, None) => unknown_deposits += 1,
         }
     }
-    assert_eq!(unknown_deposits, 0, "every operation got an answer within its retry deadline");
-    let acknowledged = records.iter().filter(|r| r.answer.as_ref().is_some_and(|a| a.status == 200)).count();
-    assert!(acknowledged > 50, "too little traffic to mean anything: {acknowledged}");
+    assert_eq!(
+        unknown_deposits, 0,
+        "every operation got an answer within its retry deadline"
+    );
+    let acknowledged = records
+        .iter()
+        .filter(|r| r.answer.as_ref().is_some_and(|a| a.status == 200))
+        .count();
+    assert!(
+        acknowledged > 50,
+        "too little traffic to mean anything: {acknowledged}"
+    );
 
     // Every replica (the killed one restarted and caught up) holds exactly that.
     let balances = converged_balances(&tb, &accounts, Duration::from_secs(30)).await;
-    assert_eq!(balances, expected, "replicas differ from what the acknowledged operations imply");
+    assert_eq!(
+        balances, expected,
+        "replicas differ from what the acknowledged operations imply"
+    );
     assert!(balances.iter().all(|b| *b >= 0));
     // Exactly once: a retry of an acknowledged write returns its first answer, applies nothing.
-    for record in records.iter().filter(|r| r.answer.as_ref().is_some_and(|a| a.status == 200)).take(40) {
+    for record in records
+        .iter()
+        .filter(|r| r.answer.as_ref().is_some_and(|a| a.status == 200))
+        .take(40)
+    {
         let (path, body) = match &record.op {
-            Op::Deposit { account, cents } => ("deposit_money", json!({"account_id": accounts[*account], "amount": format!("{}.{:02}", cents / 100, cents % 100)})),
-            Op::Move { from, to, cents } => ("move_money", json!({"source": {"account_id": accounts[*from]}, "destination": {"account_id": accounts[*to]}, "amount": format!("{}.{:02}", cents / 100, cents % 100)})),
+            Op::Deposit { account, cents } => (
+                "deposit_money",
+                json!({"account_id": accounts[*account], "amount": format!("{}.{:02}", cents / 100, cents % 100)}),
+            ),
+            Op::Move { from, to, cents } => (
+                "move_money",
+                json!({"source": {"account_id": accounts[*from]}, "destination": {"account_id": accounts[*to]}, "amount": format!("{}.{:02}", cents / 100, cents % 100)}),
+            ),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        let again = send_retrying(&client, reqwest::Method::POST, &format!("{}/{path}", tb.url), Some(body), Some(&record.key), deadline).await;
-        assert_eq!(again.as_ref(), record.answer.as_ref(), "retry of {} changed its answer", record.key);
+        let again = send_retrying(
+            &client,
+            reqwest::Method::POST,
+            &format!("{}/{path}", tb.url),
+            Some(body),
+            Some(&record.key),
+            deadline,
+        )
+        .await;
+        assert_eq!(
+            again.as_ref(),
+            record.answer.as_ref(),
+            "retry of {} changed its answer",
+            record.key
+        );
     }
-    assert_eq!(converged_balances(&tb, &accounts, Duration::from_secs(10)).await, expected);
+    assert_eq!(
+        converged_balances(&tb, &accounts, Duration::from_secs(10)).await,
+        expected
+    );
     let cluster = tb.cluster().await;
-    let restarts: u64 = cluster["nodes"].as_array().unwrap().iter().map(|n| n["node_restarts"].as_u64().unwrap() + n["paxos_restarts"].as_u64().unwrap()).sum();
-    assert!(restarts >= 2, "the testbed restarted the killed processes: {cluster}");
+    let restarts: u64 = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_restarts"].as_u64().unwrap() + n["paxos_restarts"].as_u64().unwrap())
+        .sum();
+    assert!(
+        restarts >= 2,
+        "the testbed restarted the killed processes: {cluster}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,12 +312,19 @@ async fn a_stopped_node_catches_up_after_compaction_and_serves() {
         assert_eq!(deposit(client, &tb.url, &account, "1").await.status, 200);
     }
     tb.admin(lagging, "start").await;
-    let balances = converged_balances(&tb, std::slice::from_ref(&account), Duration::from_secs(30)).await;
+    let balances =
+        converged_balances(&tb, std::slice::from_ref(&account), Duration::from_secs(30)).await;
     assert_eq!(balances, vec![6_000]);
     // It serves again, including writes through it.
     let lagging_url = &tb.node_urls().await[lagging as usize];
-    assert_eq!(deposit(client, lagging_url, &account, "1").await.status, 200);
-    assert_eq!(balance(client, lagging_url, &account, false).await.body, json!({"balance": 61}));
+    assert_eq!(
+        deposit(client, lagging_url, &account, "1").await.status,
+        200
+    );
+    assert_eq!(
+        balance(client, lagging_url, &account, false).await.body,
+        json!({"balance": 61})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,10 +346,20 @@ async fn losing_a_majority_fails_fast_with_503_and_recovers() {
         .await
         .unwrap();
     let waited = started.elapsed();
-    assert_eq!(response.status().as_u16(), 503, "a write without a majority must fail");
+    assert_eq!(
+        response.status().as_u16(),
+        503,
+        "a write without a majority must fail"
+    );
     let body: Value = response.json().await.unwrap();
-    assert!(body["code"].is_string() && body["error"].is_string(), "{body}");
-    assert!(waited < Duration::from_secs(15), "it must not hang: {waited:?}");
+    assert!(
+        body["code"].is_string() && body["error"].is_string(),
+        "{body}"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "it must not hang: {waited:?}"
+    );
     for n in &others {
         tb.admin(*n, "start").await;
     }
@@ -264,7 +399,14 @@ async fn a_bad_amount_never_reaches_the_log() {
             .unwrap();
         assert_eq!(response.status().as_u16(), 422);
     }
-    assert_eq!(decided(tb.cluster().await).await, before, "a refused request must not use a slot");
+    assert_eq!(
+        decided(tb.cluster().await).await,
+        before,
+        "a refused request must not use a slot"
+    );
     assert_eq!(deposit(client, &tb.url, &account, "2").await.status, 200);
-    assert_eq!(balance(client, &tb.url, &account, false).await.body, json!({"balance": 2}));
+    assert_eq!(
+        balance(client, &tb.url, &account, false).await.body,
+        json!({"balance": 2})
+    );
 }

@@ -20,7 +20,16 @@ impl Testbed {
     pub fn up(mode: &str, extra: &[&str]) -> Testbed {
         let dir = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .args(["up", "--port", "0", "--nodes", "3", "--mode", mode, "--data-dir"])
+            .args([
+                "up",
+                "--port",
+                "0",
+                "--nodes",
+                "3",
+                "--mode",
+                mode,
+                "--data-dir",
+            ])
             .arg(dir.path().join("data"))
             .args(extra)
             .env("BANK_CLUSTER_TOKEN", TOKEN)
@@ -34,25 +43,54 @@ impl Testbed {
         for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(rest) = line.strip_prefix("front door: ") {
-                url = Some(rest.split_whitespace().next().unwrap().trim_end_matches('/').to_owned());
+                url = Some(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap()
+                        .trim_end_matches('/')
+                        .to_owned(),
+                );
             }
             if line.starts_with("ready") {
                 break;
             }
-            assert!(!line.starts_with("not ready"), "testbed did not become ready");
+            assert!(
+                !line.starts_with("not ready"),
+                "testbed did not become ready"
+            );
         }
         std::thread::spawn(move || for _ in lines {});
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-        Testbed { child, url: url.expect("front door line"), dir, client }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        Testbed {
+            child,
+            url: url.expect("front door line"),
+            dir,
+            client,
+        }
     }
 
     pub async fn cluster(&self) -> Value {
-        self.client.get(format!("{}/_testbed/cluster", self.url)).send().await.unwrap().json().await.unwrap()
+        self.client
+            .get(format!("{}/_testbed/cluster", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn node_urls(&self) -> Vec<String> {
         let cluster = self.cluster().await;
-        cluster["nodes"].as_array().unwrap().iter().map(|n| n["public_url"].as_str().unwrap().to_owned()).collect()
+        cluster["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["public_url"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     pub async fn admin(&self, node: u64, action: &str) {
@@ -63,7 +101,11 @@ impl Testbed {
             .send()
             .await
             .unwrap();
-        assert!(response.status().is_success(), "{action} node {node}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{action} node {node}: {}",
+            response.status()
+        );
     }
 
     /// kill -9 both processes of a node (the testbed restarts them unless --no-restart).
@@ -91,7 +133,10 @@ impl Testbed {
                     return leader;
                 }
             }
-            assert!(Instant::now() < deadline, "no new leader within {limit:?}: {cluster}");
+            assert!(
+                Instant::now() < deadline,
+                "no new leader within {limit:?}: {cluster}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -158,9 +203,16 @@ pub async fn send_retrying(
 pub async fn open_account(client: &reqwest::Client, base: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     let key = uuid_key();
-    let answer = send_retrying(client, reqwest::Method::POST, &format!("{base}/open_account"), None, Some(&key), deadline)
-        .await
-        .expect("open_account answered");
+    let answer = send_retrying(
+        client,
+        reqwest::Method::POST,
+        &format!("{base}/open_account"),
+        None,
+        Some(&key),
+        deadline,
+    )
+    .await
+    .expect("open_account answered");
     assert_eq!(answer.status, 200, "{answer:?}");
     answer.body["account_id"].as_str().unwrap().to_owned()
 }
@@ -169,16 +221,25 @@ pub async fn deposit(client: &reqwest::Client, base: &str, account: &str, amount
     let deadline = Instant::now() + Duration::from_secs(20);
     let key = uuid_key();
     let body = json!({"account_id": account, "amount": amount});
-    send_retrying(client, reqwest::Method::POST, &format!("{base}/deposit_money"), Some(body), Some(&key), deadline)
-        .await
-        .expect("deposit answered")
+    send_retrying(
+        client,
+        reqwest::Method::POST,
+        &format!("{base}/deposit_money"),
+        Some(body),
+        Some(&key),
+        deadline,
+    )
+    .await
+    .expect("deposit answered")
 }
 
 pub async fn balance(client: &reqwest::Client, base: &str, account: &str, local: bool) -> Answer {
     let deadline = Instant::now() + Duration::from_secs(20);
     let consistency = if local { "&consistency=local" } else { "" };
     let url = format!("{base}/check_account?account_id={account}{consistency}");
-    send_retrying(client, reqwest::Method::GET, &url, None, None, deadline).await.expect("check answered")
+    send_retrying(client, reqwest::Method::GET, &url, None, None, deadline)
+        .await
+        .expect("check answered")
 }
 
 pub fn uuid_key() -> String {
@@ -201,19 +262,32 @@ pub async fn converged_balances(tb: &Testbed, accounts: &[String], limit: Durati
         for url in &urls {
             let mut view = Vec::new();
             for account in accounts {
-                let response = tb.client.get(format!("{url}/check_account?account_id={account}&consistency=local")).send().await;
+                let response = tb
+                    .client
+                    .get(format!(
+                        "{url}/check_account?account_id={account}&consistency=local"
+                    ))
+                    .send()
+                    .await;
                 let value = match response {
-                    Ok(r) if r.status().is_success() => r.json::<Value>().await.ok().map(|b| cents(&b["balance"])),
+                    Ok(r) if r.status().is_success() => {
+                        r.json::<Value>().await.ok().map(|b| cents(&b["balance"]))
+                    }
                     _ => None,
                 };
                 view.push(value);
             }
             views.push(view);
         }
-        if views.iter().all(|v| v.iter().all(Option::is_some)) && views.windows(2).all(|w| w[0] == w[1]) {
+        if views.iter().all(|v| v.iter().all(Option::is_some))
+            && views.windows(2).all(|w| w[0] == w[1])
+        {
             return views[0].iter().map(|v| v.unwrap()).collect();
         }
-        assert!(Instant::now() < deadline, "replicas did not converge within {limit:?}: {views:?}");
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge within {limit:?}: {views:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
