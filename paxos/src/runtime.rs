@@ -693,6 +693,11 @@ pub struct Cli {
     /// Decided entries kept before asking the node for a snapshot.
     #[arg(long, env = "PAXOS_MAX_RETAINED_LOG", default_value_t = 100_000)]
     pub max_retained_log: u64,
+    /// This replica lost its data and rejoins an existing cluster: with an empty data dir it
+    /// learns its promises and the log from a majority of the others before it votes. Never use
+    /// it for the first start of a new cluster.
+    #[arg(long, env = "PAXOS_REJOIN")]
+    pub rejoin: bool,
 }
 
 impl Cli {
@@ -710,6 +715,7 @@ impl Cli {
         core.resend_ticks = self.heartbeat_ticks * 2;
         core.window = self.window;
         core.max_retained_log = self.max_retained_log;
+        core.rejoin = self.rejoin;
         core.seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

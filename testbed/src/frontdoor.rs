@@ -7,7 +7,7 @@
 //! apply anything twice), the next node is tried.
 //!
 //! `/_testbed/cluster` (GET) describes the cluster; `POST /_testbed/target`, and
-//! `POST /_testbed/nodes/{id}/{stop|start}` need the cluster token.
+//! `POST /_testbed/nodes/{id}/{stop|start|wipe}` need the cluster token.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,6 +37,8 @@ pub struct NodeHandle {
     pub node: Arc<Child>,
     /// Its `paxos` process.
     pub paxos: Arc<Child>,
+    /// Data folders of the node and its paxos process (deleted by `wipe`).
+    pub data_dirs: Vec<std::path::PathBuf>,
     /// Last known role: `leader`, `follower`, `replica`, `candidate` or `down`.
     pub role: std::sync::Mutex<String>,
     /// Answered `/readyz` at the last check.
@@ -281,10 +283,31 @@ async fn node_action(
             node.paxos.start();
             node.node.start();
         }
+        "wipe" => {
+            // A lost disk: both processes down, both data folders gone, then back. The paxos
+            // process rejoins: it learns what it may have promised and the log from a majority
+            // before it votes again, and the node installs a snapshot from it.
+            node.node.stop();
+            node.paxos.stop();
+            for _ in 0..100 {
+                if node.node.pid.load(Ordering::SeqCst) == 0 && node.paxos.pid.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for dir in &node.data_dirs {
+                if let Err(err) = std::fs::remove_dir_all(dir) {
+                    tracing::warn!(dir = %dir.display(), %err, "wipe: could not delete");
+                }
+            }
+            node.paxos.add_arg("--rejoin");
+            node.paxos.start();
+            node.node.start();
+        }
         other => {
             return (
                 StatusCode::NOT_FOUND,
-                format!("unknown action {other:?}: stop, start"),
+                format!("unknown action {other:?}: stop, start, wipe"),
             )
                 .into_response();
         }

@@ -15,6 +15,7 @@ pub struct Child {
     pub name: String,
     program: PathBuf,
     args: Vec<String>,
+    extra_args: std::sync::Mutex<Vec<String>>,
     log: PathBuf,
     restart: bool,
     /// Current PID (0: not running).
@@ -40,6 +41,7 @@ impl Child {
             name,
             program,
             args,
+            extra_args: std::sync::Mutex::new(Vec::new()),
             log,
             restart,
             pid: AtomicU32::new(0),
@@ -54,6 +56,14 @@ impl Child {
     pub fn stop(&self) {
         self.held.store(true, Ordering::SeqCst);
         self.kill_now.notify_one();
+    }
+
+    /// Adds an argument for every later start.
+    pub fn add_arg(&self, arg: &str) {
+        let mut extra = self.extra_args.lock().expect("args lock");
+        if !extra.iter().any(|a| a == arg) {
+            extra.push(arg.to_owned());
+        }
     }
 
     /// Lets a stopped process run again.
@@ -126,6 +136,7 @@ impl Child {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&self.args)
+            .args(self.extra_args.lock().expect("args lock").iter())
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

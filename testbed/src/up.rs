@@ -148,6 +148,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 dir.join("node.log"),
                 restart,
             ),
+            data_dirs: vec![dir.join("paxos"), dir.join("bank")],
             role: std::sync::Mutex::new("down".to_owned()),
             ready: AtomicBool::new(false),
         });

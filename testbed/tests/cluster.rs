@@ -301,7 +301,7 @@ async fn leaderless_mode_survives_kill_9_of_a_node_without_losing_or_duplicating
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_node_catches_up_after_compaction_and_serves() {
+async fn stopped_and_wiped_nodes_catch_up_by_snapshot_and_serve() {
     let tb = Testbed::up("leader", &["--compact-every", "20"]);
     let client = &tb.client;
     let account = open_account(client, &tb.url).await;
