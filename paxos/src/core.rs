@@ -578,6 +578,7 @@ impl Replica {
 
     /// Drains the outputs. See the driver contract.
     pub fn take_ready(&mut self) -> Ready {
+        self.start_read_round();
         self.metrics.messages_sent += self.ready.messages.len() as u64;
         if let Some(recovery) = &mut self.recovery {
             recovery.deferred.append(&mut self.ready.persist);
@@ -639,16 +640,25 @@ impl Replica {
         // Everything chosen before now is at or below the last slot this leader proposed: its
         // phase 1 re-proposed every value an earlier ballot could have chosen.
         let index = next_slot.saturating_sub(1).max(self.decided_index);
-        self.read_seq += 1;
-        self.reads.push(PendingRead {
-            id,
-            seq: self.read_seq,
-            index,
-        });
-        self.read_acks[self.cfg.id as usize] = self.read_seq;
-        self.broadcast_heartbeat(self.read_seq);
-        self.complete_reads();
+        // The confirmation round starts at the next `take_ready`, so every read that arrives in
+        // one burst shares one round of heartbeats.
+        self.reads.push(PendingRead { id, seq: 0, index });
         Ok(())
+    }
+
+    /// Starts one confirmation round for every read still waiting for one.
+    fn start_read_round(&mut self) {
+        if !self.reads.iter().any(|r| r.seq == 0) || !self.is_leading(0) {
+            return;
+        }
+        self.read_seq += 1;
+        let seq = self.read_seq;
+        for read in self.reads.iter_mut().filter(|r| r.seq == 0) {
+            read.seq = seq;
+        }
+        self.read_acks[self.cfg.id as usize] = seq;
+        self.broadcast_heartbeat(seq);
+        self.complete_reads();
     }
 
     /// Replaces every slot up to `slot` (which the application has applied) by `data`, a

@@ -290,7 +290,9 @@ async fn node_action(
             node.node.stop();
             node.paxos.stop();
             for _ in 0..100 {
-                if node.node.pid.load(Ordering::SeqCst) == 0 && node.paxos.pid.load(Ordering::SeqCst) == 0 {
+                if node.node.pid.load(Ordering::SeqCst) == 0
+                    && node.paxos.pid.load(Ordering::SeqCst) == 0
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
