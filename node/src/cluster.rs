@@ -48,9 +48,12 @@ struct LeaderView {
     leader: Option<u32>,
 }
 
+type ProposeSlot = (Bytes, oneshot::Sender<Result<ProposeReply, SubmitError>>);
+
 /// The replicated log, seen from one node.
 pub struct ClusterLog {
     options: ClusterOptions,
+    proposer: tokio::sync::mpsc::Sender<ProposeSlot>,
     client: reqwest::Client,
     waiters: Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
     applied: watch::Sender<u64>,
@@ -75,7 +78,9 @@ impl ClusterLog {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|e| crate::store::StoreError::Fatal(e.to_string()))?;
+        let (proposer, proposals) = tokio::sync::mpsc::channel(options.max_waiting.max(1));
         let log = Arc::new(ClusterLog {
+            proposer,
             options,
             client,
             waiters: Mutex::new(HashMap::new()),
@@ -86,8 +91,57 @@ impl ClusterLog {
             fatal: AtomicBool::new(false),
         });
         tokio::spawn(log.clone().applier(store, shutdown.clone(), fatal));
-        tokio::spawn(log.clone().poll_status(shutdown));
+        tokio::spawn(log.clone().poll_status(shutdown.clone()));
+        tokio::spawn(log.clone().propose_batches(proposals, shutdown));
         Ok(log)
+    }
+
+    /// Sends waiting proposals to paxos many per call (up to 32 calls in flight), so the node
+    /// and paxos pay one HTTP round trip per batch instead of per client request.
+    async fn propose_batches(
+        self: Arc<Self>,
+        mut queue: tokio::sync::mpsc::Receiver<ProposeSlot>,
+        shutdown: CancellationToken,
+    ) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(32));
+        let mut batch = Vec::with_capacity(512);
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return,
+                n = queue.recv_many(&mut batch, 512) => n,
+            };
+            if received == 0 {
+                return;
+            }
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let (commands, replies): (Vec<Bytes>, Vec<_>) =
+                std::mem::take(&mut batch).into_iter().unzip();
+            let log = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let answers = match postcard::to_stdvec(&commands) {
+                    Ok(body) => {
+                        log.post_postcard::<Vec<ProposeReply>>("/local/propose", body)
+                            .await
+                    }
+                    Err(_) => Err(SubmitError::Unavailable),
+                };
+                match answers {
+                    Ok(answers) if answers.len() == replies.len() => {
+                        for (reply, answer) in replies.into_iter().zip(answers) {
+                            let _ = reply.send(Ok(answer));
+                        }
+                    }
+                    _ => {
+                        for reply in replies {
+                            let _ = reply.send(Err(SubmitError::Unavailable));
+                        }
+                    }
+                }
+            });
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -140,12 +194,20 @@ impl ClusterLog {
         let forget = || {
             self.waiters.lock().expect("waiters lock").remove(&id);
         };
-        let body = postcard::to_stdvec(&vec![bytes]).map_err(|_| SubmitError::Unavailable)?;
-        let reply: ProposeReply = match self.post_postcard("/local/propose", body).await {
-            Ok(reply) => reply,
-            Err(err) => {
+        let (answer_tx, answer_rx) = oneshot::channel();
+        if self.proposer.try_send((bytes, answer_tx)).is_err() {
+            forget();
+            return Err(SubmitError::Overloaded);
+        }
+        let reply = match answer_rx.await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(err)) => {
                 forget();
                 return Err(err);
+            }
+            Err(_) => {
+                forget();
+                return Err(SubmitError::Unavailable);
             }
         };
         match reply {

@@ -8,8 +8,8 @@
 //!
 //! HTTP routes (one port; every route needs `Authorization: Bearer <cluster token>`):
 //! - `POST /peer/messages`: postcard `Vec<Envelope>` from a peer;
-//! - `POST /local/propose`: postcard `Vec<Bytes>` commands -> [`ProposeReply`], once they are
-//!   decided here, handed back, or refused;
+//! - `POST /local/propose`: postcard `Vec<Bytes>` commands -> one [`ProposeReply`] each, once
+//!   all are decided here, handed back, or refused;
 //! - `GET /local/entries?from=&max=&wait_ms=`: decided entries from a slot -> [`EntriesReply`]
 //!   (long poll), or the snapshot when those slots were compacted;
 //! - `POST /local/read_index` -> [`ReadIndexReply`]; `POST /local/compact`: postcard
@@ -125,7 +125,7 @@ pub struct RuntimeConfig {
 enum LocalRequest {
     Propose {
         commands: Vec<Bytes>,
-        reply: oneshot::Sender<ProposeReply>,
+        reply: oneshot::Sender<Vec<ProposeReply>>,
     },
     Entries {
         from: Slot,
@@ -200,6 +200,8 @@ pub async fn run(
         outbound,
         mode: cfg.core.mode,
         proposals: HashMap::new(),
+        batches: HashMap::new(),
+        next_batch: 0,
         entry_waiters: Vec::new(),
         read_waiters: HashMap::new(),
         next_read: 1,
@@ -299,15 +301,19 @@ async fn propose(State(state): State<HttpState>, body: BodyBytes) -> Response {
     let Ok(commands) = postcard::from_bytes::<Vec<Bytes>>(&body) else {
         return (StatusCode::BAD_REQUEST, "not a postcard Vec<Bytes>").into_response();
     };
+    if commands.is_empty() || commands.len() > 4_096 {
+        return (StatusCode::BAD_REQUEST, "1 to 4096 commands per call").into_response();
+    }
+    let count = commands.len();
     let Some(rx) = ask(&state, |reply| LocalRequest::Propose { commands, reply }).await else {
         return unavailable();
     };
-    let reply = match tokio::time::timeout(Duration::from_secs(5), rx).await {
-        Ok(Ok(reply)) => reply,
+    let replies = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(replies)) => replies,
         Ok(Err(_)) => return unavailable(),
-        Err(_) => ProposeReply::Timeout,
+        Err(_) => vec![ProposeReply::Timeout; count],
     };
-    postcard_response(&reply)
+    postcard_response(&replies)
 }
 
 #[derive(Deserialize)]
@@ -450,12 +456,21 @@ async fn peer_sender(
     }
 }
 
+struct BatchWaiter {
+    replies: Vec<Option<ProposeReply>>,
+    remaining: usize,
+    reply: oneshot::Sender<Vec<ProposeReply>>,
+}
+
 struct Driver {
     replica: Replica,
     storage: RedbStorage,
     outbound: Vec<Option<mpsc::Sender<Envelope>>>,
     mode: Mode,
-    proposals: HashMap<Bytes, oneshot::Sender<ProposeReply>>,
+    /// Command -> (batch, position in it).
+    proposals: HashMap<Bytes, (u64, usize)>,
+    batches: HashMap<u64, BatchWaiter>,
+    next_batch: u64,
     entry_waiters: Vec<(Slot, usize, oneshot::Sender<EntriesReply>)>,
     read_waiters: HashMap<u64, oneshot::Sender<ReadIndexReply>>,
     next_read: u64,
@@ -480,7 +495,9 @@ impl Driver {
                     self.replica.tick();
                     ticks += 1;
                     if ticks.is_multiple_of(100) {
-                        self.proposals.retain(|_, reply| !reply.is_closed());
+                        self.batches.retain(|_, batch| !batch.reply.is_closed());
+                        let batches = &self.batches;
+                        self.proposals.retain(|_, (batch, _)| batches.contains_key(batch));
                         self.entry_waiters.retain(|(_, _, reply)| !reply.is_closed());
                     }
                 }
@@ -511,18 +528,26 @@ impl Driver {
     fn local(&mut self, request: LocalRequest) {
         match request {
             LocalRequest::Propose { commands, reply } => {
+                let count = commands.len();
                 match self.replica.propose(commands.clone()) {
                     Ok(()) => {
-                        // One waiter per request: the node sends one command per request.
-                        if let Some(first) = commands.into_iter().next() {
-                            self.proposals.insert(first, reply);
+                        let batch = self.next_batch;
+                        self.next_batch += 1;
+                        for (position, command) in commands.into_iter().enumerate() {
+                            self.proposals.insert(command, (batch, position));
                         }
+                        let waiter = BatchWaiter {
+                            replies: vec![None; count],
+                            remaining: count,
+                            reply,
+                        };
+                        self.batches.insert(batch, waiter);
                     }
                     Err(ProposeError::NotLeader { leader }) => {
-                        let _ = reply.send(ProposeReply::NotLeader { leader });
+                        let _ = reply.send(vec![ProposeReply::NotLeader { leader }; count]);
                     }
                     Err(ProposeError::Overloaded) => {
-                        let _ = reply.send(ProposeReply::Overloaded);
+                        let _ = reply.send(vec![ProposeReply::Overloaded; count]);
                     }
                 }
             }
@@ -563,6 +588,28 @@ impl Driver {
                 self.replica.start_election();
                 let _ = reply.send(self.status());
             }
+        }
+    }
+
+    fn resolve(&mut self, command: &Bytes, answer: ProposeReply) {
+        let Some((batch, position)) = self.proposals.remove(command) else {
+            return;
+        };
+        let Some(waiter) = self.batches.get_mut(&batch) else {
+            return;
+        };
+        if waiter.replies[position].is_none() {
+            waiter.replies[position] = Some(answer);
+            waiter.remaining -= 1;
+        }
+        if waiter.remaining == 0 {
+            let waiter = self.batches.remove(&batch).expect("present");
+            let replies = waiter
+                .replies
+                .into_iter()
+                .map(|r| r.expect("all resolved"))
+                .collect();
+            let _ = waiter.reply.send(replies);
         }
     }
 
@@ -611,16 +658,14 @@ impl Driver {
             }
         }
         // 4-6: tell the local node.
-        for (slot, value) in &ready.decided {
-            for command in value.commands() {
-                if let Some(reply) = self.proposals.remove(command) {
-                    let _ = reply.send(ProposeReply::Decided { slot: *slot });
+        if !self.proposals.is_empty() {
+            for (slot, value) in &ready.decided {
+                for command in value.commands() {
+                    self.resolve(command, ProposeReply::Decided { slot: *slot });
                 }
             }
-        }
-        for command in ready.dropped.iter().chain(&ready.outcome_unknown) {
-            if let Some(reply) = self.proposals.remove(command) {
-                let _ = reply.send(ProposeReply::Dropped);
+            for command in ready.dropped.iter().chain(&ready.outcome_unknown) {
+                self.resolve(command, ProposeReply::Dropped);
             }
         }
         for read in ready.reads {
