@@ -310,12 +310,12 @@ struct Lane {
     decided_prefix: Slot,
 }
 
-/// SplitMix64: the core's only randomness, seeded from the config.
+/// SplitMix64: the core's only randomness, seeded from the config (the simulator uses it too).
 #[derive(Clone, Debug)]
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -323,7 +323,7 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         if n == 0 { 0 } else { self.next() % n }
     }
 }
@@ -775,10 +775,10 @@ impl Replica {
             for to in missing {
                 self.send(to, Message::RecoveryQuery);
             }
-            if let (Some(best), Some(target)) = (best, target) {
-                if self.decided_index < target {
-                    self.request_catch_up(best);
-                }
+            if let (Some(best), Some(target)) = (best, target)
+                && self.decided_index < target
+            {
+                self.request_catch_up(best);
             }
         }
         self.check_recovered();

@@ -242,16 +242,7 @@ fn router(state: HttpState) -> Router {
 }
 
 async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    use subtle::ConstantTimeEq as _;
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let ok =
-        !state.token.is_empty() && bool::from(presented.as_bytes().ct_eq(state.token.as_bytes()));
-    if ok {
+    if bearer_matches(request.headers(), &state.token) {
         next.run(request).await
     } else {
         (
@@ -260,6 +251,24 @@ async fn require_token(State(state): State<HttpState>, request: Request, next: N
         )
             .into_response()
     }
+}
+
+/// Constant-time comparison of a presented token with the cluster token: the time taken does not
+/// reveal how much of it matched. An empty expected token matches nothing.
+pub fn token_matches(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// Whether `Authorization: Bearer <token>` carries the cluster token (every internal route of
+/// every process checks it this way).
+pub fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    token_matches(presented, expected)
 }
 
 fn postcard_response<T: Serialize>(value: &T) -> Response {

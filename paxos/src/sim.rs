@@ -141,18 +141,15 @@ impl fmt::Display for SimFailure {
     }
 }
 
-struct SimRng(u64);
+/// The core's SplitMix64 plus per-mille chances.
+struct SimRng(crate::core::Rng);
 
 impl SimRng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> SimRng {
+        SimRng(crate::core::Rng(seed))
     }
     fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
+        self.0.below(n)
     }
     fn chance(&mut self, per_mille: u64) -> bool {
         self.below(1000) < per_mille
@@ -233,7 +230,7 @@ type Check = Result<(), String>;
 impl Sim {
     /// A simulation that has not started.
     pub fn new(cfg: SimConfig) -> Sim {
-        let rng = SimRng(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xABCD);
+        let rng = SimRng::new(cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xABCD);
         let nodes = (0..cfg.nodes)
             .map(|_| SimNode {
                 replica: None,

@@ -226,13 +226,7 @@ async fn cluster(State(door): State<Arc<FrontDoor>>) -> Json<ClusterInfo> {
 }
 
 fn authorized(door: &FrontDoor, headers: &HeaderMap) -> bool {
-    use subtle::ConstantTimeEq as _;
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    bool::from(presented.as_bytes().ct_eq(door.token.as_bytes()))
+    paxos::runtime::bearer_matches(headers, &door.token)
 }
 
 #[derive(Deserialize)]

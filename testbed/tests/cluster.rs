@@ -150,7 +150,7 @@ async fn kill_during_load(mode: &str) {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 n += 1;
                 let r = (w * 7919 + n * 104_729) as usize;
-                let op = if n % 2 == 0 {
+                let op = if n.is_multiple_of(2) {
                     Op::Deposit { account: r % ACCOUNTS, cents: (r % 500) as i64 + 1 }
                 } else {
                     let from = r % ACCOUNTS;
@@ -163,14 +163,13 @@ async fn kill_during_load(mode: &str) {
                 let key = format!("w{w}-{n}-{}", uuid_key());
                 let deadline = Instant::now() + Duration::from_secs(15);
                 let answer = send_retrying(&client, reqwest::Method::POST, &format!("{url}/{path}"), Some(body), Some(&key), deadline).await;
-                if answer.as_ref().is_some_and(|a| a.status == 200) {
-                    if let Some(killed) = *killed_at.lock().unwrap() {
+                if answer.as_ref().is_some_and(|a| a.status == 200)
+                    && let Some(killed) = *killed_at.lock().unwrap() {
                         let mut first = first_ok.lock().unwrap();
                         if first.is_none() && Instant::now() > killed {
                             *first = Some(Instant::now());
                         }
                     }
-                }
                 records.lock().unwrap().push(Record { op, key, answer });
             }
         }));

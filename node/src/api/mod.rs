@@ -20,7 +20,6 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use utoipa::{OpenApi, ToSchema};
 
@@ -206,13 +205,7 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if token_matches(presented, &state.token) {
+    if paxos::runtime::bearer_matches(request.headers(), &state.token) {
         Ok(next.run(request).await)
     } else {
         Err(AppError::Unauthorized)
@@ -221,7 +214,7 @@ async fn require_token(
 
 /// Constant-time comparison: the time taken does not reveal how much of the token matched.
 pub fn token_matches(presented: &str, expected: &str) -> bool {
-    !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+    paxos::runtime::token_matches(presented, expected)
 }
 
 async fn not_found() -> AppError {
@@ -377,6 +370,16 @@ pub struct AccountAmountRequest {
     pub amount: Box<RawValue>,
 }
 
+impl AccountAmountRequest {
+    /// The account and the amount, validated.
+    fn parse(&self) -> Result<(AccountId, Money), AppError> {
+        Ok((
+            parse_account("account_id", &self.account_id)?,
+            Money::parse_json_amount(self.amount.get())?,
+        ))
+    }
+}
+
 /// An account reference, `{"account_id": ...}`.
 #[derive(Deserialize, ToSchema)]
 pub struct AccountRef {
@@ -498,10 +501,8 @@ async fn deposit_money(
     JsonBody(body): JsonBody<AccountAmountRequest>,
 ) -> Result<Response, AppError> {
     let key = idempotency_key(&headers)?;
-    let op = Operation::Deposit {
-        account_id: parse_account("account_id", &body.account_id)?,
-        amount: Money::parse_json_amount(body.amount.get())?,
-    };
+    let (account_id, amount) = body.parse()?;
+    let op = Operation::Deposit { account_id, amount };
     render(execute(&state, op, key).await?)
 }
 
@@ -524,10 +525,8 @@ async fn withdraw_money(
     JsonBody(body): JsonBody<AccountAmountRequest>,
 ) -> Result<Response, AppError> {
     let key = idempotency_key(&headers)?;
-    let op = Operation::Withdraw {
-        account_id: parse_account("account_id", &body.account_id)?,
-        amount: Money::parse_json_amount(body.amount.get())?,
-    };
+    let (account_id, amount) = body.parse()?;
+    let op = Operation::Withdraw { account_id, amount };
     render(execute(&state, op, key).await?)
 }
 

@@ -128,10 +128,10 @@ impl Testbed {
         let deadline = Instant::now() + limit;
         loop {
             let cluster = self.cluster().await;
-            if let Some(leader) = cluster["leader"].as_u64() {
-                if Some(leader) != not {
-                    return leader;
-                }
+            if let Some(leader) = cluster["leader"].as_u64()
+                && Some(leader) != not
+            {
+                return leader;
             }
             assert!(
                 Instant::now() < deadline,
