@@ -76,6 +76,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let options = StoreOptions {
         idempotency_retention: config.idempotency_retention,
+        // In a cluster the Paxos log is the commit point (see StoreOptions::sync_commits).
+        sync_commits: config.paxos_url.is_none(),
     };
     let store: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open_in_dir(&config.data_dir, options)

@@ -15,7 +15,9 @@
 //! (`handle`, `propose`, `tick`, `read_index`, `compact`):
 //!
 //! 1. call [`core::Replica::take_ready`];
-//! 2. write `ready.persist` atomically to storage and **sync it** — before anything else;
+//! 2. write `ready.persist` atomically to storage and **sync it** — before anything else (a batch
+//!    made only of `PersistOp::Decide` may skip the sync: it gates no message, and a replica
+//!    that loses a decision relearns it from its peers);
 //! 3. only then send `ready.messages` (they may promise or acknowledge what step 2 wrote);
 //! 4. install `ready.snapshot` into the application, if any;
 //! 5. apply `ready.decided` to the application in order (slots are consecutive);

@@ -215,7 +215,13 @@ impl Storage for RedbStorage {
         if ops.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(err)?;
+        let mut txn = self.db.begin_write().map_err(err)?;
+        // A batch that only records decisions gates no message (decided is a fact that peers
+        // re-teach after a crash), so it is written without its own fsync; the next promise or
+        // accept commits it durably. Promises, accepts and snapshots are always synced.
+        if ops.iter().all(|op| matches!(op, PersistOp::Decide { .. })) {
+            txn.set_durability(redb::Durability::None).map_err(err)?;
+        }
         {
             let mut promised = txn.open_table(PROMISED).map_err(err)?;
             let mut log = txn.open_table(LOG).map_err(err)?;

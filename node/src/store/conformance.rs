@@ -454,6 +454,7 @@ async fn a_rejected_entry_does_not_poison_its_batch<H: Harness>(h: &mut H) {
 async fn keys_of_one_entry_are_all_pruned<H: Harness>(h: &mut H) {
     let options = StoreOptions {
         idempotency_retention: 1,
+        ..StoreOptions::default()
     };
     let store = h.fresh(options).await;
     let a = AccountId::random();
@@ -496,6 +497,7 @@ async fn keys_of_one_entry_are_all_pruned<H: Harness>(h: &mut H) {
 async fn idempotency_records_are_kept_then_pruned<H: Harness>(h: &mut H) {
     let options = StoreOptions {
         idempotency_retention: 3,
+        ..StoreOptions::default()
     };
     let store = h.fresh(options).await;
     let a = AccountId::random();

@@ -58,12 +58,18 @@ pub struct Summary {
 pub struct StoreOptions {
     /// An idempotency record is kept until this many further log entries have been applied.
     pub idempotency_retention: u64,
+    /// Sync every commit before it returns. Standalone nodes must (the store is the only copy);
+    /// cluster nodes need not: the Paxos log, synced by a majority, is the commit point, and a
+    /// node that loses unsynced applies re-applies them from the log after a restart. Unsynced
+    /// commits are still made durable at least every 200 ms.
+    pub sync_commits: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             idempotency_retention: 1_000_000,
+            sync_commits: true,
         }
     }
 }
