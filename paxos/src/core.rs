@@ -375,6 +375,9 @@ pub struct Replica {
     ready: Ready,
     metrics: Metrics,
     recovery: Option<Recovery>,
+    /// No-op skips are proposed on ticks only, so commands that arrive meanwhile take the slots
+    /// instead, and one accept carries every skip of a tick (Mencius piggybacks skips too).
+    fill_noops: bool,
 }
 
 impl Replica {
@@ -450,6 +453,7 @@ impl Replica {
             ready: Ready::default(),
             metrics: Metrics::default(),
             recovery: None,
+            fill_noops: false,
             cfg,
         };
         if let Some((slot, data)) = &replica.snapshot {
@@ -687,7 +691,9 @@ impl Replica {
         for lane in 0..self.lanes_n {
             self.tick_lane(lane);
         }
+        self.fill_noops = true;
         self.flush();
+        self.fill_noops = false;
     }
 
     /// One message from a peer.
@@ -1506,7 +1512,7 @@ impl Replica {
                 }
                 let value = if may_propose_commands && !self.pending.is_empty() {
                     Value::Batch(Arc::new(self.take_batch()))
-                } else if slot <= self.frontier {
+                } else if slot <= self.frontier && self.fill_noops {
                     // This slot or a later one is in use elsewhere (another lane's proposal, or
                     // a deposed proposer's value that phase 1 proved unchosen): fill it with a
                     // no-op so the log can be applied past it (M 4.2, skips).

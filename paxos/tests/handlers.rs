@@ -510,6 +510,9 @@ fn leaderless_replica_skips_its_idle_slots() {
         decided_up_to: 0,
     };
     r.handle(env(2, 0, Message::Accept(accept)));
+    r.take_ready();
+    // Skips go out on the next tick, all in one accept.
+    r.tick();
     let ready = r.take_ready();
     let skips: Vec<_> = ready
         .messages
@@ -549,6 +552,7 @@ fn leaderless_replicas_revoke_a_silent_lane() {
             up_to: 2,
         }),
     ));
+    r.tick();
     r.handle(env(
         1,
         0,
@@ -594,6 +598,9 @@ fn leaderless_replicas_revoke_a_silent_lane() {
             decided: 0,
         }),
     ));
+    r.take_ready();
+    // The revoked slot is filled with a no-op at the next tick, with every other skip.
+    r.tick();
     let ready = r.take_ready();
     assert!(ready.persist.contains(&PersistOp::Accept {
         slot: 3,
