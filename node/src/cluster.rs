@@ -191,24 +191,20 @@ impl ClusterLog {
             }
             waiters.insert(id, tx);
         }
-        let forget = || {
-            self.waiters.lock().expect("waiters lock").remove(&id);
+        // However this call ends (an answer, an error, or the client's timeout dropping this
+        // future), the waiter goes: the map stays bounded by the requests really waiting.
+        let _guard = WaiterGuard {
+            waiters: &self.waiters,
+            id,
         };
         let (answer_tx, answer_rx) = oneshot::channel();
         if self.proposer.try_send((bytes, answer_tx)).is_err() {
-            forget();
             return Err(SubmitError::Overloaded);
         }
         let reply = match answer_rx.await {
             Ok(Ok(reply)) => reply,
-            Ok(Err(err)) => {
-                forget();
-                return Err(err);
-            }
-            Err(_) => {
-                forget();
-                return Err(SubmitError::Unavailable);
-            }
+            Ok(Err(err)) => return Err(err),
+            Err(_) => return Err(SubmitError::Unavailable),
         };
         match reply {
             // Decided: this node's applier delivers the outcome once it applied the slot.
@@ -216,18 +212,11 @@ impl ClusterLog {
                 rx.await.map_err(|_| SubmitError::Unavailable)
             }
             ProposeReply::NotLeader { leader } => {
-                forget();
                 self.view.lock().expect("view lock").leader = leader;
                 Err(SubmitError::NotLeader)
             }
-            ProposeReply::Dropped => {
-                forget();
-                Err(SubmitError::Unavailable)
-            }
-            ProposeReply::Overloaded => {
-                forget();
-                Err(SubmitError::Overloaded)
-            }
+            ProposeReply::Dropped => Err(SubmitError::Unavailable),
+            ProposeReply::Overloaded => Err(SubmitError::Overloaded),
         }
     }
 
@@ -398,6 +387,19 @@ impl ClusterLog {
             let mut view = self.view.lock().expect("view lock");
             view.is_leader = status.status.is_leader;
             view.leader = status.status.leader;
+        }
+    }
+}
+
+struct WaiterGuard<'a> {
+    waiters: &'a Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
+    id: Uuid,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters.remove(&self.id);
         }
     }
 }
