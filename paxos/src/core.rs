@@ -644,6 +644,9 @@ impl Replica {
         // Everything chosen before now is at or below the last slot this leader proposed: its
         // phase 1 re-proposed every value an earlier ballot could have chosen.
         let index = next_slot.saturating_sub(1).max(self.decided_index);
+        if self.reads.len() >= self.cfg.max_pending_commands {
+            return Err(ProposeError::Overloaded);
+        }
         // The confirmation round starts at the next `take_ready`, so every read that arrives in
         // one burst shares one round of heartbeats.
         self.reads.push(PendingRead { id, seq: 0, index });

@@ -505,6 +505,7 @@ impl Driver {
                     ticks += 1;
                     if ticks.is_multiple_of(100) {
                         self.batches.retain(|_, batch| !batch.reply.is_closed());
+                        self.read_waiters.retain(|_, reply| !reply.is_closed());
                         let batches = &self.batches;
                         self.proposals.retain(|_, (batch, _)| batches.contains_key(batch));
                         self.entry_waiters.retain(|(_, _, reply)| !reply.is_closed());

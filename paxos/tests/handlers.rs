@@ -721,3 +721,36 @@ fn proposals_beyond_the_pending_limit_are_refused() {
     r.propose(vec![cmd("2"), cmd("3")]).unwrap();
     assert_eq!(r.propose(vec![cmd("4")]), Err(ProposeError::Overloaded));
 }
+
+#[test]
+fn reads_beyond_the_pending_limit_are_refused() {
+    let mut cfg = Config::new(0, 3, Mode::Leader);
+    cfg.max_pending_commands = 1;
+    let mut r = Replica::new(cfg, PersistentState::default());
+    r.read_index(1).unwrap();
+    assert_eq!(r.read_index(2), Err(ProposeError::Overloaded));
+    // One confirmation round serves the waiting read; then there is room again.
+    let seq = r
+        .take_ready()
+        .messages
+        .iter()
+        .find_map(|m| match &m.msg {
+            Message::Heartbeat(h) => Some(h.read_seq),
+            _ => None,
+        })
+        .unwrap();
+    r.handle(env(
+        2,
+        0,
+        Message::HeartbeatAck(HeartbeatAck {
+            lane: 0,
+            ballot: b(0, 0),
+            read_seq: seq,
+        }),
+    ));
+    assert_eq!(
+        r.take_ready().reads,
+        vec![ReadResult::Ready { id: 1, index: 0 }]
+    );
+    r.read_index(3).unwrap();
+}
