@@ -170,8 +170,15 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
         .with_context(|| format!("binding --internal-listen {}", config.internal_listen))?;
     let public_addr = public.local_addr()?;
     let internal_addr = internal.local_addr()?;
-    let handle = telemetry::install_prometheus();
-    let render: api::metrics_render::Render = Arc::new(move || handle.render());
+    telemetry::install_prometheus();
+    let mode = if config.paxos_url.is_some() {
+        config.mode.as_str()
+    } else {
+        "standalone"
+    };
+    telemetry::set_build_info("node", mode, &config.node_id.to_string());
+    api::describe_metrics();
+    let render: api::metrics_render::Render = Arc::new(telemetry::render);
     println!(
         "bank node ready: open http://{public_addr}/ (API docs: http://{public_addr}/openapi.json)"
     );

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ballot::{NodeId, Slot};
-use crate::core::{Config, Metrics, Mode, ProposeError, ReadResult, Replica, Status};
+use crate::core::{Config, Metrics, Mode, Observation, ProposeError, ReadResult, Replica, Status};
 use crate::messages::{Envelope, Value};
 use crate::storage::{RedbStorage, Storage};
 
@@ -195,6 +195,8 @@ pub async fn run(
         outbound.push(Some(tx));
     }
     let driver = Driver {
+        exported: Metrics::default(),
+        tick_ms: cfg.tick_ms,
         replica,
         storage,
         outbound,
@@ -414,6 +416,87 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
     }
 }
 
+/// HELP texts of every metric the paxos process exports.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "paxos_commands_proposed_total",
+        "Client commands accepted by propose"
+    );
+    describe_counter!(
+        "paxos_slots_proposed_total",
+        "Slots this replica proposed (phase 2 instances it led), no-ops included"
+    );
+    describe_counter!(
+        "paxos_noops_proposed_total",
+        "No-op slots proposed (skips and recovery)"
+    );
+    describe_counter!(
+        "paxos_phase1_rounds_total",
+        "Phase 1 rounds started (elections, lane takeovers)"
+    );
+    describe_counter!(
+        "paxos_phase2_messages_total",
+        "Phase 2 (accept) messages sent"
+    );
+    describe_counter!(
+        "paxos_elections_started_total",
+        "Elections or lane takeovers started"
+    );
+    describe_counter!(
+        "paxos_elections_won_total",
+        "Elections or lane takeovers won"
+    );
+    describe_counter!(
+        "paxos_leader_changes_total",
+        "Times the believed holder of a lane changed"
+    );
+    describe_counter!("paxos_slots_decided_total", "Slots learned decided");
+    describe_counter!(
+        "paxos_messages_total",
+        "Protocol messages by direction and type"
+    );
+    describe_counter!(
+        "paxos_messages_dropped_total",
+        "Messages dropped, by reason (full queues, unreachable peers)"
+    );
+    describe_gauge!("paxos_decided_index", "Contiguous decided index");
+    describe_gauge!("paxos_frontier_slot", "Highest slot seen proposed");
+    describe_gauge!("paxos_compacted_index", "Last slot covered by the snapshot");
+    describe_gauge!("paxos_ballot_round", "Round of the highest promised ballot");
+    describe_gauge!("paxos_pending_commands", "Commands waiting for a slot");
+    describe_gauge!("paxos_is_leader", "1 if this replica leads (leader mode)");
+    describe_gauge!("paxos_lanes_led", "Lanes this replica leads");
+    describe_gauge!("paxos_leader_id", "Believed leader (leader mode; -1: none)");
+    describe_gauge!(
+        "paxos_recovering",
+        "1 while a rejoining replica recovers its state"
+    );
+    describe_histogram!(
+        "paxos_batch_size",
+        "Commands per slot this replica proposed"
+    );
+    describe_histogram!(
+        "paxos_commit_latency_seconds",
+        Unit::Seconds,
+        "Propose to decided, at the proposer"
+    );
+    describe_histogram!(
+        "paxos_persist_duration_seconds",
+        Unit::Seconds,
+        "Write and fsync of one burst of acceptor state"
+    );
+    describe_histogram!(
+        "paxos_peer_rpc_duration_seconds",
+        Unit::Seconds,
+        "One batch of messages to a peer"
+    );
+}
+
+fn count_message(direction: &'static str, envelope: &Envelope) {
+    metrics::counter!("paxos_messages_total", "direction" => direction, "type" => envelope.msg.kind()).increment(1);
+}
+
 /// Sends queued messages to one peer, many per HTTP request, with capped backoff on failure.
 async fn peer_sender(
     client: reqwest::Client,
@@ -437,6 +520,7 @@ async fn peer_sender(
             batch.clear();
             continue;
         };
+        let started = std::time::Instant::now();
         let sent = client
             .post(&url)
             .bearer_auth(&token)
@@ -447,7 +531,8 @@ async fn peer_sender(
         match sent {
             Ok(response) if response.status().is_success() => {
                 failures = 0;
-                metrics::counter!("paxos_messages_sent_total").increment(batch.len() as u64);
+                metrics::histogram!("paxos_peer_rpc_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
             }
             _ => {
                 // The peer is down or slow: drop this batch (Paxos resends what matters) and back
@@ -472,6 +557,9 @@ struct BatchWaiter {
 }
 
 struct Driver {
+    /// Counters already exported (the core's are cumulative).
+    exported: Metrics,
+    tick_ms: u64,
     replica: Replica,
     storage: RedbStorage,
     outbound: Vec<Option<mpsc::Sender<Envelope>>>,
@@ -513,6 +601,7 @@ impl Driver {
                 }
                 Some(envelopes) = inbound.recv() => {
                     for envelope in envelopes {
+                        count_message("received", &envelope);
                         self.replica.handle(envelope);
                     }
                 }
@@ -521,7 +610,10 @@ impl Driver {
             // Take whatever else is already waiting, so one fsync covers the whole burst.
             for _ in 0..64 {
                 match inbound.try_recv() {
-                    Ok(envelopes) => envelopes.into_iter().for_each(|e| self.replica.handle(e)),
+                    Ok(envelopes) => envelopes.into_iter().for_each(|e| {
+                        count_message("received", &e);
+                        self.replica.handle(e);
+                    }),
                     Err(_) => break,
                 }
             }
@@ -660,6 +752,7 @@ impl Driver {
         }
         // 3: send.
         for envelope in ready.messages {
+            count_message("sent", &envelope);
             if let Some(Some(queue)) = self.outbound.get(envelope.to as usize)
                 && queue.try_send(envelope).is_err()
             {
@@ -704,10 +797,86 @@ impl Driver {
                 }
             }
         }
+        for observation in &ready.observations {
+            match observation {
+                Observation::BatchSize(n) => {
+                    metrics::histogram!("paxos_batch_size").record(*n as f64)
+                }
+                Observation::CommitTicks(t) => metrics::histogram!("paxos_commit_latency_seconds")
+                    .record((*t * self.tick_ms) as f64 / 1000.0),
+            }
+        }
+        self.export_metrics();
+        Ok(())
+    }
+
+    /// Exports the core's counters (as deltas) and its view as gauges.
+    fn export_metrics(&mut self) {
+        let now = self.replica.metrics().clone();
+        let before = std::mem::replace(&mut self.exported, now.clone());
+        // Incremented even by 0, so every counter exists from the first scrape on.
+        let add = |name: &'static str, new: u64, old: u64| {
+            metrics::counter!(name).increment(new.saturating_sub(old));
+        };
+        add(
+            "paxos_commands_proposed_total",
+            now.commands_proposed,
+            before.commands_proposed,
+        );
+        add(
+            "paxos_slots_proposed_total",
+            now.slots_proposed,
+            before.slots_proposed,
+        );
+        add(
+            "paxos_noops_proposed_total",
+            now.noops_proposed,
+            before.noops_proposed,
+        );
+        add(
+            "paxos_phase1_rounds_total",
+            now.phase1_rounds,
+            before.phase1_rounds,
+        );
+        add(
+            "paxos_phase2_messages_total",
+            now.phase2_messages,
+            before.phase2_messages,
+        );
+        add(
+            "paxos_elections_started_total",
+            now.elections_started,
+            before.elections_started,
+        );
+        add(
+            "paxos_elections_won_total",
+            now.elections_won,
+            before.elections_won,
+        );
+        add(
+            "paxos_leader_changes_total",
+            now.leader_changes,
+            before.leader_changes,
+        );
+        add(
+            "paxos_slots_decided_total",
+            now.slots_decided,
+            before.slots_decided,
+        );
         let status = self.replica.status();
         metrics::gauge!("paxos_decided_index").set(status.decided as f64);
+        metrics::gauge!("paxos_frontier_slot").set(status.frontier as f64);
+        metrics::gauge!("paxos_compacted_index").set(status.compacted as f64);
         metrics::gauge!("paxos_ballot_round").set(status.ballot.round as f64);
-        Ok(())
+        metrics::gauge!("paxos_pending_commands").set(status.pending as f64);
+        metrics::gauge!("paxos_is_leader").set(if status.is_leader { 1.0 } else { 0.0 });
+        metrics::gauge!("paxos_lanes_led").set(status.leading.len() as f64);
+        metrics::gauge!("paxos_leader_id").set(status.leader.map_or(-1.0, f64::from));
+        metrics::gauge!("paxos_recovering").set(if self.replica.is_recovering() {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 
@@ -822,8 +991,15 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding --listen {}", cfg.listen))?;
-    let handle = telemetry::install_prometheus();
-    let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || handle.render());
+    telemetry::install_prometheus();
+    let mode = if cfg.core.mode == Mode::Leader {
+        "leader"
+    } else {
+        "leaderless"
+    };
+    telemetry::set_build_info("paxos", mode, &cfg.core.id.to_string());
+    describe_metrics();
+    let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(telemetry::render);
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

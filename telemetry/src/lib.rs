@@ -57,6 +57,36 @@ pub const BATCH_SIZE_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// Records `build_info{service, version, mode, node} 1`, the gauge dashboards join on.
+pub fn set_build_info(service: &'static str, mode: &str, node: &str) {
+    metrics::describe_gauge!(
+        "build_info",
+        "1, labelled with service, version, mode and node"
+    );
+    metrics::gauge!(
+        "build_info",
+        "service" => service,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "mode" => mode.to_owned(),
+        "node" => node.to_owned()
+    )
+    .set(1.0);
+}
+
+/// The Prometheus text of everything recorded, with fresh process figures (CPU seconds, resident
+/// memory, open file descriptors, threads) collected first. Installs the recorder if needed.
+pub fn render() -> String {
+    let handle = install_prometheus();
+    let process = PROCESS.get_or_init(|| {
+        let collector = metrics_process::Collector::default();
+        collector.describe();
+        collector
+    });
+    process.collect();
+    handle.render()
+}
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle. Must be
 /// called inside a tokio runtime: it starts the periodic upkeep that bounds histogram memory.

@@ -217,7 +217,9 @@ pub fn router(door: Arc<FrontDoor>) -> Router {
         .route("/_testbed/cluster", get(cluster))
         .route("/_testbed/target", post(set_target))
         .route("/_testbed/nodes/{id}/{action}", post(node_action))
+        .route("/_testbed/metrics", get(|| async { telemetry::render() }))
         .fallback(proxy)
+        .layer(axum::middleware::from_fn(node::api::track_http))
         .with_state(door)
 }
 

@@ -173,6 +173,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             .pool_max_idle_per_host(128)
             .build()?,
     });
+    telemetry::install_prometheus();
+    telemetry::set_build_info("testbed", &args.mode, "front-door");
+    node::api::describe_metrics();
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     for node in &door.nodes {

@@ -183,8 +183,33 @@ pub fn internal_router(state: InternalState) -> Router {
         .with_state(state)
 }
 
-/// HTTP RED metrics: requests by route, method and status, and their durations.
-async fn track_http(request: Request, next: Next) -> Response {
+/// HELP texts of the metrics the node exports (HTTP RED, the store, the applied index).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests by route, method and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request duration by route and method"
+    );
+    describe_histogram!(
+        "store_operation_duration_seconds",
+        Unit::Seconds,
+        "Store operation latency by backend and op"
+    );
+    describe_histogram!(
+        "store_commit_batch_size",
+        "Commands applied per store transaction"
+    );
+    describe_gauge!("bank_applied_index", "Last log index applied to the store");
+}
+
+/// HTTP RED metrics: requests by route, method and status, and their durations (also used by
+/// the testbed's front door).
+pub async fn track_http(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
