@@ -242,6 +242,7 @@ impl Ready {
             && self.outcome_unknown.is_empty()
             && self.reads.is_empty()
             && self.snapshot_wanted.is_none()
+            && self.observations.is_empty()
     }
 }
 

@@ -739,7 +739,7 @@ impl Driver {
 
     async fn after_inputs(&mut self) -> anyhow::Result<()> {
         let ready = self.replica.take_ready();
-        if ready.is_empty() && ready.messages.is_empty() {
+        if ready.is_empty() {
             return Ok(());
         }
         // 1-2: persist and sync before anything leaves. A storage error is fatal.

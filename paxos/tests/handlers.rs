@@ -754,3 +754,123 @@ fn reads_beyond_the_pending_limit_are_refused() {
     );
     r.read_index(3).unwrap();
 }
+
+fn rejoining(id: NodeId) -> Replica {
+    let mut cfg = Config::new(id, 3, Mode::Leader);
+    cfg.rejoin = true;
+    Replica::new(cfg, PersistentState::default())
+}
+
+/// A replica that lost its state asks the others and does not vote until it knows enough.
+#[test]
+fn rejoining_replica_does_not_vote_until_it_recovered() {
+    let mut r = rejoining(2);
+    let ready = r.take_ready();
+    let asked: Vec<NodeId> = ready
+        .messages
+        .iter()
+        .filter(|m| m.msg == Message::RecoveryQuery)
+        .map(|m| m.to)
+        .collect();
+    assert_eq!(asked, vec![0, 1]);
+    assert!(r.is_recovering());
+    // No promise while recovering: it may have promised something higher before it lost it.
+    r.handle(env(
+        1,
+        2,
+        Message::Prepare(Prepare {
+            lane: 0,
+            ballot: b(4, 1),
+            from_slot: 1,
+        }),
+    ));
+    let ready = r.take_ready();
+    assert!(ready.messages.is_empty() && ready.persist.is_empty());
+    let reply = |round| RecoveryReply {
+        promised: vec![b(round, 1)],
+        decided: 2,
+        frontier: 2,
+    };
+    r.handle(env(0, 2, Message::RecoveryReply(reply(5))));
+    assert!(
+        r.is_recovering(),
+        "one reply of the two others is not a majority of them"
+    );
+    r.handle(env(1, 2, Message::RecoveryReply(reply(3))));
+    let ready = r.take_ready();
+    assert!(
+        ready.persist.is_empty(),
+        "nothing is written before recovery completes"
+    );
+    assert!(
+        ready
+            .messages
+            .iter()
+            .any(|m| matches!(m.msg, Message::CatchUp(CatchUp { from_slot: 1 })))
+    );
+    // It learns every slot the others reported, then votes again, above what they promised.
+    let entries = vec![(1, batch(&["a"])), (2, batch(&["b"]))];
+    r.handle(env(
+        0,
+        2,
+        Message::CatchUpReply(CatchUpReply {
+            snapshot: None,
+            entries,
+        }),
+    ));
+    assert!(!r.is_recovering());
+    let ready = r.take_ready();
+    assert_eq!(ready.decided, vec![(1, batch(&["a"])), (2, batch(&["b"]))]);
+    assert!(ready.persist.contains(&PersistOp::Promise {
+        lane: 0,
+        ballot: b(5, 1)
+    }));
+    assert!(ready.persist.contains(&PersistOp::Decide {
+        slot: 2,
+        value: batch(&["b"])
+    }));
+    r.handle(env(
+        1,
+        2,
+        Message::Prepare(Prepare {
+            lane: 0,
+            ballot: b(4, 1),
+            from_slot: 3,
+        }),
+    ));
+    assert!(
+        matches!(only_message(&r.take_ready()).msg, Message::Nack(_)),
+        "below the recovered promise"
+    );
+    r.handle(env(
+        1,
+        2,
+        Message::Prepare(Prepare {
+            lane: 0,
+            ballot: b(6, 1),
+            from_slot: 3,
+        }),
+    ));
+    assert!(matches!(
+        only_message(&r.take_ready()).msg,
+        Message::Promise(_)
+    ));
+}
+
+/// A replica with intact state answers a recovery query with its promises and progress.
+#[test]
+fn intact_replica_answers_recovery_queries() {
+    let mut r = replica(0, 3, Mode::Leader);
+    r.propose(vec![cmd("x")]).unwrap();
+    r.take_ready();
+    r.handle(env(2, 0, Message::RecoveryQuery));
+    let expected = RecoveryReply {
+        promised: vec![b(0, 0)],
+        decided: 0,
+        frontier: 1,
+    };
+    assert_eq!(
+        only_message(&r.take_ready()),
+        &env(0, 2, Message::RecoveryReply(expected))
+    );
+}
