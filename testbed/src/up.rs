@@ -13,8 +13,26 @@ use crate::cli::UpArgs;
 use crate::frontdoor::{self, FrontDoor, NodeHandle};
 use crate::supervisor::Child;
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A port that is free now, picked below Linux's ephemeral range (32768 and up) so that no
+/// outgoing connection can take it before the child binds it; random, so that testbeds started
+/// at the same moment rarely pick the same one; checked by binding it. The ports are fixed for
+/// the cluster's life because the processes find each other by them.
+fn free_port(taken: &mut Vec<u16>) -> anyhow::Result<u16> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    let mut x = u64::from(seed) ^ (u64::from(std::process::id()) << 20);
+    for _ in 0..1_000 {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let port = 20_000 + ((x >> 33) % 12_000) as u16;
+        if !taken.contains(&port) && StdListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port found in 20000-31999")
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -78,9 +96,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     let exe = std::env::current_exe().context("finding the testbed binary")?;
     let n = args.nodes as usize;
+    let mut taken = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..n {
-        ports.push((free_port()?, free_port()?, free_port()?));
+        ports.push((
+            free_port(&mut taken)?,
+            free_port(&mut taken)?,
+            free_port(&mut taken)?,
+        ));
     }
     let public: Vec<String> = ports
         .iter()

@@ -8,7 +8,10 @@ use serde_json::{Value, json};
 
 pub const TOKEN: &str = "e2e-test-token-5f1c";
 
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Testbed {
+    _serial: std::sync::MutexGuard<'static, ()>,
     child: std::process::Child,
     pub url: String,
     pub dir: tempfile::TempDir,
@@ -18,8 +21,23 @@ pub struct Testbed {
 impl Testbed {
     /// `testbed up` with `extra` arguments; returns once it printed `ready`.
     pub fn up(mode: &str, extra: &[&str]) -> Testbed {
+        // One cluster at a time: seven processes each on a 2-core machine, and a test's timing
+        // should not depend on how many other clusters the harness runs beside it.
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"));
+        // If this test process dies abruptly, the kernel stops its cluster too.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command
             .args([
                 "up",
                 "--port",
@@ -65,6 +83,7 @@ impl Testbed {
             .build()
             .unwrap();
         Testbed {
+            _serial: serial,
             child,
             url: url.expect("front door line"),
             dir,
