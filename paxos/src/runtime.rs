@@ -406,7 +406,12 @@ async fn shutdown(State(state): State<HttpState>) -> &'static str {
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> Response {
-    match &state.metrics {
+    metrics_response(state.metrics.as_deref())
+}
+
+/// The `/metrics` answer of every process: Prometheus text, or 404 when metrics are off.
+pub fn metrics_response(render: Option<&(dyn Fn() -> String + Send + Sync)>) -> Response {
+    match render {
         Some(render) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             render(),
@@ -550,6 +555,9 @@ async fn peer_sender(
     }
 }
 
+/// Most long polls of `/local/entries` waiting at once (one node normally keeps one open).
+const MAX_ENTRY_WAITERS: usize = 64;
+
 struct BatchWaiter {
     replies: Vec<Option<ProposeReply>>,
     remaining: usize,
@@ -661,9 +669,10 @@ impl Driver {
             } => {
                 if let Some(answer) = self.entries_for(from, max) {
                     let _ = reply.send(answer);
-                } else if wait {
+                } else if wait && self.entry_waiters.len() < MAX_ENTRY_WAITERS {
                     self.entry_waiters.push((from, max, reply));
                 } else {
+                    // Nothing yet (or too many long polls already waiting): answer empty now.
                     let _ = reply.send(EntriesReply::Entries(Vec::new()));
                 }
             }

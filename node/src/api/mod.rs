@@ -705,14 +705,7 @@ async fn shutdown(State(state): State<InternalState>) -> &'static str {
 }
 
 async fn metrics_text(State(state): State<InternalState>) -> Response {
-    match &state.metrics {
-        Some(render) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
-    }
+    paxos::runtime::metrics_response(state.metrics.as_deref())
 }
 
 /// The OpenAPI description of the public API, generated from the handlers above.
