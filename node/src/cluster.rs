@@ -17,6 +17,7 @@ use bytes::Bytes;
 use paxos::runtime::{EntriesReply, ProposeReply, ReadIndexReply, StatusReply};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::command::{Command, Entry, Operation, Outcome};
@@ -48,14 +49,24 @@ struct LeaderView {
     leader: Option<u32>,
 }
 
-type ProposeSlot = (Bytes, oneshot::Sender<Result<ProposeReply, SubmitError>>);
+/// A command on its way to paxos, the request's trace (when sampled) and where its answer goes.
+type ProposeSlot = (
+    Bytes,
+    Option<telemetry::trace::Context>,
+    oneshot::Sender<Result<ProposeReply, SubmitError>>,
+);
+
+/// A client request waiting for its command's outcome, and its trace when sampled.
+type Waiter = (oneshot::Sender<Outcome>, Option<telemetry::trace::Context>);
 
 /// The replicated log, seen from one node.
 pub struct ClusterLog {
     options: ClusterOptions,
     proposer: tokio::sync::mpsc::Sender<ProposeSlot>,
     client: reqwest::Client,
-    waiters: Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
+    waiters: Mutex<HashMap<Uuid, Waiter>>,
+    /// How many waiters carry a sampled trace: the applier looks for them only when some do.
+    traced_waiters: AtomicU64,
     applied: watch::Sender<u64>,
     view: Mutex<LeaderView>,
     last_contact_ms: AtomicU64,
@@ -84,6 +95,7 @@ impl ClusterLog {
             options,
             client,
             waiters: Mutex::new(HashMap::new()),
+            traced_waiters: AtomicU64::new(0),
             applied: watch::Sender::new(applied),
             view: Mutex::new(LeaderView::default()),
             last_contact_ms: AtomicU64::new(0),
@@ -116,31 +128,44 @@ impl ClusterLog {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 return;
             };
-            let (commands, replies): (Vec<Bytes>, Vec<_>) =
-                std::mem::take(&mut batch).into_iter().unzip();
+            let mut commands = Vec::with_capacity(batch.len());
+            let mut traces = Vec::new();
+            let mut replies = Vec::with_capacity(batch.len());
+            for (command, trace, reply) in batch.drain(..) {
+                commands.push(command);
+                traces.extend(trace);
+                replies.push(reply);
+            }
+            // One HTTP call carries many requests: its span (only if one of them is sampled)
+            // continues the first sampled request's trace and links the others.
+            let span = telemetry::trace::batch_span("node.propose_batch", &traces)
+                .unwrap_or_else(tracing::Span::none);
             let log = self.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let answers = match postcard::to_stdvec(&commands) {
-                    Ok(body) => {
-                        log.post_postcard::<Vec<ProposeReply>>("/local/propose", body)
-                            .await
-                    }
-                    Err(_) => Err(SubmitError::Unavailable),
-                };
-                match answers {
-                    Ok(answers) if answers.len() == replies.len() => {
-                        for (reply, answer) in replies.into_iter().zip(answers) {
-                            let _ = reply.send(Ok(answer));
+            tokio::spawn(
+                async move {
+                    let _permit = permit;
+                    let answers = match postcard::to_stdvec(&commands) {
+                        Ok(body) => {
+                            log.post_postcard::<Vec<ProposeReply>>("/local/propose", body)
+                                .await
                         }
-                    }
-                    _ => {
-                        for reply in replies {
-                            let _ = reply.send(Err(SubmitError::Unavailable));
+                        Err(_) => Err(SubmitError::Unavailable),
+                    };
+                    match answers {
+                        Ok(answers) if answers.len() == replies.len() => {
+                            for (reply, answer) in replies.into_iter().zip(answers) {
+                                let _ = reply.send(Ok(answer));
+                            }
+                        }
+                        _ => {
+                            for reply in replies {
+                                let _ = reply.send(Err(SubmitError::Unavailable));
+                            }
                         }
                     }
                 }
-            });
+                .instrument(span),
+            );
         }
     }
 
@@ -163,6 +188,7 @@ impl ClusterLog {
             .post(self.url(path))
             .bearer_auth(&self.options.token)
             .header("content-type", "application/octet-stream")
+            .headers(telemetry::trace::current_headers())
             .body(body)
             .send()
             .await
@@ -184,21 +210,22 @@ impl ClusterLog {
         let bytes =
             Bytes::from(serde_json::to_vec(&command).map_err(|_| SubmitError::Unavailable)?);
         let (tx, rx) = oneshot::channel();
+        let trace = telemetry::trace::current_sampled();
         {
             let mut waiters = self.waiters.lock().expect("waiters lock");
             if waiters.len() >= self.options.max_waiting {
                 return Err(SubmitError::Overloaded);
             }
-            waiters.insert(id, tx);
+            if trace.is_some() {
+                self.traced_waiters.fetch_add(1, Ordering::Relaxed);
+            }
+            waiters.insert(id, (tx, trace.clone()));
         }
         // However this call ends (an answer, an error, or the client's timeout dropping this
         // future), the waiter goes: the map stays bounded by the requests really waiting.
-        let _guard = WaiterGuard {
-            waiters: &self.waiters,
-            id,
-        };
+        let _guard = WaiterGuard { log: self, id };
         let (answer_tx, answer_rx) = oneshot::channel();
-        if self.proposer.try_send((bytes, answer_tx)).is_err() {
+        if self.proposer.try_send((bytes, trace, answer_tx)).is_err() {
             return Err(SubmitError::Overloaded);
         }
         let reply = match answer_rx.await {
@@ -308,12 +335,31 @@ impl ClusterLog {
                     .collect(),
             })
             .collect();
-        let outcomes = store.apply(&entries).await?;
+        // The apply (and the store's work inside it) joins the traces of the sampled requests
+        // whose commands it carries; with none sampled there is no span to build.
+        let span = if self.traced_waiters.load(Ordering::Relaxed) > 0 {
+            let waiters = self.waiters.lock().expect("waiters lock");
+            let traces: Vec<_> = entries
+                .iter()
+                .flat_map(|entry| &entry.commands)
+                .filter_map(|command| waiters.get(&command.request_id?)?.1.clone())
+                .collect();
+            drop(waiters);
+            telemetry::trace::batch_span("node.apply", &traces)
+        } else {
+            None
+        };
+        let span = span.unwrap_or_else(tracing::Span::none);
+        let outcomes = store.apply(&entries).instrument(span).await?;
         let mut waiters = self.waiters.lock().expect("waiters lock");
         for (entry, outcome) in entries.iter().zip(outcomes) {
             let Some(outcome) = outcome else { continue };
             for (command, outcome) in entry.commands.iter().zip(outcome) {
-                if let Some(waiter) = command.request_id.and_then(|id| waiters.remove(&id)) {
+                if let Some((waiter, trace)) = command.request_id.and_then(|id| waiters.remove(&id))
+                {
+                    if trace.is_some() {
+                        self.traced_waiters.fetch_sub(1, Ordering::Relaxed);
+                    }
                     let _ = waiter.send(outcome);
                 }
             }
@@ -392,14 +438,16 @@ impl ClusterLog {
 }
 
 struct WaiterGuard<'a> {
-    waiters: &'a Mutex<HashMap<Uuid, oneshot::Sender<Outcome>>>,
+    log: &'a ClusterLog,
     id: Uuid,
 }
 
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
-        if let Ok(mut waiters) = self.waiters.lock() {
-            waiters.remove(&self.id);
+        if let Ok(mut waiters) = self.log.waiters.lock()
+            && let Some((_, Some(_))) = waiters.remove(&self.id)
+        {
+            self.log.traced_waiters.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -159,7 +159,13 @@ pub async fn run(
 pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
     use clap::Parser as _;
     let config = Config::try_parse_from(args)?;
-    telemetry::init_logging(config.log_format);
+    let mode = if config.paxos_url.is_some() {
+        config.mode.as_str()
+    } else {
+        "standalone"
+    };
+    let identity = telemetry::Identity::new("node", mode, &config.node_id.to_string());
+    let telemetry = telemetry::init(&identity, config.log_format);
     config.validate()?;
     let token = resolve_token(&config, std::env::var("BANK_CLUSTER_TOKEN").ok())?;
     let public = TcpListener::bind(config.listen)
@@ -171,12 +177,7 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
     let public_addr = public.local_addr()?;
     let internal_addr = internal.local_addr()?;
     telemetry::install_prometheus();
-    let mode = if config.paxos_url.is_some() {
-        config.mode.as_str()
-    } else {
-        "standalone"
-    };
-    telemetry::set_build_info("node", mode, &config.node_id.to_string());
+    telemetry::set_build_info("node", &identity.mode, &identity.node);
     api::describe_metrics();
     let render: api::metrics_render::Render = Arc::new(telemetry::render);
     println!(
@@ -185,7 +186,7 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
     println!(
         "internal port: http://{internal_addr}/ (/metrics, /shutdown; needs the cluster token)"
     );
-    run(
+    let result = run(
         config,
         token,
         public,
@@ -193,7 +194,9 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
         Some(render),
         shutdown_signal(),
     )
-    .await
+    .await;
+    telemetry.shutdown().await;
+    result
 }
 
 async fn shutdown_signal() {

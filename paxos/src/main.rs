@@ -7,7 +7,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    telemetry::init_logging(telemetry::LogFormat::Human);
     match paxos::runtime::main_with_args(std::env::args().collect()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

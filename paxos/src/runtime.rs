@@ -125,6 +125,8 @@ pub struct RuntimeConfig {
 enum LocalRequest {
     Propose {
         commands: Vec<Bytes>,
+        /// The proposing request's trace, when sampled.
+        trace: Option<telemetry::trace::Context>,
         reply: oneshot::Sender<Vec<ProposeReply>>,
     },
     Entries {
@@ -200,6 +202,7 @@ pub async fn run(
         replica,
         storage,
         outbound,
+        traced_batches: 0,
         mode: cfg.core.mode,
         proposals: HashMap::new(),
         batches: HashMap::new(),
@@ -240,7 +243,30 @@ fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn(trace_http))
         .with_state(state)
+}
+
+/// A server span for requests that are part of a trace (they carry `traceparent`): the node's
+/// proposals and reads, a peer's messages for a traced slot. Polls and peer traffic of untraced
+/// work start no traces of their own.
+async fn trace_http(request: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    if !request.headers().contains_key("traceparent") {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || request.uri().path().to_owned(),
+            |p| p.as_str().to_owned(),
+        );
+    let span =
+        telemetry::trace::http_server_span(request.method().as_str(), &route, request.headers());
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
@@ -316,7 +342,14 @@ async fn propose(State(state): State<HttpState>, body: BodyBytes) -> Response {
         return (StatusCode::BAD_REQUEST, "1 to 4096 commands per call").into_response();
     }
     let count = commands.len();
-    let Some(rx) = ask(&state, |reply| LocalRequest::Propose { commands, reply }).await else {
+    let trace = telemetry::trace::current_sampled();
+    let Some(rx) = ask(&state, |reply| LocalRequest::Propose {
+        commands,
+        trace,
+        reply,
+    })
+    .await
+    else {
         return unavailable();
     };
     let replies = match tokio::time::timeout(Duration::from_secs(5), rx).await {
@@ -507,11 +540,12 @@ async fn peer_sender(
     client: reqwest::Client,
     base: String,
     token: String,
-    mut queue: mpsc::Receiver<Envelope>,
+    mut queue: mpsc::Receiver<Outbound>,
     shutdown: CancellationToken,
 ) {
+    use tracing::Instrument as _;
     let url = format!("{}/peer/messages", base.trim_end_matches('/'));
-    let mut batch = Vec::with_capacity(256);
+    let mut batch: Vec<Outbound> = Vec::with_capacity(256);
     let mut failures: u32 = 0;
     loop {
         let received = tokio::select! {
@@ -521,18 +555,31 @@ async fn peer_sender(
         if received == 0 {
             return;
         }
-        let Ok(body) = postcard::to_stdvec(&batch) else {
+        let envelopes: Vec<&Envelope> = batch.iter().map(|(envelope, _)| envelope).collect();
+        let Ok(body) = postcard::to_stdvec(&envelopes) else {
             batch.clear();
             continue;
         };
+        // The messages of a traced slot make this call part of that trace (see the crate docs
+        // of `telemetry::trace` for batches that carry several).
+        let span = telemetry::trace::batch_span(
+            "paxos.peer_send",
+            batch.iter().filter_map(|(_, trace)| trace.as_ref()),
+        );
         let started = std::time::Instant::now();
-        let sent = client
+        let request = client
             .post(&url)
             .bearer_auth(&token)
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-            .send()
-            .await;
+            .body(body);
+        let sent = match span {
+            Some(span) => {
+                let request =
+                    span.in_scope(|| request.headers(telemetry::trace::current_headers()));
+                request.send().instrument(span).await
+            }
+            None => request.send().await,
+        };
         match sent {
             Ok(response) if response.status().is_success() => {
                 failures = 0;
@@ -555,6 +602,9 @@ async fn peer_sender(
     }
 }
 
+/// A message for a peer, with the trace of the proposal it carries (when sampled).
+type Outbound = (Envelope, Option<telemetry::trace::Context>);
+
 /// Most long polls of `/local/entries` waiting at once (one node normally keeps one open).
 const MAX_ENTRY_WAITERS: usize = 64;
 
@@ -562,6 +612,9 @@ struct BatchWaiter {
     replies: Vec<Option<ProposeReply>>,
     remaining: usize,
     reply: oneshot::Sender<Vec<ProposeReply>>,
+    /// `paxos.commit`, open from propose until every command is decided (or handed back), when
+    /// the proposing request is sampled: the Paxos round of that request's trace.
+    span: Option<tracing::Span>,
 }
 
 struct Driver {
@@ -570,8 +623,10 @@ struct Driver {
     tick_ms: u64,
     replica: Replica,
     storage: RedbStorage,
-    outbound: Vec<Option<mpsc::Sender<Envelope>>>,
+    outbound: Vec<Option<mpsc::Sender<Outbound>>>,
     mode: Mode,
+    /// Batches whose `span` is set (accepts for their commands carry the trace to peers).
+    traced_batches: usize,
     /// Command -> (batch, position in it).
     proposals: HashMap<Bytes, (u64, usize)>,
     batches: HashMap<u64, BatchWaiter>,
@@ -601,6 +656,8 @@ impl Driver {
                     ticks += 1;
                     if ticks.is_multiple_of(100) {
                         self.batches.retain(|_, batch| !batch.reply.is_closed());
+                        self.traced_batches =
+                            self.batches.values().filter(|b| b.span.is_some()).count();
                         self.read_waiters.retain(|_, reply| !reply.is_closed());
                         let batches = &self.batches;
                         self.proposals.retain(|_, (batch, _)| batches.contains_key(batch));
@@ -637,7 +694,11 @@ impl Driver {
 
     fn local(&mut self, request: LocalRequest) {
         match request {
-            LocalRequest::Propose { commands, reply } => {
+            LocalRequest::Propose {
+                commands,
+                trace,
+                reply,
+            } => {
                 let count = commands.len();
                 match self.replica.propose(commands.clone()) {
                     Ok(()) => {
@@ -646,10 +707,14 @@ impl Driver {
                         for (position, command) in commands.into_iter().enumerate() {
                             self.proposals.insert(command, (batch, position));
                         }
+                        let span = trace
+                            .and_then(|cx| telemetry::trace::batch_span("paxos.commit", [&cx]));
+                        self.traced_batches += usize::from(span.is_some());
                         let waiter = BatchWaiter {
                             replies: vec![None; count],
                             remaining: count,
                             reply,
+                            span,
                         };
                         self.batches.insert(batch, waiter);
                     }
@@ -715,6 +780,9 @@ impl Driver {
         }
         if waiter.remaining == 0 {
             let waiter = self.batches.remove(&batch).expect("present");
+            if waiter.span.is_some() {
+                self.traced_batches -= 1;
+            }
             let replies = waiter
                 .replies
                 .into_iter()
@@ -722,6 +790,26 @@ impl Driver {
                 .collect();
             let _ = waiter.reply.send(replies);
         }
+    }
+
+    /// The trace of a traced proposal whose commands this accept carries. Only looked for while
+    /// some proposal is traced, so unsampled traffic pays one comparison.
+    fn trace_of(&self, envelope: &Envelope) -> Option<telemetry::trace::Context> {
+        if self.traced_batches == 0 {
+            return None;
+        }
+        let crate::messages::Message::Accept(accept) = &envelope.msg else {
+            return None;
+        };
+        accept
+            .entries
+            .iter()
+            .flat_map(|(_, value)| value.commands())
+            .find_map(|command| {
+                let (batch, _) = self.proposals.get(command)?;
+                let span = self.batches.get(batch)?.span.as_ref()?;
+                telemetry::trace::sampled_context(span)
+            })
     }
 
     fn status(&self) -> StatusReply {
@@ -762,8 +850,9 @@ impl Driver {
         // 3: send.
         for envelope in ready.messages {
             count_message("sent", &envelope);
+            let trace = self.trace_of(&envelope);
             if let Some(Some(queue)) = self.outbound.get(envelope.to as usize)
-                && queue.try_send(envelope).is_err()
+                && queue.try_send((envelope, trace)).is_err()
             {
                 metrics::counter!("paxos_messages_dropped_total", "reason" => "outbound_full")
                     .increment(1);
@@ -931,6 +1020,9 @@ pub struct Cli {
     /// it for the first start of a new cluster.
     #[arg(long, env = "PAXOS_REJOIN")]
     pub rejoin: bool,
+    /// Log lines: human or json (`RUST_LOG` filters).
+    #[arg(long, env = "BANK_LOG_FORMAT", default_value = "human")]
+    pub log_format: telemetry::LogFormat,
 }
 
 impl Cli {
@@ -994,7 +1086,8 @@ pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
 pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
     use clap::Parser as _;
     let cli = Cli::try_parse_from(args)?;
-    telemetry::init_logging(telemetry::LogFormat::Human);
+    let identity = telemetry::Identity::new("paxos", &cli.mode, &cli.id.to_string());
+    let telemetry = telemetry::init(&identity, cli.log_format);
     let token = read_token(cli.cluster_token_file.as_deref())?;
     let cfg = cli.into_config(token)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -1021,7 +1114,9 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
         cfg.core.id,
         listener.local_addr()?
     );
-    run(cfg, listener, Some(render), shutdown).await
+    let result = run(cfg, listener, Some(render), shutdown).await;
+    telemetry.shutdown().await;
+    result
 }
 
 /// Ctrl-C or SIGTERM.

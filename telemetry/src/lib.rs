@@ -1,14 +1,29 @@
-//! Telemetry shared by every binary of the paxos bank: logging through `tracing`, and a
-//! Prometheus recorder for the `metrics` facade whose text the binaries serve at `/metrics`.
+//! Telemetry shared by every binary of the paxos bank: logs and traces through `tracing`
+//! (OpenTelemetry export over OTLP, W3C trace context across HTTP hops), and a Prometheus
+//! recorder for the `metrics` facade whose text the binaries serve at `/metrics`.
 //!
-//! Layout: [`init_logging`] installs the subscriber (human or JSON lines, `RUST_LOG` filter);
-//! [`install_prometheus`] installs the global recorder once and returns a handle to render it.
+//! Layout: [`init`] installs the subscriber once per process (human or JSON log lines filtered
+//! by `RUST_LOG`, plus the OpenTelemetry layer when an OTLP endpoint is configured) and returns
+//! a [`Guard`] whose [`Guard::shutdown`] flushes the spans; [`trace`] holds the propagation
+//! helpers; [`install_prometheus`] installs the global recorder once and [`render`] produces the
+//! text.
+
+pub mod trace;
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanExporter};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+pub use trace::Identity;
 
 /// How log lines look.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,17 +46,130 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Installs the global `tracing` subscriber. `RUST_LOG` filters (default `info`). Calling it a
-/// second time is harmless (the first subscriber stays).
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+/// Keeps the tracer alive; [`Guard::shutdown`] exports the spans still buffered.
+#[must_use = "dropping the guard without shutdown() may lose the last spans"]
+pub struct Guard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Guard {
+    /// Whether spans are being exported (a tracer is installed).
+    pub fn tracing_enabled(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports every span still buffered and stops the exporter (bounded: the exporter's own
+    /// timeout applies). Runs the blocking flush off the async worker threads.
+    pub async fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
+    }
+
+    /// Exports the spans buffered so far (tests read them right after).
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+}
+
+/// Installs logging and, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set,
+/// the OTLP span exporter with parent-based sampling at `OTEL_TRACES_SAMPLER_ARG` (default
+/// [`trace::DEFAULT_SAMPLE_RATIO`]). Call once, inside the tokio runtime, as early as possible;
+/// a second call in the same process keeps the first subscriber.
+pub fn init(identity: &Identity, format: LogFormat) -> Guard {
+    let provider = if trace::otlp_configured() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => Some(
+                tracer_provider(identity, trace::sample_ratio_from_env())
+                    .with_batch_exporter(exporter)
+                    .build(),
+            ),
+            Err(err) => {
+                eprintln!("OTLP exporter not started ({err}); continuing without traces");
+                None
+            }
+        }
+    } else {
+        None
     };
+    install(identity, format, provider)
+}
+
+/// [`init`] with a given exporter (every span handed over synchronously when it ends) and
+/// sample ratio: what tests use with an in-memory exporter.
+pub fn init_with_exporter<E: SpanExporter + 'static>(
+    identity: &Identity,
+    format: LogFormat,
+    exporter: E,
+    sample_ratio: f64,
+) -> Guard {
+    let provider = tracer_provider(identity, sample_ratio)
+        .with_simple_exporter(exporter)
+        .build();
+    install(identity, format, Some(provider))
+}
+
+fn tracer_provider(
+    identity: &Identity,
+    ratio: f64,
+) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+    let resource = Resource::builder()
+        .with_service_name(identity.service)
+        .with_attributes([
+            KeyValue::new("service.instance.id", identity.instance.clone()),
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("bank.mode", identity.mode.clone()),
+            KeyValue::new("bank.node", identity.node.clone()),
+        ])
+        .build();
+    SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))))
+        .with_resource(resource)
+}
+
+fn install(identity: &Identity, format: LogFormat, provider: Option<SdkTracerProvider>) -> Guard {
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = match format {
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    };
+    // Spans are exported whatever RUST_LOG says about log lines: the two are separate concerns.
+    let otel = provider.as_ref().map(|provider| {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(identity.service))
+            .with_filter(LevelFilter::INFO)
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    Guard {
+        provider: if installed { provider } else { None },
+    }
+}
+
+/// Installs only the log subscriber (no traces): for tools and tests that need no identity.
+pub fn init_logging(format: LogFormat) {
+    let _ = install(&Identity::new("tool", "none", "none"), format, None);
 }
 
 /// Latency buckets in seconds: from 50 microseconds (an in-memory step) to 10 seconds (a remote

@@ -344,6 +344,8 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
                 outgoing = outgoing.header(name, value);
             }
         }
+        // The node's span is a child of the front door's (the client's traceparent otherwise).
+        outgoing = outgoing.headers(telemetry::trace::current_headers());
         match outgoing.send().await {
             Ok(reply) => {
                 let mut response = Response::builder().status(reply.status());

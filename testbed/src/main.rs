@@ -19,9 +19,14 @@ fn main() -> std::process::ExitCode {
         Some("paxos") => runtime.block_on(paxos::runtime::main_with_args(args[1..].to_vec())),
         _ => {
             let cli = testbed::cli::Cli::parse();
-            telemetry::init_logging(telemetry::LogFormat::Human);
             match cli.command {
-                testbed::cli::Command::Up(up) => runtime.block_on(testbed::up::up(up)),
+                testbed::cli::Command::Up(up) => runtime.block_on(async {
+                    let identity = telemetry::Identity::new("testbed", &up.mode, "front-door");
+                    let telemetry = telemetry::init(&identity, telemetry::LogFormat::Human);
+                    let result = testbed::up::up(up).await;
+                    telemetry.shutdown().await;
+                    result
+                }),
             }
         }
     };

@@ -146,11 +146,15 @@ async fn forward(state: &AppState, leader: &str, request: Request) -> anyhow::Re
         header::CONTENT_TYPE,
         header::HeaderName::from_static("idempotency-key"),
         header::HeaderName::from_static("traceparent"),
+        header::HeaderName::from_static("tracestate"),
     ] {
         if let Some(value) = parts.headers.get(&name) {
             outgoing = outgoing.header(name, value.clone());
         }
     }
+    // When this process traces, the leader's span becomes a child of this follower's span
+    // (replacing the client's traceparent copied above); otherwise the client's passes through.
+    outgoing = outgoing.headers(telemetry::trace::current_headers());
     let reply = outgoing
         .timeout(state.request_timeout + Duration::from_secs(1))
         .send()
@@ -179,7 +183,7 @@ pub fn internal_router(state: InternalState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .layer(middleware::from_fn(track_http))
+        .layer(middleware::from_fn(track_internal_http))
         .with_state(state)
 }
 
@@ -207,18 +211,38 @@ pub fn describe_metrics() {
     describe_gauge!("bank_applied_index", "Last log index applied to the store");
 }
 
-/// HTTP RED metrics: requests by route, method and status, and their durations (also used by
+/// HTTP RED metrics (requests by route, method and status, and their durations) and the
+/// request's server span, a child of the caller's `traceparent` when it sent one (also used by
 /// the testbed's front door).
 pub async fn track_http(request: Request, next: Next) -> Response {
+    track(request, next, true).await
+}
+
+/// [`track_http`] for internal ports: the same metrics, but a span only for requests that are
+/// already part of a trace (scrapes and health checks would otherwise start traces of their own).
+pub async fn track_internal_http(request: Request, next: Next) -> Response {
+    track(request, next, false).await
+}
+
+async fn track(request: Request, next: Next, always_trace: bool) -> Response {
+    use tracing::Instrument as _;
     let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+    let span = (always_trace || request.headers().contains_key("traceparent"))
+        .then(|| telemetry::trace::http_server_span(&method, &route, request.headers()));
+    let response = match &span {
+        Some(span) => next.run(request).instrument(span.clone()).await,
+        None => next.run(request).await,
+    };
+    let status = response.status().as_u16();
+    if let Some(span) = span {
+        span.record("http.response.status_code", status);
+    }
+    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
         .increment(1);
     metrics::histogram!("http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());

@@ -1,0 +1,143 @@
+//! Traces: the OpenTelemetry tracer behind `tracing`, W3C `traceparent` propagation across HTTP
+//! hops, and the helpers that carry a request's trace through batched work.
+//!
+//! Every process builds one [`Identity`] and calls [`crate::init`]. When
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, spans are
+//! exported over OTLP/gRPC in batches; otherwise no tracer is installed and spans cost only what
+//! `tracing` itself costs. Sampling is parent-based: a request that arrives with a sampled
+//! `traceparent` is traced everywhere; a new trace is sampled with probability
+//! `OTEL_TRACES_SAMPLER_ARG` (default [`DEFAULT_SAMPLE_RATIO`]).
+//!
+//! Batching: the node sends many client commands to paxos in one HTTP call and paxos sends many
+//! messages to a peer in one call, so one hop can carry several traces. The hop's span then
+//! takes the first sampled trace as its parent and links the others ([`batch_span`]); a batch
+//! with no sampled request makes no span at all, so unsampled traffic pays nothing for it.
+
+pub use opentelemetry::Context;
+use opentelemetry::trace::TraceContextExt as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// Share of new traces sampled when `OTEL_TRACES_SAMPLER_ARG` is not set.
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+
+/// Who is emitting: the resource attributes of every span and the labels of `build_info`.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// `service.name`: `node`, `paxos`, `testbed`, `prober`, ...
+    pub service: &'static str,
+    /// `service.instance.id`: unique per process instance (e.g. `node-1`).
+    pub instance: String,
+    /// `leader`, `leaderless` or `standalone`.
+    pub mode: String,
+    /// The node id, or a role such as `front-door`.
+    pub node: String,
+}
+
+impl Identity {
+    /// An identity for `service` on node `node` in `mode`; the instance id is `service-node`.
+    pub fn new(service: &'static str, mode: &str, node: &str) -> Identity {
+        Identity {
+            service,
+            instance: format!("{service}-{node}"),
+            mode: mode.to_owned(),
+            node: node.to_owned(),
+        }
+    }
+}
+
+/// The sample ratio from `OTEL_TRACES_SAMPLER_ARG` (clamped to 0..=1), else the default.
+pub fn sample_ratio_from_env() -> f64 {
+    std::env::var("OTEL_TRACES_SAMPLER_ARG")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|r| r.is_finite())
+        .map_or(DEFAULT_SAMPLE_RATIO, |r| r.clamp(0.0, 1.0))
+}
+
+/// Whether spans should be exported over OTLP (an endpoint is configured).
+pub fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()))
+}
+
+/// The OpenTelemetry context of a `tracing` span, if that span is being sampled. `None` when no
+/// tracer is installed or the trace was not sampled: callers then skip their extra spans.
+pub fn sampled_context(span: &tracing::Span) -> Option<Context> {
+    let cx = span.context();
+    cx.span().span_context().is_sampled().then_some(cx)
+}
+
+/// [`sampled_context`] of the current span.
+pub fn current_sampled() -> Option<Context> {
+    sampled_context(&tracing::Span::current())
+}
+
+/// The parent context carried by W3C `traceparent`/`tracestate` headers (empty if none).
+pub fn extract(headers: &http::HeaderMap) -> Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+    })
+}
+
+/// Writes `cx` as W3C `traceparent`/`tracestate` headers (nothing if `cx` has no valid span).
+pub fn inject(cx: &Context, headers: &mut http::HeaderMap) {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(cx, &mut opentelemetry_http::HeaderInjector(headers));
+    });
+}
+
+/// Headers that carry the current span's trace to the next hop.
+pub fn current_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    inject(&tracing::Span::current().context(), &mut headers);
+    headers
+}
+
+/// The server span of one HTTP request: parented to the caller's `traceparent` when there is
+/// one, named `METHOD route`, with the trace id recorded so log lines inside the request can be
+/// correlated with the trace.
+pub fn http_server_span(method: &str, route: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = extract(headers);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+    span
+}
+
+/// A span for one hop that carries several requests' work (a batch): parented to the first
+/// sampled context, linked to the rest. `None` (no span) when none of them is sampled.
+pub fn batch_span<'a>(
+    name: &'static str,
+    contexts: impl IntoIterator<Item = &'a Context>,
+) -> Option<tracing::Span> {
+    let mut contexts = contexts.into_iter();
+    let parent = contexts.next()?;
+    let span = tracing::info_span!("batch", otel.name = name, links = tracing::field::Empty);
+    let _ = span.set_parent(parent.clone());
+    let mut links = 0usize;
+    for cx in contexts {
+        span.add_link(cx.span().span_context().clone());
+        links += 1;
+    }
+    if links > 0 {
+        span.record("links", links);
+    }
+    Some(span)
+}
