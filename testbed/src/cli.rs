@@ -54,6 +54,13 @@ pub struct UpArgs {
     /// Milliseconds per Paxos tick.
     #[arg(long, default_value_t = 10)]
     pub tick_ms: u64,
+    /// Also start a Prometheus (`apt-get install prometheus`) scraping every process with the
+    /// generated `<data-dir>/prometheus.yml` (written with or without this flag).
+    #[arg(long)]
+    pub prometheus: bool,
+    /// Port of that Prometheus on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 9090)]
+    pub prometheus_port: u16,
 }
 
 impl UpArgs {

@@ -8,10 +8,12 @@
 //! over the nodes that are ready.
 //!
 //! Layout: [`cli`] (arguments), [`supervisor`] (child processes), [`frontdoor`] (the proxy and
-//! the `/_testbed` API), [`up`] (wiring, ports, `cluster.json`, the printed URLs).
+//! the `/_testbed` API), [`prometheus`] (scrape config, `--prometheus`), [`up`] (wiring, ports,
+//! `cluster.json`, the printed URLs).
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod frontdoor;
+pub mod prometheus;
 pub mod supervisor;
 pub mod up;

@@ -72,6 +72,14 @@ fn prepare_data_dir(args: &UpArgs) -> anyhow::Result<PathBuf> {
 /// Runs the testbed until Ctrl-C or SIGTERM.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     args.validate()?;
+    let prometheus_binary = match (args.prometheus, crate::prometheus::find_binary()) {
+        (false, _) => None,
+        (true, Some(binary)) => Some(binary),
+        (true, None) => anyhow::bail!(
+            "--prometheus: no `prometheus` on PATH (apt-get install prometheus), or run without \
+             --prometheus and point your own Prometheus at <data-dir>/prometheus.yml"
+        ),
+    };
     let data_dir = prepare_data_dir(&args)?;
     let (token, token_file) = match std::env::var("BANK_CLUSTER_TOKEN") {
         Ok(token) if !token.trim().is_empty() => (token.trim().to_owned(), None),
@@ -188,7 +196,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         auto_target: AtomicBool::new(!args.manual_target),
         next: AtomicUsize::new(0),
         leader: AtomicUsize::new(usize::MAX),
-        token,
+        token: token.clone(),
         data_dir: data_dir.clone(),
         token_file: token_file.clone(),
         url: std::sync::Mutex::new(String::new()),
@@ -215,6 +223,44 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         })?;
     let front = format!("http://{}", listener.local_addr()?);
     *door.url.lock().expect("url lock") = front.clone();
+    // Prometheus reads the token from a file: the testbed's own, or a private copy of the one
+    // given in BANK_CLUSTER_TOKEN.
+    let scrape_token = match &token_file {
+        Some(path) => path.clone(),
+        None => {
+            let path = data_dir.join("prometheus-token");
+            write_private(&path, &token)?;
+            path
+        }
+    };
+    let prometheus_config = data_dir.join("prometheus.yml");
+    std::fs::write(
+        &prometheus_config,
+        crate::prometheus::scrape_config(&door.nodes, &front, &args.mode, &scrape_token),
+    )
+    .with_context(|| format!("writing {}", prometheus_config.display()))?;
+    let prometheus_url = match prometheus_binary {
+        Some(binary) => {
+            let port = match args.prometheus_port {
+                0 => free_port(&mut taken)?,
+                port => port,
+            };
+            let child = Child::new(
+                "prometheus".to_owned(),
+                binary,
+                crate::prometheus::server_args(
+                    &prometheus_config,
+                    &data_dir.join("prometheus"),
+                    port,
+                ),
+                data_dir.join("prometheus.log"),
+                restart,
+            );
+            tasks.push(tokio::spawn(child.supervise(shutdown.clone())));
+            Some(format!("http://127.0.0.1:{port}"))
+        }
+        None => None,
+    };
     tokio::spawn(door.clone().poll(shutdown.clone()));
     tokio::spawn(write_cluster_json(door.clone(), shutdown.clone()));
     let server = axum::serve(listener, frontdoor::router(door.clone()))
@@ -245,6 +291,24 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         "cluster status: {front}/_testbed/cluster (also {}/cluster.json)",
         data_dir.display()
     );
+    println!(
+        "metrics: {front}/_testbed/metrics and every process's /metrics (bearer token); \
+         scrape config {}",
+        prometheus_config.display()
+    );
+    if let Some(url) = &prometheus_url {
+        println!(
+            "prometheus: {url}/ (targets: {url}/targets; log {}/prometheus.log)",
+            data_dir.display()
+        );
+    }
+    if telemetry::trace::otlp_configured() {
+        println!(
+            "traces: exported over OTLP to OTEL_EXPORTER_OTLP_ENDPOINT by every process, sampled \
+             at OTEL_TRACES_SAMPLER_ARG (default {})",
+            telemetry::trace::DEFAULT_SAMPLE_RATIO
+        );
+    }
     println!(
         "logs: {}/node-*/{{node,paxos}}.log; Ctrl-C stops everything",
         data_dir.display()

@@ -524,3 +524,113 @@ async fn every_process_exports_the_contract_metrics_as_valid_prometheus_text() {
         );
     }
 }
+
+/// `testbed up --prometheus` starts a real Prometheus whose generated configuration scrapes every
+/// process with the cluster token: all seven targets report up, and a query sees the leader's
+/// decided index. Needs `prometheus` (`apt-get install prometheus`): under CI=true it must be
+/// installed, elsewhere its absence is reported loudly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testbed_prometheus_scrapes_every_process() {
+    if std::process::Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but prometheus is missing: .ci/run must apt-get install prometheus"
+        );
+        eprintln!(
+            "\n*** SKIPPED testbed --prometheus: prometheus not found (apt-get install prometheus) ***\n"
+        );
+        return;
+    }
+    let tb = Testbed::up("leader", &["--prometheus", "--prometheus-port", "0"]);
+    let prometheus = tb
+        .printed
+        .iter()
+        .find_map(|line| line.strip_prefix("prometheus: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("testbed printed the prometheus URL")
+        .trim_end_matches('/')
+        .to_owned();
+    let config = tb.dir.path().join("data").join("prometheus.yml");
+    let check = std::process::Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .expect("promtool comes with prometheus");
+    assert!(
+        check.status.success(),
+        "promtool rejected the generated config: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        !text.contains(TOKEN),
+        "the token is never written into the config"
+    );
+    // Some traffic so the paxos decided index is above zero.
+    let account = open_account(&tb.client, &tb.url).await;
+    assert_eq!(
+        deposit(&tb.client, &tb.url, &account, "1").await.status,
+        200
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Value::Null;
+    loop {
+        let targets: Result<Value, _> = async {
+            tb.client
+                .get(format!("{prometheus}/api/v1/targets"))
+                .send()
+                .await?
+                .json()
+                .await
+        }
+        .await;
+        if let Ok(targets) = targets {
+            let active = targets["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let up = active.iter().filter(|t| t["health"] == "up").count();
+            if active.len() == 7 && up == 7 {
+                break;
+            }
+            last = targets;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every target is up within 60 s: {last:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer: Value = tb
+            .client
+            .get(format!(
+                "{prometheus}/api/v1/query?query=max%28paxos_decided_index%7Bjob%3D%22paxos%22%7D%29"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let decided = answer["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if decided >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never saw the decided index advance: {answer:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

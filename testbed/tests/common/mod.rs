@@ -16,11 +16,18 @@ pub struct Testbed {
     pub url: String,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
+    /// What `testbed up` printed up to its `ready` line.
+    pub printed: Vec<String>,
 }
 
 impl Testbed {
     /// `testbed up` with `extra` arguments; returns once it printed `ready`.
     pub fn up(mode: &str, extra: &[&str]) -> Testbed {
+        Testbed::up_with_env(mode, extra, &[])
+    }
+
+    /// [`Testbed::up`] with extra environment variables for every process.
+    pub fn up_with_env(mode: &str, extra: &[&str], env: &[(&str, &str)]) -> Testbed {
         // One cluster at a time: seven processes each on a 2-core machine, and a test's timing
         // should not depend on how many other clusters the harness runs beside it.
         let serial = SERIAL
@@ -52,14 +59,17 @@ impl Testbed {
             .args(extra)
             .env("BANK_CLUSTER_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("starting testbed");
         let stdout = child.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(stdout).lines();
         let mut url = None;
+        let mut printed = Vec::new();
         for line in lines.by_ref() {
             let line = line.unwrap();
+            printed.push(line.clone());
             if let Some(rest) = line.strip_prefix("front door: ") {
                 url = Some(
                     rest.split_whitespace()
@@ -88,6 +98,7 @@ impl Testbed {
             url: url.expect("front door line"),
             dir,
             client,
+            printed,
         }
     }
 
