@@ -286,8 +286,17 @@ impl ClusterLog {
             };
             failures = 0;
             self.touch();
+            // A store shared by the whole cluster (leader mode on Firestore) is written by the
+            // leader only; the others follow its applied index (and so never install snapshots
+            // into it: it is ahead of any snapshot already).
+            let follow = store.is_shared() && !self.view.lock().expect("view lock").is_leader;
             let result = match reply {
                 EntriesReply::Entries(entries) if entries.is_empty() => Ok(()),
+                EntriesReply::Entries(entries) if follow => {
+                    let last = entries.last().map_or(0, |(slot, _)| *slot);
+                    self.follow(&store, last).await
+                }
+                EntriesReply::Snapshot { slot, .. } if follow => self.follow(&store, slot).await,
                 EntriesReply::Entries(entries) => self.apply(&store, entries).await,
                 EntriesReply::Snapshot { slot, data } => self.install(&store, slot, &data).await,
             };
@@ -368,6 +377,25 @@ impl ClusterLog {
         if let Some((last, _)) = decided.last() {
             self.applied.send_replace(*last);
             metrics::gauge!("bank_applied_index").set(*last as f64);
+        }
+        Ok(())
+    }
+
+    /// A follower of a shared store: the entries up to `last` are applied once the store's
+    /// applied index (advanced by the leader) reaches them. Returns after some progress or a
+    /// short wait, so the caller re-checks leadership between calls.
+    async fn follow(
+        &self,
+        store: &Arc<dyn Store>,
+        last: u64,
+    ) -> Result<(), crate::store::StoreError> {
+        let shared = store.summary().await?.applied_index.min(last);
+        if shared > *self.applied.borrow() {
+            self.applied.send_replace(shared);
+            metrics::gauge!("bank_applied_index").set(shared as f64);
+        }
+        if shared < last {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     }

@@ -115,6 +115,22 @@ impl Operation {
         }
     }
 
+    /// The accounts the operation reads or writes (what a remote store fetches before applying).
+    pub fn accounts(&self) -> impl Iterator<Item = AccountId> {
+        let (first, second) = match *self {
+            Operation::OpenAccount { account_id }
+            | Operation::Deposit { account_id, .. }
+            | Operation::Withdraw { account_id, .. } => (Some(account_id), None),
+            Operation::Move {
+                source,
+                destination,
+                ..
+            } => (Some(source), Some(destination)),
+            Operation::Barrier => (None, None),
+        };
+        first.into_iter().chain(second)
+    }
+
     /// What identifies "the same request" for an idempotency key: the operation with the
     /// proposer-chosen parts left out (a retried `open_account` carries a new candidate id).
     pub fn fingerprint(&self) -> Operation {

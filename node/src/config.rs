@@ -71,6 +71,31 @@ pub struct Config {
     /// Log format: human or json.
     #[arg(long, env = "BANK_LOG_FORMAT", default_value = "human")]
     pub log_format: telemetry::LogFormat,
+
+    /// Storage backend: embedded (a redb file in --data-dir) or firestore.
+    #[arg(long, env = "BANK_STORE", default_value = "embedded")]
+    pub store: String,
+
+    /// Firestore: Google Cloud project (FIRESTORE_EMULATOR_HOST switches to the emulator).
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    pub firestore_project: Option<String>,
+
+    /// Firestore: database id.
+    #[arg(long, env = "BANK_FIRESTORE_DATABASE", default_value = "(default)")]
+    pub firestore_database: String,
+
+    /// Firestore: base name of the collections. Leaderless mode uses `<prefix>-<node id>` per
+    /// node; leader mode and standalone use `<prefix>` (leader mode: shared by every node).
+    #[arg(
+        long,
+        env = "BANK_FIRESTORE_COLLECTION_PREFIX",
+        default_value = "accounts"
+    )]
+    pub firestore_collection_prefix: String,
+
+    /// Firestore: longest wait for one request, in milliseconds.
+    #[arg(long, env = "BANK_FIRESTORE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub firestore_timeout_ms: u64,
 }
 
 /// A configuration value out of range; the message names the flag and the value.
@@ -79,6 +104,27 @@ pub struct Config {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The Firestore location of this node's state (`None` with the embedded store).
+    pub fn firestore(&self) -> Option<crate::store::FirestoreConfig> {
+        if self.store != "firestore" {
+            return None;
+        }
+        let cluster = self.paxos_url.is_some();
+        let shared = cluster && self.mode == "leader";
+        let collection = if cluster && !shared {
+            format!("{}-{}", self.firestore_collection_prefix, self.node_id)
+        } else {
+            self.firestore_collection_prefix.clone()
+        };
+        Some(crate::store::FirestoreConfig {
+            project: self.firestore_project.clone().unwrap_or_default(),
+            database: self.firestore_database.clone(),
+            collection,
+            request_timeout: std::time::Duration::from_millis(self.firestore_timeout_ms),
+            shared,
+        })
+    }
+
     /// Checks ranges and relations between values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(ConfigError(msg)) };
@@ -134,6 +180,28 @@ impl Config {
             ),
         )?;
         check(
+            self.store == "embedded" || self.store == "firestore",
+            format!(
+                "--store must be embedded or firestore, got {:?}",
+                self.store
+            ),
+        )?;
+        check(
+            self.store != "firestore"
+                || self
+                    .firestore_project
+                    .as_deref()
+                    .is_some_and(|p| !p.trim().is_empty()),
+            "--store firestore needs --firestore-project (or GOOGLE_CLOUD_PROJECT)".to_owned(),
+        )?;
+        check(
+            (100..=600_000).contains(&self.firestore_timeout_ms),
+            format!(
+                "--firestore-timeout-ms must be 100..=600000, got {}",
+                self.firestore_timeout_ms
+            ),
+        )?;
+        check(
             self.listen != self.internal_listen || self.listen.port() == 0,
             format!(
                 "--listen and --internal-listen must differ, both are {}",
@@ -153,6 +221,38 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.internal_listen.to_string(), "127.0.0.1:9080");
+    }
+
+    #[test]
+    fn firestore_collections_follow_the_mode() {
+        let base = [
+            "node",
+            "--store",
+            "firestore",
+            "--firestore-project",
+            "p",
+            "--paxos-url",
+            "http://127.0.0.1:1",
+            "--peers-public",
+            "a,b,c",
+            "--node-id",
+            "2",
+        ];
+        let leaderless = Config::parse_from(base.iter().chain(&["--mode", "leaderless"]));
+        leaderless.validate().unwrap();
+        let store = leaderless.firestore().unwrap();
+        assert_eq!(store.collection, "accounts-2", "one collection per node");
+        assert!(!store.shared);
+        let leader = Config::parse_from(base.iter().chain(&["--mode", "leader"]));
+        let store = leader.firestore().unwrap();
+        assert_eq!(store.collection, "accounts", "one shared collection");
+        assert!(store.shared);
+        assert!(Config::parse_from(["node"]).firestore().is_none());
+        let missing = Config::parse_from(["node", "--store", "firestore"]);
+        if std::env::var("GOOGLE_CLOUD_PROJECT").is_err() {
+            let err = missing.validate().unwrap_err().to_string();
+            assert!(err.contains("--firestore-project"), "{err}");
+        }
     }
 
     #[test]

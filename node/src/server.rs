@@ -13,7 +13,7 @@ use crate::api::{self, AppState, InternalState};
 use crate::cluster::{ClusterLog, ClusterOptions};
 use crate::config::Config;
 use crate::log::{LocalLogOptions, Log, spawn_local_log};
-use crate::store::{EmbeddedStore, Store, StoreOptions};
+use crate::store::{EmbeddedStore, FirestoreStore, Store, StoreOptions};
 
 /// File name of a generated cluster token inside the data directory.
 pub const TOKEN_FILE_NAME: &str = "cluster-token";
@@ -79,10 +79,25 @@ pub async fn run(
         // In a cluster the Paxos log is the commit point (see StoreOptions::sync_commits).
         sync_commits: config.paxos_url.is_none(),
     };
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open_in_dir(&config.data_dir, options)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-    );
+    let store: Arc<dyn Store> = match config.firestore() {
+        None => Arc::new(
+            EmbeddedStore::open_in_dir(&config.data_dir, options)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        ),
+        Some(firestore) => {
+            let store = FirestoreStore::connect(&firestore, options)
+                .await
+                .context("opening the Firestore store")?;
+            tracing::info!(
+                project = %firestore.project,
+                database = %firestore.database,
+                collection = %firestore.collection,
+                shared = firestore.shared,
+                "using Firestore"
+            );
+            Arc::new(store)
+        }
+    };
     let fatal = CancellationToken::new();
     let stop = CancellationToken::new();
     let (log, writer): (Arc<dyn Log>, Option<tokio::task::JoinHandle<()>>) = match &config.paxos_url

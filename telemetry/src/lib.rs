@@ -162,6 +162,9 @@ fn install(identity: &Identity, format: LogFormat, provider: Option<SdkTracerPro
         .with(otel)
         .try_init()
         .is_ok();
+    if installed && provider.is_some() {
+        trace::set_enabled();
+    }
     Guard {
         provider: if installed { provider } else { None },
     }
@@ -216,8 +219,15 @@ pub fn render() -> String {
     handle.render()
 }
 
+/// Whether metrics are recorded: `BANK_METRICS=off` turns them off (the `metrics` macros then
+/// do nothing and `/metrics` is empty), to measure what recording them costs.
+pub fn metrics_enabled() -> bool {
+    !std::env::var("BANK_METRICS").is_ok_and(|v| v.eq_ignore_ascii_case("off"))
+}
+
 /// Installs the global Prometheus recorder (once per process) and returns its handle. Must be
 /// called inside a tokio runtime: it starts the periodic upkeep that bounds histogram memory.
+/// With metrics off ([`metrics_enabled`]) the recorder is built but not installed.
 pub fn install_prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -232,6 +242,9 @@ pub fn install_prometheus() -> PrometheusHandle {
                 .expect("bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
+            if !metrics_enabled() {
+                return handle;
+            }
             metrics::set_global_recorder(recorder).expect("no other metrics recorder is installed");
             let upkeep = handle.clone();
             tokio::spawn(async move {

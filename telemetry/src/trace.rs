@@ -17,6 +17,19 @@ pub use opentelemetry::Context;
 use opentelemetry::trace::TraceContextExt as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records that a tracer is installed (by [`crate::init`]).
+pub(crate) fn set_enabled() {
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this process exports traces. Without a tracer every helper here takes a fast path
+/// (no span, no header parsing), so a process without tracing pays nothing for it.
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Share of new traces sampled when `OTEL_TRACES_SAMPLER_ARG` is not set.
 pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
 
@@ -67,6 +80,9 @@ pub fn otlp_configured() -> bool {
 /// The OpenTelemetry context of a `tracing` span, if that span is being sampled. `None` when no
 /// tracer is installed or the trace was not sampled: callers then skip their extra spans.
 pub fn sampled_context(span: &tracing::Span) -> Option<Context> {
+    if !enabled() {
+        return None;
+    }
     let cx = span.context();
     cx.span().span_context().is_sampled().then_some(cx)
 }
@@ -93,14 +109,20 @@ pub fn inject(cx: &Context, headers: &mut http::HeaderMap) {
 /// Headers that carry the current span's trace to the next hop.
 pub fn current_headers() -> http::HeaderMap {
     let mut headers = http::HeaderMap::new();
+    if !enabled() {
+        return headers;
+    }
     inject(&tracing::Span::current().context(), &mut headers);
     headers
 }
 
 /// The server span of one HTTP request: parented to the caller's `traceparent` when there is
 /// one, named `METHOD route`, with the trace id recorded so log lines inside the request can be
-/// correlated with the trace.
+/// correlated with the trace. Without a tracer: no span.
 pub fn http_server_span(method: &str, route: &str, headers: &http::HeaderMap) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "http.server",
         otel.name = format!("{method} {route}"),

@@ -725,8 +725,8 @@ async fn ready_response(state: &AppState) -> Response {
         )
             .into_response();
     }
-    match state.store.summary().await {
-        Ok(_) => "ready".into_response(),
+    match state.store.ready().await {
+        Ok(()) => "ready".into_response(),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the store is unavailable",

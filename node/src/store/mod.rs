@@ -7,6 +7,8 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod firestore;
+pub mod firestore_emulator;
 
 use async_trait::async_trait;
 
@@ -15,6 +17,7 @@ use crate::command::{AccountId, Entry, IdempotencyKey, Outcome};
 use crate::money::Money;
 
 pub use embedded::EmbeddedStore;
+pub use firestore::{FirestoreConfig, FirestoreStore};
 
 /// A storage failure. Business outcomes are never errors (see [`Outcome`]).
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,17 @@ impl Default for StoreOptions {
 pub trait Store: Send + Sync + 'static {
     /// Backend name, a metric label (`embedded`, `firestore`).
     fn backend(&self) -> &'static str;
+
+    /// Whether every node of the cluster uses this same store (leader mode on Firestore: one
+    /// collection that only the leader applies to; the others follow its applied index).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Whether the store can serve now (`/readyz`). By default: a summary can be read.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.summary().await.map(|_| ())
+    }
 
     /// Applies consecutive entries in one atomic, durable transaction together with the new
     /// applied index. Entries at or below the applied index were applied before (perhaps by
