@@ -29,9 +29,17 @@ pub struct UpArgs {
     /// leader (one elected leader serves and proposes) or leaderless (every node proposes).
     #[arg(long, default_value = "leader")]
     pub mode: String,
-    /// Storage backend of the nodes: embedded.
+    /// Storage backend of the nodes: embedded (a redb file per node) or firestore.
     #[arg(long, default_value = "embedded")]
     pub store: String,
+    /// Firestore project. Without it and without FIRESTORE_EMULATOR_HOST, `--store firestore`
+    /// starts a Firestore emulator (gcloud) for the cluster.
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
+    pub firestore_project: Option<String>,
+    /// Base name of the Firestore collections (default: `accounts-<random>`, fresh per cluster,
+    /// so a new cluster never finds an old cluster's state).
+    #[arg(long)]
+    pub firestore_collection_prefix: Option<String>,
     /// Where the nodes keep their data (default: a fresh folder under the system temp dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -77,8 +85,8 @@ impl UpArgs {
             self.mode
         );
         anyhow::ensure!(
-            self.store == "embedded",
-            "--store must be embedded (the Firestore backend is not built yet), got {:?}",
+            self.store == "embedded" || self.store == "firestore",
+            "--store must be embedded or firestore, got {:?}",
             self.store
         );
         anyhow::ensure!(

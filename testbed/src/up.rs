@@ -81,6 +81,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         ),
     };
     let data_dir = prepare_data_dir(&args)?;
+    let firestore = match args.store.as_str() {
+        "firestore" => Some(prepare_firestore(&args, &data_dir)?),
+        _ => None,
+    };
     let (token, token_file) = match std::env::var("BANK_CLUSTER_TOKEN") {
         Ok(token) if !token.trim().is_empty() => (token.trim().to_owned(), None),
         _ => {
@@ -141,7 +145,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             "--tick-ms".to_owned(),
             args.tick_ms.to_string(),
         ];
-        let node_args = vec![
+        let mut node_args = vec![
             "node".to_owned(),
             "--node-id".to_owned(),
             i.to_string(),
@@ -160,6 +164,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             "--compact-every".to_owned(),
             args.compact_every.to_string(),
         ];
+        if let Some(firestore) = &firestore {
+            node_args.extend([
+                "--store".to_owned(),
+                "firestore".to_owned(),
+                "--firestore-project".to_owned(),
+                firestore.project.clone(),
+                "--firestore-collection-prefix".to_owned(),
+                firestore.prefix.clone(),
+            ]);
+        }
         nodes.push(NodeHandle {
             id: i as u32,
             public_url: public[i].clone(),
@@ -280,6 +294,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             node.id, node.public_url, node.internal_url, node.paxos_url
         );
     }
+    if let Some(firestore) = &firestore {
+        let collections = if args.mode == "leader" {
+            format!("{} (shared, written by the leader)", firestore.prefix)
+        } else {
+            format!("{}-<node id> (one per node)", firestore.prefix)
+        };
+        println!(
+            "  firestore: {}, project {}, collections {collections}",
+            firestore.location, firestore.project
+        );
+    }
     match &token_file {
         Some(path) => println!("  cluster token: {} (mode 0600)", path.display()),
         None => println!("  cluster token: from BANK_CLUSTER_TOKEN"),
@@ -334,7 +359,68 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         let _ = task.await;
     }
     let _ = server.await;
+    // The emulator (if this testbed started one) stops last, after the nodes that used it.
+    drop(firestore);
     Ok(())
+}
+
+/// Where the nodes' Firestore state lives for this cluster.
+struct FirestoreSetup {
+    project: String,
+    prefix: String,
+    /// For people: the emulator's address or "Google Cloud Firestore".
+    location: String,
+    /// An emulator this testbed started (stopped when the testbed stops).
+    _emulator: Option<node::store::firestore_emulator::Emulator>,
+}
+
+/// Uses `FIRESTORE_EMULATOR_HOST` or the given project, or else starts an emulator.
+fn prepare_firestore(args: &UpArgs, data_dir: &Path) -> anyhow::Result<FirestoreSetup> {
+    use node::store::firestore_emulator::{self, Emulator};
+    let prefix = args.firestore_collection_prefix.clone().unwrap_or_else(|| {
+        format!(
+            "accounts-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    });
+    let emulator_host = std::env::var("FIRESTORE_EMULATOR_HOST")
+        .ok()
+        .filter(|h| !h.trim().is_empty());
+    let (location, emulator) = match (&emulator_host, &args.firestore_project) {
+        (Some(host), _) => (format!("the emulator at {host}"), None),
+        (None, Some(_)) => ("Google Cloud Firestore".to_owned(), None),
+        (None, None) => {
+            anyhow::ensure!(
+                firestore_emulator::gcloud_installed(),
+                "--store firestore: set FIRESTORE_EMULATOR_HOST or --firestore-project, or \
+                 install gcloud with the Firestore emulator so the testbed can start one"
+            );
+            let log = data_dir.join("firestore-emulator.log");
+            println!(
+                "starting a Firestore emulator (about 10-20 s; log {})",
+                log.display()
+            );
+            let emulator = Emulator::start(&log, Duration::from_secs(90))
+                .context("starting the Firestore emulator")?;
+            // SAFETY: set before any child is spawned and while no other thread reads it.
+            unsafe {
+                std::env::set_var("FIRESTORE_EMULATOR_HOST", &emulator.host);
+            }
+            (
+                format!("the emulator at {} (started by the testbed)", emulator.host),
+                Some(emulator),
+            )
+        }
+    };
+    Ok(FirestoreSetup {
+        project: args
+            .firestore_project
+            .clone()
+            .unwrap_or_else(|| "paxos-bank-testbed".to_owned()),
+        prefix,
+        location,
+        _emulator: emulator,
+    })
 }
 
 async fn wait_ready(door: &Arc<FrontDoor>, limit: Duration, shutdown: &CancellationToken) -> bool {

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -106,197 +105,14 @@ async fn leaderless_mode_serves_the_api_through_any_node_and_the_front_door() {
     serves_the_whole_api("leaderless").await;
 }
 
-#[derive(Clone, Debug)]
-enum Op {
-    Deposit { account: usize, cents: i64 },
-    Move { from: usize, to: usize, cents: i64 },
-}
-
-struct Record {
-    op: Op,
-    key: String,
-    answer: Option<Answer>,
-}
-
-const ACCOUNTS: usize = 6;
-const START_CENTS: i64 = 100_000;
-
-async fn kill_during_load(mode: &str) {
-    let tb = Testbed::up(mode, &[]);
-    let client = tb.client.clone();
-    let mut accounts = Vec::new();
-    for _ in 0..ACCOUNTS {
-        let id = open_account(&client, &tb.url).await;
-        assert_eq!(deposit(&client, &tb.url, &id, "1000").await.status, 200);
-        accounts.push(id);
-    }
-    let accounts = Arc::new(accounts);
-    let records: Arc<Mutex<Vec<Record>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let first_ok_after_kill: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let mut workers = Vec::new();
-    for w in 0..8u64 {
-        let (client, url, accounts, records, stop) = (
-            client.clone(),
-            tb.url.clone(),
-            accounts.clone(),
-            records.clone(),
-            stop.clone(),
-        );
-        let (first_ok, killed_at) = (first_ok_after_kill.clone(), killed_at.clone());
-        workers.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                n += 1;
-                let r = (w * 7919 + n * 104_729) as usize;
-                let op = if n.is_multiple_of(2) {
-                    Op::Deposit { account: r % ACCOUNTS, cents: (r % 500) as i64 + 1 }
-                } else {
-                    let from = r % ACCOUNTS;
-                    Op::Move { from, to: (from + 1 + r % (ACCOUNTS - 1)) % ACCOUNTS, cents: (r % 300) as i64 + 1 }
-                };
-                let (path, body) = match &op {
-                    Op::Deposit { account, cents } => ("deposit_money", json!({"account_id": accounts[*account], "amount": format!("{}.{:02}", cents / 100, cents % 100)})),
-                    Op::Move { from, to, cents } => ("move_money", json!({"source": {"account_id": accounts[*from]}, "destination": {"account_id": accounts[*to]}, "amount": format!("{}.{:02}", cents / 100, cents % 100)})),
-                };
-                let key = format!("w{w}-{n}-{}", uuid_key());
-                let deadline = Instant::now() + Duration::from_secs(15);
-                let answer = send_retrying(&client, reqwest::Method::POST, &format!("{url}/{path}"), Some(body), Some(&key), deadline).await;
-                if answer.as_ref().is_some_and(|a| a.status == 200)
-                    && let Some(killed) = *killed_at.lock().unwrap() {
-                        let mut first = first_ok.lock().unwrap();
-                        if first.is_none() && Instant::now() > killed {
-                            *first = Some(Instant::now());
-                        }
-                    }
-                records.lock().unwrap().push(Record { op, key, answer });
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let victim = if mode == "leader" {
-        tb.wait_leader(None, Duration::from_secs(5)).await
-    } else {
-        1
-    };
-    *killed_at.lock().unwrap() = Some(Instant::now());
-    tb.kill_9(victim).await;
-    if mode == "leader" {
-        // A leader again (possibly the victim itself, restarted by the testbed, re-elected).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        tb.wait_leader(None, Duration::from_secs(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    for worker in workers {
-        worker.await.unwrap();
-    }
-    let records = Arc::try_unwrap(records).ok().unwrap().into_inner().unwrap();
-    let failover = first_ok_after_kill
-        .lock()
-        .unwrap()
-        .zip(*killed_at.lock().unwrap())
-        .map(|(ok, k)| ok - k);
-    eprintln!(
-        "{mode}: {} operations, failover (kill -9 to first acknowledged write): {failover:?}",
-        records.len()
-    );
-
-    // What the acknowledged operations imply.
-    let mut expected = vec![START_CENTS; ACCOUNTS];
-    let mut unknown_deposits = 0;
-    for record in &records {
-        match (&record.op, &record.answer) {
-            (Op::Deposit { account, cents }, Some(a)) if a.status == 200 => {
-                expected[*account] += cents
-            }
-            (Op::Move { from, to, cents }, Some(a)) if a.status == 200 => {
-                expected[*from] -= cents;
-                expected[*to] += cents;
-            }
-            (_, Some(a)) => assert_eq!(a.status, 409, "unexpected answer {a:?}"),
-            (_, None) => unknown_deposits += 1,
-        }
-    }
-    assert_eq!(
-        unknown_deposits, 0,
-        "every operation got an answer within its retry deadline"
-    );
-    let acknowledged = records
-        .iter()
-        .filter(|r| r.answer.as_ref().is_some_and(|a| a.status == 200))
-        .count();
-    assert!(
-        acknowledged > 50,
-        "too little traffic to mean anything: {acknowledged}"
-    );
-
-    // Every replica (the killed one restarted and caught up) holds exactly that.
-    let balances = converged_balances(&tb, &accounts, Duration::from_secs(30)).await;
-    assert_eq!(
-        balances, expected,
-        "replicas differ from what the acknowledged operations imply"
-    );
-    assert!(balances.iter().all(|b| *b >= 0));
-    // Exactly once: a retry of an acknowledged write returns its first answer, applies nothing.
-    for record in records
-        .iter()
-        .filter(|r| r.answer.as_ref().is_some_and(|a| a.status == 200))
-        .take(40)
-    {
-        let (path, body) = match &record.op {
-            Op::Deposit { account, cents } => (
-                "deposit_money",
-                json!({"account_id": accounts[*account], "amount": format!("{}.{:02}", cents / 100, cents % 100)}),
-            ),
-            Op::Move { from, to, cents } => (
-                "move_money",
-                json!({"source": {"account_id": accounts[*from]}, "destination": {"account_id": accounts[*to]}, "amount": format!("{}.{:02}", cents / 100, cents % 100)}),
-            ),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let again = send_retrying(
-            &client,
-            reqwest::Method::POST,
-            &format!("{}/{path}", tb.url),
-            Some(body),
-            Some(&record.key),
-            deadline,
-        )
-        .await;
-        assert_eq!(
-            again.as_ref(),
-            record.answer.as_ref(),
-            "retry of {} changed its answer",
-            record.key
-        );
-    }
-    assert_eq!(
-        converged_balances(&tb, &accounts, Duration::from_secs(10)).await,
-        expected
-    );
-    let cluster = tb.cluster().await;
-    let restarts: u64 = cluster["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["node_restarts"].as_u64().unwrap() + n["paxos_restarts"].as_u64().unwrap())
-        .sum();
-    assert!(
-        restarts >= 2,
-        "the testbed restarted the killed processes: {cluster}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_mode_survives_kill_9_of_the_leader_without_losing_or_duplicating_writes() {
-    kill_during_load("leader").await;
+    kill_during_load(Testbed::up("leader", &[]), "leader").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaderless_mode_survives_kill_9_of_a_node_without_losing_or_duplicating_writes() {
-    kill_during_load("leaderless").await;
+    kill_during_load(Testbed::up("leaderless", &[]), "leaderless").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

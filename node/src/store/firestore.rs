@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use firestore::{
-    FirestoreDb, FirestoreDbOptions, FirestoreQueryCursor, FirestoreTransactionOptions,
+    FirestoreDb, FirestoreDbOptions, FirestoreQueryCursor, FirestoreWritePrecondition,
 };
-use futures::{FutureExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
@@ -142,6 +142,27 @@ fn classify(err: firestore::errors::FirestoreError) -> StoreError {
     }
 }
 
+/// How one apply attempt ended when it did not commit.
+enum Attempt {
+    /// Another writer committed first (the meta document changed): read again and retry.
+    Conflict(String),
+    /// Anything else.
+    Failed(StoreError),
+}
+
+/// Attempts before an apply that keeps losing to other writers gives up (as unavailable).
+const MAX_APPLY_ATTEMPTS: u32 = 8;
+
+/// A failed write condition (the meta document changed or appeared) or an aborted commit.
+fn is_conflict(err: &firestore::errors::FirestoreError) -> bool {
+    use firestore::errors::FirestoreError as E;
+    match err {
+        E::DataConflictError(_) => true,
+        E::DatabaseError(e) => matches!(e.public.code.as_str(), "FailedPrecondition" | "Aborted"),
+        _ => false,
+    }
+}
+
 fn key_doc_id(key: &str) -> String {
     key.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -203,7 +224,7 @@ impl FirestoreStore {
         check_names(&config.project, &config.collection).map_err(StoreError::Fatal)?;
         let db_options = FirestoreDbOptions::new(config.project.clone())
             .with_database_id(config.database.clone())
-            .with_max_retries(2)
+            .with_max_retries(1)
             .with_request_timeout(config.request_timeout);
         let connecting = FirestoreDb::with_options(db_options);
         let db = match tokio::time::timeout(config.request_timeout * 2, connecting).await {
@@ -267,68 +288,81 @@ impl FirestoreStore {
         doc.unwrap_or_default().parse()
     }
 
-    /// Applies one group of entries in one transaction.
+    /// Applies one group of entries in one atomic commit, retrying (bounded, with backoff)
+    /// when another writer committed first.
     async fn apply_group(
         &self,
-        entries: Arc<Vec<Entry>>,
+        entries: &[Entry],
     ) -> Result<Vec<Option<Vec<Outcome>>>, StoreError> {
         let started = Instant::now();
-        let attempts = Arc::new(AtomicU64::new(0));
-        let store = self.clone();
-        let counter = attempts.clone();
-        let options = FirestoreTransactionOptions::new()
-            .with_max_retries(4)
-            .with_retry_max_elapsed_time(Duration::from_secs(10));
-        let result = self
-            .db
-            .run_transaction_with_options(
-                move |db, transaction| {
-                    let store = store.clone();
-                    let entries = entries.clone();
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    async move { store.apply_in_transaction(&db, transaction, &entries).await }
-                        .boxed()
-                },
-                options,
-            )
-            .instrument(op_span("transaction"))
-            .await;
-        let retries = attempts.load(Ordering::Relaxed).saturating_sub(1);
-        if retries > 0 {
-            metrics::counter!("store_transaction_retries_total", "backend" => "firestore")
-                .increment(retries);
-        }
+        let mut attempt = 0u32;
+        let result = loop {
+            match self.try_apply(entries).instrument(op_span("apply")).await {
+                Err(Attempt::Conflict(text)) if attempt < MAX_APPLY_ATTEMPTS => {
+                    attempt += 1;
+                    metrics::counter!("store_transaction_retries_total", "backend" => "firestore")
+                        .increment(1);
+                    tracing::debug!(attempt, %text, "another writer committed first; retrying");
+                    let backoff = Duration::from_millis(10u64 << attempt.min(6));
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(Attempt::Conflict(text)) => {
+                    break Err(StoreError::Unavailable(format!(
+                        "gave up after {attempt} conflicting commits: {text}"
+                    )));
+                }
+                Err(Attempt::Failed(err)) => break Err(err),
+                Ok(outcomes) => break Ok(outcomes),
+            }
+        };
         observe("transaction", started);
-        match result {
-            Ok(outcome) => outcome,
-            Err(err) => Err(classify(err)),
-        }
+        result
     }
 
-    /// The body of one apply transaction (Firestore may run it more than once: it only reads
-    /// through `db` and queues writes on `transaction`).
-    async fn apply_in_transaction(
-        &self,
-        db: &FirestoreDb,
-        transaction: &mut firestore::FirestoreTransaction<'_>,
-        entries: &[Entry],
-    ) -> Result<
-        Result<Vec<Option<Vec<Outcome>>>, StoreError>,
-        firestore::errors::BackoffError<StoreError>,
-    > {
-        let meta = match self.read_meta(db).await {
-            Ok(meta) => meta,
-            Err(err @ StoreError::Fatal(_)) => return Ok(Err(err)),
-            Err(err) => return Err(firestore::errors::BackoffError::transient(err)),
+    /// One optimistic attempt: read the meta document (and its update time) and the documents
+    /// the commands need, apply in memory, then commit every write at once on the condition that
+    /// the meta document is unchanged. Every apply writes the meta document, so any commit in
+    /// between fails the condition: commits are serialized without holding a single lock (a
+    /// writer killed mid-apply leaves nothing behind, unlike a pessimistic transaction whose
+    /// read locks stall the next writer until they expire).
+    async fn try_apply(&self, entries: &[Entry]) -> Result<Vec<Option<Vec<Outcome>>>, Attempt> {
+        let started = Instant::now();
+        let doc = self
+            .db
+            .fluent()
+            .select()
+            .by_id_in(&self.meta)
+            .one(META_DOC)
+            .await
+            .map_err(|e| Attempt::Failed(classify(e)))?;
+        observe("get", started);
+        let (meta, precondition) = match &doc {
+            None => (Meta::default(), FirestoreWritePrecondition::Exists(false)),
+            Some(doc) => {
+                let parsed: MetaDoc =
+                    FirestoreDb::deserialize_doc_to(doc).map_err(|e| Attempt::Failed(fatal(e)))?;
+                let updated = doc
+                    .update_time
+                    .ok_or_else(|| Attempt::Failed(fatal("meta document without update time")))?;
+                let updated = firestore::timestamp_utils::from_timestamp(updated)
+                    .map_err(|e| Attempt::Failed(fatal(e)))?;
+                (
+                    parsed.parse().map_err(Attempt::Failed)?,
+                    FirestoreWritePrecondition::UpdateTime(updated),
+                )
+            }
         };
         let pending: Vec<&Entry> = entries.iter().filter(|e| e.index > meta.applied).collect();
         if let Some(first) = pending.first()
             && first.index != meta.applied + 1
         {
-            return Ok(Err(StoreError::OutOfOrder {
+            return Err(Attempt::Failed(StoreError::OutOfOrder {
                 expected: meta.applied + 1,
                 got: first.index,
             }));
+        }
+        if pending.is_empty() {
+            return Ok(entries.iter().map(|_| None).collect());
         }
         let mut ids: Vec<AccountId> = Vec::new();
         let mut keys: Vec<String> = Vec::new();
@@ -342,11 +376,10 @@ impl FirestoreStore {
         ids.dedup();
         keys.sort_unstable();
         keys.dedup();
-        let mut ledger = match self.fetch_ledger(db, &ids, &keys, meta.applied).await {
-            Ok(ledger) => ledger,
-            Err(err @ StoreError::Fatal(_)) => return Ok(Err(err)),
-            Err(err) => return Err(firestore::errors::BackoffError::transient(err)),
-        };
+        let mut ledger = self
+            .fetch_ledger(&self.db, &ids, &keys, meta.applied)
+            .await
+            .map_err(Attempt::Failed)?;
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut total = meta.total;
         let mut last = meta.applied;
@@ -356,80 +389,78 @@ impl FirestoreStore {
                 continue;
             }
             if entry.index != last + 1 {
-                return Ok(Err(StoreError::OutOfOrder {
+                return Err(Attempt::Failed(StoreError::OutOfOrder {
                     expected: last + 1,
                     got: entry.index,
                 }));
             }
             let mut results = Vec::with_capacity(entry.commands.len());
             for command in &entry.commands {
-                let outcome = match bank::apply(&mut ledger, entry.index, command) {
-                    Ok(outcome) => outcome,
-                    Err(err) => return Ok(Err(err)),
-                };
+                let outcome =
+                    bank::apply(&mut ledger, entry.index, command).map_err(Attempt::Failed)?;
                 total += bank::total_delta(&command.op, &outcome);
                 results.push(outcome);
             }
             outcomes.push(Some(results));
             last = entry.index;
         }
-        if last == meta.applied {
-            return Ok(Ok(outcomes));
-        }
-        let queue = |result: Result<(), firestore::errors::FirestoreError>| {
-            result.map_err(|e| firestore::errors::BackoffError::permanent(classify(e)))
-        };
+        let started = Instant::now();
+        let failed = |e| Attempt::Failed(classify(e));
+        let mut transaction = self.db.begin_transaction().await.map_err(failed)?;
         for id in &ledger.dirty {
             let balance = ledger.accounts[id].expect("a written account exists");
             let doc = AccountDoc {
                 id: id.to_string(),
                 balance_cents: balance.cents(),
             };
-            queue(
-                db.fluent()
-                    .update()
-                    .in_col(&self.accounts)
-                    .document_id(id.to_string())
-                    .object(&doc)
-                    .add_to_transaction(transaction)
-                    .map(|_| ()),
-            )?;
+            self.db
+                .fluent()
+                .update()
+                .in_col(&self.accounts)
+                .document_id(id.to_string())
+                .object(&doc)
+                .add_to_transaction(&mut transaction)
+                .map_err(failed)?;
         }
         for (key, record) in &ledger.new_keys {
             let doc = KeyDoc {
                 key: key.clone(),
                 index: record.index as i64,
-                record: serde_json::to_string(record)
-                    .map_err(|e| firestore::errors::BackoffError::permanent(fatal(e)))?,
+                record: serde_json::to_string(record).map_err(|e| Attempt::Failed(fatal(e)))?,
             };
-            queue(
-                db.fluent()
-                    .update()
-                    .in_col(&self.keys)
-                    .document_id(key_doc_id(key))
-                    .object(&doc)
-                    .add_to_transaction(transaction)
-                    .map(|_| ()),
-            )?;
+            self.db
+                .fluent()
+                .update()
+                .in_col(&self.keys)
+                .document_id(key_doc_id(key))
+                .object(&doc)
+                .add_to_transaction(&mut transaction)
+                .map_err(failed)?;
         }
         let new_meta = Meta {
             applied: last,
             accounts: meta.accounts + ledger.created,
             total,
         };
-        queue(
-            db.fluent()
-                .update()
-                .in_col(&self.meta)
-                .document_id(META_DOC)
-                .object(&MetaDoc::from_meta(new_meta))
-                .add_to_transaction(transaction)
-                .map(|_| ()),
-        )?;
-        let commands: usize = entries.iter().map(|e| e.commands.len()).sum();
+        self.db
+            .fluent()
+            .update()
+            .in_col(&self.meta)
+            .precondition(precondition)
+            .document_id(META_DOC)
+            .object(&MetaDoc::from_meta(new_meta))
+            .add_to_transaction(&mut transaction)
+            .map_err(failed)?;
+        match transaction.commit().await {
+            Ok(_) => {}
+            Err(err) if is_conflict(&err) => return Err(Attempt::Conflict(err.to_string())),
+            Err(err) => return Err(failed(err)),
+        }
+        observe("commit", started);
+        let commands: usize = pending.iter().map(|e| e.commands.len()).sum();
         metrics::histogram!("store_commit_batch_size", "backend" => "firestore")
             .record(commands as f64);
-        Ok(Ok(outcomes))
+        Ok(outcomes)
     }
 
     /// Reads the accounts and idempotency records a group of commands needs, in the
@@ -811,7 +842,7 @@ impl Store for FirestoreStore {
         let started = Instant::now();
         let mut outcomes = Vec::with_capacity(entries.len());
         for group in groups(entries) {
-            let result = self.apply_group(Arc::new(group)).await;
+            let result = self.apply_group(&group).await;
             outcomes.extend(self.track(result)?);
         }
         if let Some(last) = entries.last() {
@@ -938,7 +969,12 @@ impl Store for FirestoreStore {
         {
             return Ok(());
         }
-        self.summary().await.map(|_| ())
+        match tokio::time::timeout(Duration::from_secs(2), self.summary()).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(StoreError::Unavailable(
+                "firestore did not answer the readiness probe within 2 s".to_owned(),
+            )),
+        }
     }
 }
 
