@@ -250,7 +250,7 @@ fn router(state: HttpState) -> Router {
 /// A server span for requests that are part of a trace (they carry `traceparent`): the node's
 /// proposals and reads, a peer's messages for a traced slot. Polls and peer traffic of untraced
 /// work start no traces of their own.
-async fn trace_http(request: Request, next: Next) -> Response {
+async fn trace_http(mut request: Request, next: Next) -> Response {
     use tracing::Instrument as _;
     if !request.headers().contains_key("traceparent") {
         return next.run(request).await;
@@ -262,8 +262,8 @@ async fn trace_http(request: Request, next: Next) -> Response {
             || request.uri().path().to_owned(),
             |p| p.as_str().to_owned(),
         );
-    let span =
-        telemetry::trace::http_server_span(request.method().as_str(), &route, request.headers());
+    let method = request.method().as_str().to_owned();
+    let span = telemetry::trace::http_server_span(&method, &route, request.headers_mut());
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     response

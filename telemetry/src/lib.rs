@@ -84,11 +84,12 @@ pub fn init(identity: &Identity, format: LogFormat) -> Guard {
             .with_tonic()
             .build()
         {
-            Ok(exporter) => Some(
-                tracer_provider(identity, trace::sample_ratio_from_env())
+            Ok(exporter) => Some((
+                tracer_provider(identity)
                     .with_batch_exporter(exporter)
                     .build(),
-            ),
+                trace::sample_ratio_from_env(),
+            )),
             Err(err) => {
                 eprintln!("OTLP exporter not started ({err}); continuing without traces");
                 None
@@ -108,16 +109,15 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(
     exporter: E,
     sample_ratio: f64,
 ) -> Guard {
-    let provider = tracer_provider(identity, sample_ratio)
+    let provider = tracer_provider(identity)
         .with_simple_exporter(exporter)
         .build();
-    install(identity, format, Some(provider))
+    install(identity, format, Some((provider, sample_ratio)))
 }
 
-fn tracer_provider(
-    identity: &Identity,
-    ratio: f64,
-) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+/// The sampling decision is made once, at the edge ([`trace::http_server_span`]); the SDK
+/// then keeps every span of a sampled trace (a root is only created when sampled).
+fn tracer_provider(identity: &Identity) -> opentelemetry_sdk::trace::TracerProviderBuilder {
     let resource = Resource::builder()
         .with_service_name(identity.service)
         .with_attributes([
@@ -128,13 +128,19 @@ fn tracer_provider(
         ])
         .build();
     SdkTracerProvider::builder()
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            ratio,
-        ))))
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(resource)
 }
 
-fn install(identity: &Identity, format: LogFormat, provider: Option<SdkTracerProvider>) -> Guard {
+fn install(
+    identity: &Identity,
+    format: LogFormat,
+    tracing: Option<(SdkTracerProvider, f64)>,
+) -> Guard {
+    let (provider, ratio) = match tracing {
+        Some((provider, ratio)) => (Some(provider), ratio),
+        None => (None, 0.0),
+    };
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
@@ -163,7 +169,7 @@ fn install(identity: &Identity, format: LogFormat, provider: Option<SdkTracerPro
         .try_init()
         .is_ok();
     if installed && provider.is_some() {
-        trace::set_enabled();
+        trace::set_enabled(ratio);
     }
     Guard {
         provider: if installed { provider } else { None },

@@ -15,13 +15,25 @@
 
 pub use opentelemetry::Context;
 use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_sdk::trace::IdGenerator as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The sample ratio's bits (an f64).
+static RATIO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Records that a tracer is installed (by [`crate::init`]).
-pub(crate) fn set_enabled() {
+/// Records that a tracer is installed (by [`crate::init`]) and the share of new traces to sample.
+pub(crate) fn set_enabled(ratio: f64) {
+    RATIO.store(
+        ratio.clamp(0.0, 1.0).to_bits(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The share of new traces sampled at the edge (see [`http_server_span`]).
+pub fn sample_ratio() -> f64 {
+    f64::from_bits(RATIO.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Whether this process exports traces. Without a tracer every helper here takes a fast path
@@ -116,12 +128,35 @@ pub fn current_headers() -> http::HeaderMap {
     headers
 }
 
-/// The server span of one HTTP request: parented to the caller's `traceparent` when there is
-/// one, named `METHOD route`, with the trace id recorded so log lines inside the request can be
-/// correlated with the trace. Without a tracer: no span.
-pub fn http_server_span(method: &str, route: &str, headers: &http::HeaderMap) -> tracing::Span {
+/// The server span of one HTTP request, where the sampling decision is made (head sampling at
+/// the edge): a request whose `traceparent` is sampled gets a child span; one whose
+/// `traceparent` is not sampled gets none; one without `traceparent` starts a new trace with
+/// probability [`sample_ratio`], and otherwise gets none **and** an unsampled `traceparent`
+/// written into `headers`, which the proxies and forwarders pass on, so no later hop starts a
+/// trace of its own for it. Unsampled requests thus never touch the OpenTelemetry layer: they pay
+/// a header lookup and a random number. The span is named `METHOD route` and records the trace
+/// id, so log lines inside the request can be correlated with the trace. Without a tracer: no
+/// span, nothing written.
+pub fn http_server_span(method: &str, route: &str, headers: &mut http::HeaderMap) -> tracing::Span {
     if !enabled() {
         return tracing::Span::none();
+    }
+    let parent = extract(headers);
+    let remote = parent.span().span_context().clone();
+    if remote.is_valid() && !remote.is_sampled() {
+        return tracing::Span::none();
+    }
+    if !remote.is_valid() {
+        let ids = opentelemetry_sdk::trace::RandomIdGenerator::default();
+        let trace_id = ids.new_trace_id();
+        let low = u128::from_be_bytes(trace_id.to_bytes()) as u64;
+        if (low as f64) >= sample_ratio() * u64::MAX as f64 {
+            let traceparent = format!("00-{trace_id}-{}-00", ids.new_span_id());
+            if let Ok(value) = http::HeaderValue::from_str(&traceparent) {
+                headers.insert("traceparent", value);
+            }
+            return tracing::Span::none();
+        }
     }
     let span = tracing::info_span!(
         "http.server",
@@ -132,8 +167,7 @@ pub fn http_server_span(method: &str, route: &str, headers: &http::HeaderMap) ->
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    let parent = extract(headers);
-    if parent.span().span_context().is_valid() {
+    if remote.is_valid() {
         let _ = span.set_parent(parent);
     }
     let trace_id = span.context().span().span_context().trace_id();
@@ -162,4 +196,32 @@ pub fn batch_span<'a>(
         span.record("links", links);
     }
     Some(span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsampled_requests_get_no_span_and_pass_the_decision_on() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        set_enabled(0.0);
+        let mut headers = http::HeaderMap::new();
+        let span = http_server_span("GET", "/x", &mut headers);
+        assert!(span.is_none(), "ratio 0: not sampled, no span");
+        let written = headers["traceparent"].to_str().unwrap().to_owned();
+        assert!(
+            written.starts_with("00-") && written.ends_with("-00"),
+            "{written}"
+        );
+        assert!(!extract(&headers).span().span_context().is_sampled());
+        // The next hop sees the unsampled decision and makes no span either, writing nothing.
+        let before = headers.clone();
+        assert!(http_server_span("GET", "/x", &mut headers).is_none());
+        assert_eq!(headers, before);
+        assert!(current_sampled().is_none());
+        assert!(current_headers().is_empty());
+    }
 }

@@ -17,3 +17,37 @@ pub mod frontdoor;
 pub mod prometheus;
 pub mod supervisor;
 pub mod up;
+
+/// The `testbed` binary's main: `up`, or `node ...` / `paxos ...` when the testbed re-executes
+/// itself for its children. Other binaries that embed the testbed (the load test) call it too,
+/// so their own executable can play every role.
+pub fn main_with_args(args: Vec<String>) -> std::process::ExitCode {
+    use clap::Parser as _;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    let result = match args.get(1).map(String::as_str) {
+        Some("node") => runtime.block_on(node::server::main_with_args(args[1..].to_vec())),
+        Some("paxos") => runtime.block_on(paxos::runtime::main_with_args(args[1..].to_vec())),
+        _ => match cli::Cli::try_parse_from(&args) {
+            Err(err) => err.exit(),
+            Ok(cli) => match cli.command {
+                cli::Command::Up(up) => runtime.block_on(async {
+                    let identity = telemetry::Identity::new("testbed", &up.mode, "front-door");
+                    let telemetry = telemetry::init(&identity, telemetry::LogFormat::Human);
+                    let result = up::up(up).await;
+                    telemetry.shutdown().await;
+                    result
+                }),
+            },
+        },
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("testbed: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -237,7 +237,7 @@ pub async fn track_internal_http(request: Request, next: Next) -> Response {
     track(request, next, false).await
 }
 
-async fn track(request: Request, next: Next, always_trace: bool) -> Response {
+async fn track(mut request: Request, next: Next, always_trace: bool) -> Response {
     use tracing::Instrument as _;
     let started = Instant::now();
     let route = match request.extensions().get::<MatchedPath>() {
@@ -251,7 +251,7 @@ async fn track(request: Request, next: Next, always_trace: bool) -> Response {
     // Probes (the front door polls readiness every 100 ms) start no traces of their own.
     let probe = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
     let span = ((always_trace && !probe) || request.headers().contains_key("traceparent"))
-        .then(|| telemetry::trace::http_server_span(&method, &route, request.headers()));
+        .then(|| telemetry::trace::http_server_span(&method, &route, request.headers_mut()));
     let response = match &span {
         Some(span) => next.run(request).instrument(span.clone()).await,
         None => next.run(request).await,

@@ -1,0 +1,368 @@
+//! `--compare`: the same test plan on a fresh leader-mode cluster and a fresh leaderless one,
+//! repeated, then one table (Markdown and JSON) and an HTML report with a throughput and p99
+//! plot per run.
+//!
+//! Each cluster is a `testbed up` started from this very binary (it plays the testbed, see
+//! `main.rs`), on free ports, with its data in a fresh temporary folder, stopped with SIGTERM
+//! after its run.
+
+use std::io::BufRead as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::Cli;
+use crate::stats::{self, Second, Summary};
+
+/// A testbed cluster started for one run.
+pub struct Cluster {
+    child: Child,
+    /// Its front door.
+    pub url: String,
+    _dir: TempDir,
+}
+
+/// A folder removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Cluster {
+    /// Starts `testbed up` (this binary) in `mode` and waits until it is ready.
+    pub fn start(mode: &str, nodes: u32, extra: &str) -> anyhow::Result<Cluster> {
+        let dir = std::env::temp_dir().join(format!("loadtest-{}", uuid::Uuid::new_v4().simple()));
+        let dir = TempDir(dir);
+        let exe = std::env::current_exe().context("finding the loadtest binary")?;
+        let mut child = Command::new(exe)
+            .args(["up", "--port", "0", "--mode", mode, "--nodes"])
+            .arg(nodes.to_string())
+            .arg("--data-dir")
+            .arg(dir.0.join("data"))
+            .args(extra.split_whitespace())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a testbed")?;
+        let stdout = child.stdout.take().context("testbed stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(rest) = line.strip_prefix("front door: ") {
+                url = rest
+                    .split_whitespace()
+                    .next()
+                    .map(|u| u.trim_end_matches('/').to_owned());
+            }
+            if line.starts_with("ready") {
+                break;
+            }
+            anyhow::ensure!(
+                !line.starts_with("not ready"),
+                "the testbed did not become ready"
+            );
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let url = url.context("the testbed printed no front door")?;
+        Ok(Cluster {
+            child,
+            url,
+            _dir: dir,
+        })
+    }
+
+    /// Stops every process of the cluster (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One run of one mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    /// `leader` or `leaderless`.
+    pub mode: String,
+    /// 1-based repeat.
+    pub repeat: u32,
+    /// Figures.
+    pub summary: Summary,
+    /// Per-second series.
+    pub seconds: Vec<Second>,
+    /// Invariant violations (empty: the money is right).
+    pub violations: Vec<String>,
+}
+
+/// Runs the comparison and writes the reports; an error if any invariant check failed.
+pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for repeat in 1..=cli.repeats {
+        for mode in ["leader", "leaderless"] {
+            eprintln!(
+                "== {mode} mode, run {repeat} of {}: starting a {}-node testbed",
+                cli.repeats, cli.nodes
+            );
+            let cluster = Cluster::start(mode, cli.nodes, &cli.testbed_args)?;
+            let outcome = one_run(cli, &cluster.url, mode, repeat).await;
+            cluster.stop();
+            let result = outcome?;
+            eprintln!(
+                "== {mode} run {repeat}: {:.0} ops/s, p99 {:.1} ms, {} errors, {} violations",
+                result.summary.ops_per_s,
+                result.summary.p99_ms,
+                result.summary.errors,
+                result.violations.len()
+            );
+            results.push(result);
+        }
+    }
+    let table = table(&results);
+    println!("{table}");
+    std::fs::create_dir_all(&cli.out_dir)?;
+    let md = cli.out_dir.join("compare.md");
+    std::fs::write(&md, &table)?;
+    let json = cli.out_dir.join("compare.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&results)?)?;
+    let html = cli.out_dir.join("compare.html");
+    std::fs::write(&html, html_report(&results, &table))?;
+    eprintln!(
+        "reports: {}, {}, {}",
+        md.display(),
+        json.display(),
+        html.display()
+    );
+    let violations: usize = results.iter().map(|r| r.violations.len()).sum();
+    anyhow::ensure!(
+        violations == 0,
+        "{violations} invariant violations (see above)"
+    );
+    Ok(())
+}
+
+async fn one_run(cli: &Cli, url: &str, mode: &str, repeat: u32) -> anyhow::Result<RunResult> {
+    let run = crate::prepare(cli, url, mode).await?;
+    crate::attack(cli, url, run.clone()).await?;
+    let samples = run.samples.lock().expect("samples lock").clone();
+    let ledger = run.ledger.lock().expect("ledger lock").clone();
+    crate::save_ledger(
+        &ledger,
+        &cli.out_dir.join(format!("ledger-{mode}-{repeat}.json")),
+    )?;
+    let violations = if cli.no_check {
+        Vec::new()
+    } else {
+        let nodes = crate::ledger::testbed_nodes(url).await;
+        let report = crate::ledger::check(&ledger, url, &nodes, cli.replays).await;
+        let _ = crate::judge(&report);
+        report.violations
+    };
+    Ok(RunResult {
+        mode: mode.to_owned(),
+        repeat,
+        summary: stats::summarize(&samples),
+        seconds: stats::per_second(&samples),
+        violations,
+    })
+}
+
+fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+    if values.len() < 2 {
+        return format!("{mean:.1}");
+    }
+    format!("{mean:.1} ({min:.1}-{max:.1})")
+}
+
+/// The comparison table: per mode, the mean over repeats and (min-max).
+pub fn table(results: &[RunResult]) -> String {
+    let mut out = String::from(
+        "| mode | runs | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | violations |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for mode in ["leader", "leaderless"] {
+        let runs: Vec<&RunResult> = results.iter().filter(|r| r.mode == mode).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let col = |f: fn(&Summary) -> f64| {
+            spread(&runs.iter().map(|r| f(&r.summary)).collect::<Vec<_>>())
+        };
+        let errors: u64 = runs.iter().map(|r| r.summary.errors).sum();
+        let violations: usize = runs.iter().map(|r| r.violations.len()).sum();
+        out.push_str(&format!(
+            "| {mode} | {} | {} | {} | {} | {} | {} | {errors} | {violations} |\n",
+            runs.len(),
+            col(|s| s.ops_per_s),
+            col(|s| s.p50_ms),
+            col(|s| s.p90_ms),
+            col(|s| s.p99_ms),
+            col(|s| s.p999_ms),
+        ));
+    }
+    out
+}
+
+/// A small SVG line chart of per-second values.
+fn chart(title: &str, series: &[(String, Vec<(f64, f64)>)], unit: &str) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 220.0;
+    const PAD: f64 = 40.0;
+    let max_x = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.0))
+        .fold(1.0, f64::max);
+    let max_y = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(1e-9, f64::max);
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}'>\
+         <text x='{PAD}' y='16' font-family='sans-serif' font-size='13'>{title} (max {max_y:.1} {unit})</text>\
+         <line x1='{PAD}' y1='{}' x2='{}' y2='{}' stroke='#888'/>\
+         <line x1='{PAD}' y1='{PAD}' x2='{PAD}' y2='{}' stroke='#888'/>",
+        H - PAD,
+        W - 10.0,
+        H - PAD,
+        H - PAD
+    );
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let path: Vec<String> = points
+            .iter()
+            .map(|(x, y)| {
+                let px = PAD + x / max_x * (W - PAD - 10.0);
+                let py = H - PAD - y / max_y * (H - 2.0 * PAD);
+                format!("{px:.1},{py:.1}")
+            })
+            .collect();
+        svg.push_str(&format!(
+            "<polyline fill='none' stroke='{color}' stroke-width='1.5' points='{}'/>\
+             <text x='{}' y='{}' font-family='sans-serif' font-size='11' fill='{color}'>{name}</text>",
+            path.join(" "),
+            W - 150.0,
+            30.0 + 14.0 * i as f64
+        ));
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// The HTML report: the table and, per mode, throughput and p99 over time.
+pub fn html_report(results: &[RunResult], table: &str) -> String {
+    let mut body = String::new();
+    for mode in ["leader", "leaderless"] {
+        let runs: Vec<&RunResult> = results.iter().filter(|r| r.mode == mode).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let ops: Vec<(String, Vec<(f64, f64)>)> = runs
+            .iter()
+            .map(|r| {
+                let points = r
+                    .seconds
+                    .iter()
+                    .map(|s| (f64::from(s.second), s.ops as f64))
+                    .collect();
+                (format!("run {}", r.repeat), points)
+            })
+            .collect();
+        let p99: Vec<(String, Vec<(f64, f64)>)> = runs
+            .iter()
+            .map(|r| {
+                let points = r
+                    .seconds
+                    .iter()
+                    .map(|s| (f64::from(s.second), s.p99_ms))
+                    .collect();
+                (format!("run {}", r.repeat), points)
+            })
+            .collect();
+        body.push_str(&format!(
+            "<h2>{mode} mode</h2>{}{}",
+            chart("operations per second", &ops, "ops/s"),
+            chart("p99 latency per second", &p99, "ms")
+        ));
+    }
+    let rows: String = table
+        .lines()
+        .filter(|l| !l.starts_with("|---"))
+        .enumerate()
+        .map(|(i, line)| {
+            let cell = if i == 0 { "th" } else { "td" };
+            let cells: String = line
+                .trim_matches('|')
+                .split('|')
+                .map(|c| format!("<{cell}>{}</{cell}>", c.trim()))
+                .collect();
+            format!("<tr>{cells}</tr>")
+        })
+        .collect();
+    format!(
+        "<!doctype html><html><head><meta charset='utf-8'><title>paxos bank: leader vs leaderless</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>\
+         <h1>paxos bank: leader vs leaderless</h1><table>{rows}</table>{body}</body></html>"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(mode: &str, repeat: u32, ops: f64) -> RunResult {
+        RunResult {
+            mode: mode.to_owned(),
+            repeat,
+            summary: Summary {
+                ops_per_s: ops,
+                p99_ms: 10.0,
+                ..Summary::default()
+            },
+            seconds: vec![Second {
+                second: 0,
+                ops: 5,
+                p99_ms: 2.0,
+            }],
+            violations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_table_shows_the_mean_and_spread_per_mode() {
+        let results = vec![
+            result("leader", 1, 100.0),
+            result("leader", 2, 300.0),
+            result("leaderless", 1, 50.0),
+        ];
+        let table = table(&results);
+        assert!(
+            table.contains("| leader | 2 | 200.0 (100.0-300.0) |"),
+            "{table}"
+        );
+        assert!(table.contains("| leaderless | 1 | 50.0 |"), "{table}");
+        let html = html_report(&results, &table);
+        assert!(html.contains("<svg") && html.contains("leaderless mode"));
+    }
+}
