@@ -198,11 +198,11 @@ pub async fn run(
     }
     let driver = Driver {
         exported: Metrics::default(),
-        tick_ms: cfg.tick_ms,
         replica,
         storage,
         outbound,
         traced_batches: 0,
+        election_started: None,
         mode: cfg.core.mode,
         proposals: HashMap::new(),
         batches: HashMap::new(),
@@ -517,7 +517,16 @@ pub fn describe_metrics() {
     describe_histogram!(
         "paxos_commit_latency_seconds",
         Unit::Seconds,
-        "Propose to decided, at the proposer"
+        "Wall-clock time from a node's propose call to every command of it decided (the Paxos round, phase 2)"
+    );
+    describe_histogram!(
+        "paxos_phase1_duration_seconds",
+        Unit::Seconds,
+        "Wall-clock time from starting an election (phase 1) to winning it"
+    );
+    describe_histogram!(
+        "paxos_slot_commit_ticks",
+        "Ticks from proposing a slot to learning it decided, as the core counts them"
     );
     describe_histogram!(
         "paxos_persist_duration_seconds",
@@ -615,18 +624,21 @@ struct BatchWaiter {
     /// `paxos.commit`, open from propose until every command is decided (or handed back), when
     /// the proposing request is sampled: the Paxos round of that request's trace.
     span: Option<tracing::Span>,
+    /// When the node proposed it (for `paxos_commit_latency_seconds`).
+    proposed_at: std::time::Instant,
 }
 
 struct Driver {
     /// Counters already exported (the core's are cumulative).
     exported: Metrics,
-    tick_ms: u64,
     replica: Replica,
     storage: RedbStorage,
     outbound: Vec<Option<mpsc::Sender<Outbound>>>,
     mode: Mode,
     /// Batches whose `span` is set (accepts for their commands carry the trace to peers).
     traced_batches: usize,
+    /// When the election in progress started (for `paxos_phase1_duration_seconds`).
+    election_started: Option<std::time::Instant>,
     /// Command -> (batch, position in it).
     proposals: HashMap<Bytes, (u64, usize)>,
     batches: HashMap<u64, BatchWaiter>,
@@ -715,6 +727,7 @@ impl Driver {
                             remaining: count,
                             reply,
                             span,
+                            proposed_at: std::time::Instant::now(),
                         };
                         self.batches.insert(batch, waiter);
                     }
@@ -780,6 +793,14 @@ impl Driver {
         }
         if waiter.remaining == 0 {
             let waiter = self.batches.remove(&batch).expect("present");
+            if waiter
+                .replies
+                .iter()
+                .all(|r| matches!(r, Some(ProposeReply::Decided { .. })))
+            {
+                metrics::histogram!("paxos_commit_latency_seconds")
+                    .record(waiter.proposed_at.elapsed().as_secs_f64());
+            }
             if waiter.span.is_some() {
                 self.traced_batches -= 1;
             }
@@ -900,8 +921,9 @@ impl Driver {
                 Observation::BatchSize(n) => {
                     metrics::histogram!("paxos_batch_size").record(*n as f64)
                 }
-                Observation::CommitTicks(t) => metrics::histogram!("paxos_commit_latency_seconds")
-                    .record((*t * self.tick_ms) as f64 / 1000.0),
+                Observation::CommitTicks(t) => {
+                    metrics::histogram!("paxos_slot_commit_ticks").record(*t as f64)
+                }
             }
         }
         self.export_metrics();
@@ -912,6 +934,15 @@ impl Driver {
     fn export_metrics(&mut self) {
         let now = self.replica.metrics().clone();
         let before = std::mem::replace(&mut self.exported, now.clone());
+        if now.elections_started > before.elections_started {
+            self.election_started = Some(std::time::Instant::now());
+        }
+        if now.elections_won > before.elections_won
+            && let Some(started) = self.election_started.take()
+        {
+            metrics::histogram!("paxos_phase1_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
         // Incremented even by 0, so every counter exists from the first scrape on.
         let add = |name: &'static str, new: u64, old: u64| {
             metrics::counter!(name).increment(new.saturating_sub(old));

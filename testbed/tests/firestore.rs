@@ -164,3 +164,45 @@ async fn firestore_outage_gives_503_then_recovers_without_loss() {
         }
     }
 }
+
+/// A Firestore that cannot be reached stops the node at start with a message that says what is
+/// wrong and how to fix it (exit code 1, no panic), well before any client could be misled.
+#[test]
+fn an_unreachable_firestore_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args([
+            "node",
+            "--store",
+            "firestore",
+            "--firestore-project",
+            "paxos-bank-test",
+            "--firestore-timeout-ms",
+            "1000",
+            "--listen",
+            "127.0.0.1:0",
+            "--internal-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("FIRESTORE_EMULATOR_HOST", format!("127.0.0.1:{port}"))
+        .env("BANK_CLUSTER_TOKEN", "t")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the Firestore emulator at 127.0.0.1:{port}"))
+            && stderr.contains("cannot be used")
+            && stderr.contains("FIRESTORE_EMULATOR_HOST"),
+        "the message names the emulator and the fix: {stderr}"
+    );
+}
