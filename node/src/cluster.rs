@@ -67,6 +67,8 @@ pub struct ClusterLog {
     waiters: Mutex<HashMap<Uuid, Waiter>>,
     /// How many waiters carry a sampled trace: the applier looks for them only when some do.
     traced_waiters: AtomicU64,
+    /// A snapshot is being built and handed to paxos.
+    compacting: AtomicBool,
     applied: watch::Sender<u64>,
     view: Mutex<LeaderView>,
     last_contact_ms: AtomicU64,
@@ -96,6 +98,7 @@ impl ClusterLog {
             client,
             waiters: Mutex::new(HashMap::new()),
             traced_waiters: AtomicU64::new(0),
+            compacting: AtomicBool::new(false),
             applied: watch::Sender::new(applied),
             view: Mutex::new(LeaderView::default()),
             last_contact_ms: AtomicU64::new(0),
@@ -312,11 +315,21 @@ impl ClusterLog {
                 return;
             }
             let applied = *self.applied.borrow();
-            if applied >= last_compacted + self.options.compact_every {
+            // Off the applier's path: a snapshot of a large store (every retained idempotency
+            // record included) takes hundreds of milliseconds to build and send, and writes
+            // would wait behind it. It reads a consistent view of the store at its own applied
+            // index, so applying can go on meanwhile; one compaction at a time.
+            if applied >= last_compacted + self.options.compact_every
+                && !self.compacting.swap(true, Ordering::AcqRel)
+            {
                 last_compacted = applied;
-                if let Err(err) = self.compact(&store).await {
-                    tracing::warn!(%err, "handing paxos a snapshot failed");
-                }
+                let (log, store) = (self.clone(), store.clone());
+                tokio::spawn(async move {
+                    if let Err(err) = log.compact(&store).await {
+                        tracing::warn!(%err, "handing paxos a snapshot failed");
+                    }
+                    log.compacting.store(false, Ordering::Release);
+                });
             }
         }
     }
@@ -422,7 +435,11 @@ impl ClusterLog {
 
     async fn compact(&self, store: &Arc<dyn Store>) -> anyhow::Result<()> {
         let snapshot = store.snapshot().await?;
-        let body = postcard::to_stdvec(&(snapshot.applied_index, Bytes::from(snapshot.encode())))?;
+        // Encoding a large snapshot is CPU work: off the async workers.
+        let body = tokio::task::spawn_blocking(move || {
+            postcard::to_stdvec(&(snapshot.applied_index, Bytes::from(snapshot.encode())))
+        })
+        .await??;
         let response = self
             .client
             .post(self.url("/local/compact"))
