@@ -227,36 +227,27 @@ async fn open_account(user: &mut GooseUser) -> TransactionResult {
     .await
 }
 
-async fn deposit(user: &mut GooseUser) -> TransactionResult {
+/// A deposit (`sign` 1) or a withdrawal (`sign` -1) of a random amount on a random pool account.
+async fn single_account(
+    user: &mut GooseUser,
+    name: &'static str,
+    path: &str,
+    sign: i64,
+) -> TransactionResult {
     let run = current();
     let (_, account) = pick(&run.pool);
     let account = account.to_owned();
     let cents = random_cents(2_000);
     let body = json!({"account_id": account, "amount": amount(cents)});
-    write(
-        user,
-        "deposit",
-        "/deposit_money",
-        body,
-        vec![(account, cents)],
-    )
-    .await
+    write(user, name, path, body, vec![(account, sign * cents)]).await
+}
+
+async fn deposit(user: &mut GooseUser) -> TransactionResult {
+    single_account(user, "deposit", "/deposit_money", 1).await
 }
 
 async fn withdraw(user: &mut GooseUser) -> TransactionResult {
-    let run = current();
-    let (_, account) = pick(&run.pool);
-    let account = account.to_owned();
-    let cents = random_cents(2_000);
-    let body = json!({"account_id": account, "amount": amount(cents)});
-    write(
-        user,
-        "withdraw",
-        "/withdraw_money",
-        body,
-        vec![(account, -cents)],
-    )
-    .await
+    single_account(user, "withdraw", "/withdraw_money", -1).await
 }
 
 async fn move_money(user: &mut GooseUser) -> TransactionResult {

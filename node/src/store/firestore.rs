@@ -409,33 +409,12 @@ impl FirestoreStore {
         let mut transaction = self.db.begin_transaction().await.map_err(failed)?;
         for id in &ledger.dirty {
             let balance = ledger.accounts[id].expect("a written account exists");
-            let doc = AccountDoc {
-                id: id.to_string(),
-                balance_cents: balance.cents(),
-            };
-            self.db
-                .fluent()
-                .update()
-                .in_col(&self.accounts)
-                .document_id(id.to_string())
-                .object(&doc)
-                .add_to_transaction(&mut transaction)
+            self.queue_account(&mut transaction, *id, balance)
                 .map_err(failed)?;
         }
         for (key, record) in &ledger.new_keys {
-            let doc = KeyDoc {
-                key: key.clone(),
-                index: record.index as i64,
-                record: serde_json::to_string(record).map_err(|e| Attempt::Failed(fatal(e)))?,
-            };
-            self.db
-                .fluent()
-                .update()
-                .in_col(&self.keys)
-                .document_id(key_doc_id(key))
-                .object(&doc)
-                .add_to_transaction(&mut transaction)
-                .map_err(failed)?;
+            self.queue_key(&mut transaction, key, record)
+                .map_err(Attempt::Failed)?;
         }
         let new_meta = Meta {
             applied: last,
@@ -531,6 +510,50 @@ impl FirestoreStore {
             return Ok(None);
         }
         serde_json::from_str(&doc.record).map(Some).map_err(fatal)
+    }
+
+    /// Queues the write of one account document.
+    fn queue_account(
+        &self,
+        transaction: &mut firestore::FirestoreTransaction<'_>,
+        id: AccountId,
+        balance: Money,
+    ) -> Result<(), firestore::errors::FirestoreError> {
+        let doc = AccountDoc {
+            id: id.to_string(),
+            balance_cents: balance.cents(),
+        };
+        self.db
+            .fluent()
+            .update()
+            .in_col(&self.accounts)
+            .document_id(id.to_string())
+            .object(&doc)
+            .add_to_transaction(transaction)
+            .map(|_| ())
+    }
+
+    /// Queues the write of one idempotency record's document.
+    fn queue_key(
+        &self,
+        transaction: &mut firestore::FirestoreTransaction<'_>,
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<(), StoreError> {
+        let doc = KeyDoc {
+            key: key.to_owned(),
+            index: record.index as i64,
+            record: serde_json::to_string(record).map_err(fatal)?,
+        };
+        self.db
+            .fluent()
+            .update()
+            .in_col(&self.keys)
+            .document_id(key_doc_id(key))
+            .object(&doc)
+            .add_to_transaction(transaction)
+            .map(|_| ())
+            .map_err(classify)
     }
 
     /// Deletes key documents the retention has expired (they are already invisible): up to one
@@ -680,17 +703,7 @@ impl FirestoreStore {
             let started = Instant::now();
             let mut transaction = self.db.begin_transaction().await.map_err(classify)?;
             for (id, balance) in chunk {
-                let doc = AccountDoc {
-                    id: id.to_string(),
-                    balance_cents: balance.cents(),
-                };
-                self.db
-                    .fluent()
-                    .update()
-                    .in_col(&self.accounts)
-                    .document_id(id.to_string())
-                    .object(&doc)
-                    .add_to_transaction(&mut transaction)
+                self.queue_account(&mut transaction, *id, *balance)
                     .map_err(classify)?;
             }
             transaction.commit().await.map_err(classify)?;
@@ -700,19 +713,7 @@ impl FirestoreStore {
             let started = Instant::now();
             let mut transaction = self.db.begin_transaction().await.map_err(classify)?;
             for (key, record) in chunk {
-                let doc = KeyDoc {
-                    key: key.as_str().to_owned(),
-                    index: record.index as i64,
-                    record: serde_json::to_string(record).map_err(fatal)?,
-                };
-                self.db
-                    .fluent()
-                    .update()
-                    .in_col(&self.keys)
-                    .document_id(key_doc_id(key.as_str()))
-                    .object(&doc)
-                    .add_to_transaction(&mut transaction)
-                    .map_err(classify)?;
+                self.queue_key(&mut transaction, key.as_str(), record)?;
             }
             transaction.commit().await.map_err(classify)?;
             observe("commit", started);
