@@ -199,6 +199,8 @@ pub struct FirestoreStore {
     healthy: Arc<AtomicBool>,
     /// Milliseconds since `epoch` of the last successful call.
     last_ok_ms: Arc<AtomicU64>,
+    /// Applied index at the last pruning of expired idempotency records.
+    pruned_at: Arc<AtomicU64>,
     epoch: Instant,
 }
 
@@ -241,6 +243,7 @@ impl FirestoreStore {
             shared: config.shared,
             healthy: Arc::new(AtomicBool::new(true)),
             last_ok_ms: Arc::new(AtomicU64::new(0)),
+            pruned_at: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
         };
         match tokio::time::timeout(config.request_timeout * 2, store.read_meta(&store.db)).await {
@@ -849,10 +852,13 @@ impl Store for FirestoreStore {
         if let Some(last) = entries.last() {
             // Expired records are invisible already; deleting them is housekeeping that may
             // fail without harm.
-            if last.index.is_multiple_of(64)
-                && let Err(err) = self.prune_keys(last.index).await
-            {
-                tracing::debug!(%err, "pruning expired idempotency records failed; retried later");
+            // At most once per 64 applied entries, whatever the batch sizes.
+            let pruned = self.pruned_at.load(Ordering::Relaxed);
+            if last.index >= pruned.saturating_add(64) {
+                self.pruned_at.store(last.index, Ordering::Relaxed);
+                if let Err(err) = self.prune_keys(last.index).await {
+                    tracing::debug!(%err, "pruning expired idempotency records failed; retried later");
+                }
             }
         }
         observe("apply", started);
@@ -1029,6 +1035,62 @@ mod tests {
             collection: String::new(),
         })
         .await;
+    }
+
+    /// Expired idempotency records are deleted, not only hidden: the key collection stays
+    /// bounded by the retention (plus one pruning period), whatever the batch sizes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_idempotency_records_are_deleted() {
+        if firestore_emulator::for_tests().is_none() {
+            return;
+        }
+        let options = StoreOptions {
+            idempotency_retention: 10,
+            ..StoreOptions::default()
+        };
+        let collection = format!("prune-{}", uuid::Uuid::new_v4().simple());
+        let store = FirestoreStore::connect(&config(&collection), options)
+            .await
+            .unwrap();
+        let a = AccountId::random();
+        let command = |op, key: Option<String>| Command {
+            op,
+            idempotency_key: key.and_then(|k| IdempotencyKey::parse(&k)),
+            request_id: None,
+        };
+        store
+            .apply(&[Entry {
+                index: 1,
+                commands: vec![command(Operation::OpenAccount { account_id: a }, None)],
+            }])
+            .await
+            .unwrap();
+        let deposits: Vec<Entry> = (2..=200u64)
+            .map(|index| Entry {
+                index,
+                commands: vec![command(
+                    Operation::Deposit {
+                        account_id: a,
+                        amount: Money::from_cents(1),
+                    },
+                    Some(format!("key-{index}")),
+                )],
+            })
+            .collect();
+        // Batches of 7: the applied index rarely lands on a round number.
+        for batch in deposits.chunks(7) {
+            store.apply(batch).await.unwrap();
+        }
+        let left = store.list_ids(&store.keys).await.unwrap();
+        assert!(
+            left.len() <= 10 + 64,
+            "{} key documents left of 199 (retention 10, pruned every 64 entries)",
+            left.len()
+        );
+        assert_eq!(
+            store.balance(a).await.unwrap(),
+            Some(Money::from_cents(199))
+        );
     }
 
     /// A writer that lost the race (a deposed leader, a replay after a crash) applies nothing:
