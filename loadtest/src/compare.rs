@@ -21,29 +21,22 @@ pub struct Cluster {
     child: Child,
     /// Its front door.
     pub url: String,
-    _dir: TempDir,
-}
-
-/// A folder removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts `testbed up` (this binary) in `mode` and waits until it is ready.
     pub fn start(mode: &str, nodes: u32, extra: &str) -> anyhow::Result<Cluster> {
-        let dir = std::env::temp_dir().join(format!("loadtest-{}", uuid::Uuid::new_v4().simple()));
-        let dir = TempDir(dir);
+        let dir = tempfile::Builder::new()
+            .prefix("loadtest-")
+            .tempdir()
+            .context("creating a data folder")?;
         let exe = std::env::current_exe().context("finding the loadtest binary")?;
         let mut child = Command::new(exe)
             .args(["up", "--port", "0", "--mode", mode, "--nodes"])
             .arg(nodes.to_string())
             .arg("--data-dir")
-            .arg(dir.0.join("data"))
+            .arg(dir.path().join("data"))
             .args(extra.split_whitespace())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

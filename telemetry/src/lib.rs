@@ -176,11 +176,6 @@ fn install(
     }
 }
 
-/// Installs only the log subscriber (no traces): for tools and tests that need no identity.
-pub fn init_logging(format: LogFormat) {
-    let _ = install(&Identity::new("tool", "none", "none"), format, None);
-}
-
 /// Latency buckets in seconds: from 50 microseconds (an in-memory step) to 10 seconds (a remote
 /// database under contention).
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
