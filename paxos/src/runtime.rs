@@ -157,6 +157,8 @@ struct HttpState {
     token: Arc<str>,
     shutdown: CancellationToken,
     metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Where snapshots are staged before the driver records them.
+    snapshots: Arc<std::path::Path>,
 }
 
 /// Runs the paxos process until `shutdown` is cancelled (or `POST /shutdown`).
@@ -214,6 +216,7 @@ pub async fn run(
     let driver_task =
         tokio::spawn(driver.run(cfg.tick_ms, requests_rx, inbound_rx, shutdown.clone()));
     let state = HttpState {
+        snapshots: crate::storage::snapshot_dir(&path).into(),
         requests: requests_tx,
         inbound: inbound_tx,
         token: cfg.token.clone().into(),
@@ -403,6 +406,20 @@ async fn compact(State(state): State<HttpState>, body: BodyBytes) -> Response {
     let Ok((slot, data)) = postcard::from_bytes::<(Slot, Bytes)>(&body) else {
         return (StatusCode::BAD_REQUEST, "not a postcard (Slot, Bytes)").into_response();
     };
+    // Write and sync the snapshot here, beside the driver: the driver then only records it.
+    let dir = state.snapshots.clone();
+    let staged = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || crate::storage::stage_snapshot(&dir, slot, &data)).await
+    };
+    match staged {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(slot, error = %e, "staging a snapshot failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        }
+        Err(_) => return unavailable(),
+    }
     match state
         .requests
         .send(LocalRequest::Compact { slot, data })
