@@ -39,8 +39,23 @@ pub struct ClusterOptions {
     pub token: String,
     /// Most client commands waiting for their outcome at once.
     pub max_waiting: usize,
-    /// Hand paxos a store snapshot every this many applied slots.
+    /// Hand paxos a store snapshot every this many applied slots (at least; see
+    /// [`compaction_interval`]).
     pub compact_every: u64,
+}
+
+/// A snapshot holds every account and retained idempotency record, so its cost grows with the
+/// state, not with the log it replaces. Compacting every `compact_every` slots whatever the
+/// snapshot's size would make a large state (a million retained keys: hundreds of megabytes)
+/// rewrite itself every few seconds; waiting until the log since the last snapshot holds at
+/// least 1/`SNAPSHOT_AMORTIZATION` of that snapshot's records bounds the work per applied slot
+/// to about `SNAPSHOT_AMORTIZATION` records, whatever the retention.
+pub const SNAPSHOT_AMORTIZATION: u64 = 8;
+
+/// Slots to apply after a snapshot of `last_records` records (accounts and idempotency records)
+/// before the next one.
+pub fn compaction_interval(compact_every: u64, last_records: u64) -> u64 {
+    compact_every.max(last_records / SNAPSHOT_AMORTIZATION)
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +84,8 @@ pub struct ClusterLog {
     traced_waiters: AtomicU64,
     /// A snapshot is being built and handed to paxos.
     compacting: AtomicBool,
+    /// Records (accounts and idempotency records) in the last snapshot handed to paxos.
+    snapshot_records: AtomicU64,
     applied: watch::Sender<u64>,
     view: Mutex<LeaderView>,
     last_contact_ms: AtomicU64,
@@ -99,6 +116,7 @@ impl ClusterLog {
             waiters: Mutex::new(HashMap::new()),
             traced_waiters: AtomicU64::new(0),
             compacting: AtomicBool::new(false),
+            snapshot_records: AtomicU64::new(0),
             applied: watch::Sender::new(applied),
             view: Mutex::new(LeaderView::default()),
             last_contact_ms: AtomicU64::new(0),
@@ -319,8 +337,11 @@ impl ClusterLog {
             // record included) takes hundreds of milliseconds to build and send, and writes
             // would wait behind it. It reads a consistent view of the store at its own applied
             // index, so applying can go on meanwhile; one compaction at a time.
-            if applied >= last_compacted + self.options.compact_every
-                && !self.compacting.swap(true, Ordering::AcqRel)
+            let interval = compaction_interval(
+                self.options.compact_every,
+                self.snapshot_records.load(Ordering::Relaxed),
+            );
+            if applied >= last_compacted + interval && !self.compacting.swap(true, Ordering::AcqRel)
             {
                 last_compacted = applied;
                 let (log, store) = (self.clone(), store.clone());
@@ -436,12 +457,15 @@ impl ClusterLog {
     }
 
     async fn compact(&self, store: &Arc<dyn Store>) -> anyhow::Result<()> {
+        let started = Instant::now();
         let snapshot = store.snapshot().await?;
+        let records = (snapshot.accounts.len() + snapshot.keys.len()) as u64;
         // Encoding a large snapshot is CPU work: off the async workers.
         let body = tokio::task::spawn_blocking(move || {
             postcard::to_stdvec(&(snapshot.applied_index, Bytes::from(snapshot.encode())))
         })
         .await??;
+        let bytes = body.len();
         let response = self
             .client
             .post(self.url("/local/compact"))
@@ -455,6 +479,12 @@ impl ClusterLog {
             "paxos answered {}",
             response.status()
         );
+        self.snapshot_records.store(records, Ordering::Relaxed);
+        metrics::gauge!("bank_snapshot_records").set(records as f64);
+        metrics::gauge!("bank_snapshot_bytes").set(bytes as f64);
+        metrics::histogram!("bank_compaction_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::debug!(records, bytes, "handed paxos a snapshot");
         Ok(())
     }
 
@@ -546,5 +576,29 @@ impl Log for ClusterLog {
                 .map_or(Route::NoLeader, |url| Route::Forward(url.clone())),
             _ => Route::NoLeader,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SNAPSHOT_AMORTIZATION, compaction_interval};
+
+    #[test]
+    fn compaction_waits_longer_as_snapshots_grow() {
+        assert_eq!(
+            compaction_interval(10_000, 0),
+            10_000,
+            "never snapshotted yet"
+        );
+        assert_eq!(
+            compaction_interval(10_000, 50_000),
+            10_000,
+            "small state: the floor"
+        );
+        assert_eq!(
+            compaction_interval(10_000, 1_000_000),
+            1_000_000 / SNAPSHOT_AMORTIZATION,
+            "a million records: one snapshot per 125,000 slots, not per 10,000"
+        );
     }
 }

@@ -140,6 +140,21 @@ async fn stopped_and_wiped_nodes_catch_up_by_snapshot_and_serve() {
         balance(client, lagging_url, &account, false).await.body,
         json!({"balance": 61})
     );
+    // Every replica compacted: its snapshot is one file beside its acceptor database.
+    for node in 0..3 {
+        let folder = tb
+            .dir
+            .path()
+            .join(format!("data/node-{node}/paxos/paxos.snapshots"));
+        let files: Vec<_> = std::fs::read_dir(&folder)
+            .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            files.len() == 1 && files[0].ends_with(".snapshot"),
+            "node {node}: {files:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

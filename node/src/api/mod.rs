@@ -222,6 +222,20 @@ pub fn describe_metrics() {
         "Commands applied per store transaction"
     );
     describe_gauge!("bank_applied_index", "Last log index applied to the store");
+    describe_gauge!(
+        "bank_snapshot_records",
+        "Accounts and idempotency records in the last snapshot handed to paxos"
+    );
+    describe_gauge!(
+        "bank_snapshot_bytes",
+        Unit::Bytes,
+        "Size of the last snapshot handed to paxos"
+    );
+    describe_histogram!(
+        "bank_compaction_duration_seconds",
+        Unit::Seconds,
+        "Building, encoding and handing paxos one snapshot"
+    );
 }
 
 /// HTTP RED metrics (requests by route, method and status, and their durations) and the
