@@ -161,6 +161,18 @@ struct HttpState {
     snapshots: Arc<std::path::Path>,
 }
 
+/// Largest request body: a snapshot (every account and retained idempotency record of the bank:
+/// about 270 bytes per record, so a million retained keys make ~270 MB) travels whole in
+/// `/local/compact` and in a peer's catch-up reply. Every route checks the cluster token before
+/// reading a body.
+pub const MAX_BODY_BYTES: usize = 1 << 30;
+
+/// Time allowed for one call carrying `bytes` to a peer: 2 s, plus 1 s per 16 MiB (a snapshot
+/// of hundreds of megabytes over a real network).
+fn peer_timeout(bytes: usize) -> Duration {
+    Duration::from_secs(2) + Duration::from_secs((bytes >> 24) as u64)
+}
+
 /// Runs the paxos process until `shutdown` is cancelled (or `POST /shutdown`).
 pub async fn run(
     cfg: RuntimeConfig,
@@ -244,7 +256,7 @@ fn router(state: HttpState) -> Router {
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))
-        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(trace_http))
         .with_state(state)
@@ -595,6 +607,7 @@ async fn peer_sender(
         let started = std::time::Instant::now();
         let request = client
             .post(&url)
+            .timeout(peer_timeout(body.len()))
             .bearer_auth(&token)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(body);
