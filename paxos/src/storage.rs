@@ -214,8 +214,11 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// snapshot of its slot whoever wrote it.
 pub fn stage_snapshot(dir: &Path, slot: Slot, data: &[u8]) -> Result<(), StorageError> {
     std::fs::create_dir_all(dir).map_err(err)?;
+    static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let path = snapshot_file(dir, slot);
-    let tmp = path.with_extension("tmp");
+    // Its own temporary name, so that two writers of one slot never write into one file.
+    let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
     let mut file = std::fs::File::create(&tmp).map_err(err)?;
     file.write_all(data).map_err(err)?;
     file.sync_all().map_err(err)?;
@@ -525,6 +528,22 @@ mod tests {
         drop(storage);
         let state = RedbStorage::open(&path).unwrap().load().unwrap();
         assert_eq!(state.snapshot, Some((7, Bytes::from_static(b"state at 7"))));
+    }
+
+    #[test]
+    fn writers_staging_the_same_slot_at_once_leave_a_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..5 {
+                        stage_snapshot(dir.path(), 3, &data).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(std::fs::read(snapshot_file(dir.path(), 3)).unwrap() == data);
     }
 
     #[test]
