@@ -186,6 +186,8 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StorageError>
 pub struct RedbStorage {
     db: Database,
     snapshots: PathBuf,
+    /// Slot of the recorded snapshot (in the file table, or the legacy table).
+    snap_slot: Option<Slot>,
 }
 
 /// The snapshot folder of the database at `db_path`.
@@ -267,18 +269,25 @@ impl RedbStorage {
     pub fn open(path: &Path) -> Result<RedbStorage, StorageError> {
         let db = Database::create(path).map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
-        let current = {
+        let (current, legacy) = {
             txn.open_table(PROMISED).map_err(err)?;
             txn.open_table(LOG).map_err(err)?;
-            txn.open_table(SNAPSHOT).map_err(err)?;
+            let legacy = txn.open_table(SNAPSHOT).map_err(err)?;
             let table = txn.open_table(SNAPSHOT_FILE).map_err(err)?;
-            table.last().map_err(err)?.map(|(slot, _)| slot.value())
+            (
+                table.last().map_err(err)?.map(|(s, _)| s.value()),
+                legacy.last().map_err(err)?.map(|(s, _)| s.value()),
+            )
         };
         txn.commit().map_err(err)?;
         let snapshots = snapshot_dir(path);
         std::fs::create_dir_all(&snapshots).map_err(err)?;
         remove_snapshots(&snapshots, current, true);
-        Ok(RedbStorage { db, snapshots })
+        Ok(RedbStorage {
+            db,
+            snapshots,
+            snap_slot: current.or(legacy),
+        })
     }
 }
 
@@ -329,15 +338,13 @@ impl Storage for RedbStorage {
         if ops.iter().all(|op| matches!(op, PersistOp::Decide { .. })) {
             txn.set_durability(redb::Durability::None).map_err(err)?;
         }
+        let mut recorded = None;
         {
             let mut promised = txn.open_table(PROMISED).map_err(err)?;
             let mut log = txn.open_table(LOG).map_err(err)?;
             let mut legacy = txn.open_table(SNAPSHOT).map_err(err)?;
             let mut snapshot = txn.open_table(SNAPSHOT_FILE).map_err(err)?;
-            let mut snap_slot = match snapshot.last().map_err(err)? {
-                Some((s, _)) => Some(s.value()),
-                None => legacy.last().map_err(err)?.map(|(s, _)| s.value()),
-            };
+            let mut snap_slot = self.snap_slot;
             for op in ops {
                 match op {
                     PersistOp::Promise { lane, ballot } => {
@@ -394,27 +401,17 @@ impl Storage for RedbStorage {
                         snapshot.retain(|_, _| false).map_err(err)?;
                         snapshot.insert(*slot, data.len() as u64).map_err(err)?;
                         snap_slot = Some(*slot);
+                        recorded = Some(*slot);
                     }
                 }
             }
         }
         txn.commit().map_err(err)?;
-        if ops
-            .iter()
-            .any(|op| matches!(op, PersistOp::Snapshot { .. }))
-        {
-            let current = self.load_snapshot_slot()?;
-            remove_snapshots(&self.snapshots, current, false);
+        if recorded.is_some() {
+            self.snap_slot = recorded;
+            remove_snapshots(&self.snapshots, recorded, false);
         }
         Ok(())
-    }
-}
-
-impl RedbStorage {
-    fn load_snapshot_slot(&self) -> Result<Option<Slot>, StorageError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let table = txn.open_table(SNAPSHOT_FILE).map_err(err)?;
-        Ok(table.last().map_err(err)?.map(|(slot, _)| slot.value()))
     }
 }
 
