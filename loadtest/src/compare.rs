@@ -16,23 +16,43 @@ use serde::Serialize;
 use crate::Cli;
 use crate::stats::{self, Second, Summary};
 
-/// A testbed cluster started for one run.
+/// A testbed cluster started for one run; stopped when dropped.
 pub struct Cluster {
     child: Child,
     /// Its front door.
     pub url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Starts `testbed up` (this binary) in `mode` and waits until it is ready.
     pub fn start(mode: &str, nodes: u32, extra: &str) -> anyhow::Result<Cluster> {
+        let exe = std::env::current_exe().context("finding the loadtest binary")?;
+        Cluster::start_with(&exe, mode, nodes, extra)
+    }
+
+    /// [`Cluster::start`] with `exe`, a binary that plays the testbed (`loadtest` or `testbed`).
+    /// The cluster dies with the process that started it, even when that one is killed.
+    pub fn start_with(
+        exe: &std::path::Path,
+        mode: &str,
+        nodes: u32,
+        extra: &str,
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("loadtest-")
             .tempdir()
             .context("creating a data folder")?;
-        let exe = std::env::current_exe().context("finding the loadtest binary")?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command
             .args(["up", "--port", "0", "--mode", mode, "--nodes"])
             .arg(nodes.to_string())
             .arg("--data-dir")
@@ -63,15 +83,22 @@ impl Cluster {
         }
         std::thread::spawn(move || for _ in lines {});
         let url = url.context("the testbed printed no front door")?;
-        Ok(Cluster {
-            child,
-            url,
-            _dir: dir,
-        })
+        Ok(Cluster { child, url, dir })
+    }
+
+    /// The cluster's data folder (`node-N/`, `cluster-token`, ...).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
     }
 
     /// Stops every process of the cluster (SIGTERM, then SIGKILL after 10 s).
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
         // SAFETY: kill(2) of our own child.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
@@ -270,28 +297,21 @@ pub fn html_report(results: &[RunResult], table: &str) -> String {
         if runs.is_empty() {
             continue;
         }
-        let ops: Vec<(String, Vec<(f64, f64)>)> = runs
-            .iter()
-            .map(|r| {
-                let points = r
-                    .seconds
-                    .iter()
-                    .map(|s| (f64::from(s.second), s.ops as f64))
-                    .collect();
-                (format!("run {}", r.repeat), points)
-            })
-            .collect();
-        let p99: Vec<(String, Vec<(f64, f64)>)> = runs
-            .iter()
-            .map(|r| {
-                let points = r
-                    .seconds
-                    .iter()
-                    .map(|s| (f64::from(s.second), s.p99_ms))
-                    .collect();
-                (format!("run {}", r.repeat), points)
-            })
-            .collect();
+        // One line per run of `value` over the run's seconds.
+        let series = |value: fn(&Second) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+            runs.iter()
+                .map(|r| {
+                    let points = r
+                        .seconds
+                        .iter()
+                        .map(|s| (f64::from(s.second), value(s)))
+                        .collect();
+                    (format!("run {}", r.repeat), points)
+                })
+                .collect()
+        };
+        let ops = series(|s| s.ops as f64);
+        let p99 = series(|s| s.p99_ms);
         body.push_str(&format!(
             "<h2>{mode} mode</h2>{}{}",
             chart("operations per second", &ops, "ops/s"),

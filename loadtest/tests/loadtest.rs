@@ -2,83 +2,44 @@
 //! check; `--compare` writes its reports; and a replica corrupted on purpose (one balance
 //! overwritten in its store, bypassing the log) is caught by `loadtest check`.
 
-use std::io::BufRead as _;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-const TOKEN: &str = "loadtest-e2e-token";
+use loadtest::compare::Cluster;
+
 const LOADTEST: &str = env!("CARGO_BIN_EXE_loadtest");
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// `loadtest up` (the binary playing the testbed), killed on drop.
-struct Cluster {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
+/// A 3-node cluster started by `loadtest up` (the binary playing the testbed).
+fn cluster(mode: &str) -> Cluster {
+    Cluster::start_with(Path::new(LOADTEST), mode, 3, "").expect("a ready testbed")
 }
 
-impl Cluster {
-    fn up(mode: &str) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new(LOADTEST);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command
-            .args(["up", "--port", "0", "--mode", mode, "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("BANK_CLUSTER_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut url = None;
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("front door: ") {
-                url = Some(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap()
-                        .trim_end_matches('/')
-                        .to_owned(),
-                );
-            }
-            if line.starts_with("ready") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Cluster {
-            child,
-            url: url.expect("front door"),
-            dir,
-        }
-    }
-
-    fn admin(&self, node: u32, action: &str) {
-        let status = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", "-X", "POST", "-H"])
-            .arg(format!("Authorization: Bearer {TOKEN}"))
-            .arg(format!("{}/_testbed/nodes/{node}/{action}", self.url))
-            .status()
-            .unwrap();
-        assert!(status.success(), "{action} node {node}");
-    }
+/// `POST /_testbed/nodes/{node}/{action}` with the cluster's token.
+fn admin(cluster: &Cluster, node: u32, action: &str) {
+    let token = std::fs::read_to_string(cluster.data_dir().join("cluster-token")).unwrap();
+    let status = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-X", "POST", "-H"])
+        .arg(format!("Authorization: Bearer {}", token.trim()))
+        .arg(format!("{}/_testbed/nodes/{node}/{action}", cluster.url))
+        .status()
+        .unwrap();
+    assert!(status.success(), "{action} node {node}");
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A goose run against `cluster` writing its ledger into `out_dir`, with `args` added.
+fn run_on(cluster: &Cluster, out_dir: &Path, args: &[&str]) -> (bool, String) {
+    let mut all = vec![
+        "--host",
+        &cluster.url,
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+        "--quiet",
+    ];
+    all.extend_from_slice(args);
+    loadtest(&all)
 }
 
 fn loadtest(args: &[&str]) -> (bool, String) {
@@ -98,23 +59,23 @@ fn loadtest(args: &[&str]) -> (bool, String) {
 #[test]
 fn a_short_goose_run_on_a_cluster_passes_its_invariant_check() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let cluster = Cluster::up("leader");
-    let out_dir = cluster.dir.path().join("out");
-    let (ok, text) = loadtest(&[
-        "--host",
-        &cluster.url,
-        "--workload",
-        "mixed",
-        "--accounts",
-        "20",
-        "--users",
-        "8",
-        "--run-time",
-        "4",
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let cluster = cluster("leader");
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let (ok, text) = run_on(
+        &cluster,
+        &out_dir,
+        &[
+            "--workload",
+            "mixed",
+            "--accounts",
+            "20",
+            "--users",
+            "8",
+            "--run-time",
+            "4",
+        ],
+    );
     assert!(ok, "{text}");
     assert!(text.contains("invariant check: OK"), "{text}");
     assert!(
@@ -137,23 +98,23 @@ fn a_short_goose_run_on_a_cluster_passes_its_invariant_check() {
 #[test]
 fn the_bank_workload_keeps_the_total_fixed() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let cluster = Cluster::up("leaderless");
-    let out_dir = cluster.dir.path().join("out");
-    let (ok, text) = loadtest(&[
-        "--host",
-        &cluster.url,
-        "--workload",
-        "bank",
-        "--accounts",
-        "5",
-        "--users",
-        "8",
-        "--run-time",
-        "4",
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let cluster = cluster("leaderless");
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let (ok, text) = run_on(
+        &cluster,
+        &out_dir,
+        &[
+            "--workload",
+            "bank",
+            "--accounts",
+            "5",
+            "--users",
+            "8",
+            "--run-time",
+            "4",
+        ],
+    );
     assert!(ok, "{text}");
     assert!(text.contains("invariant check: OK"), "{text}");
 }
@@ -161,21 +122,14 @@ fn the_bank_workload_keeps_the_total_fixed() {
 #[test]
 fn a_corrupted_replica_is_caught_by_the_checker() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let cluster = Cluster::up("leader");
-    let out_dir = cluster.dir.path().join("out");
-    let (ok, text) = loadtest(&[
-        "--host",
-        &cluster.url,
-        "--accounts",
-        "5",
-        "--users",
-        "4",
-        "--run-time",
-        "2",
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let cluster = cluster("leader");
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let (ok, text) = run_on(
+        &cluster,
+        &out_dir,
+        &["--accounts", "5", "--users", "4", "--run-time", "2"],
+    );
     assert!(ok, "the honest run passes: {text}");
     let ledger: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("ledger.json")).unwrap()).unwrap();
@@ -188,9 +142,9 @@ fn a_corrupted_replica_is_caught_by_the_checker() {
         .clone();
 
     // The test-only hook: overwrite one balance in node 2's store, bypassing the log.
-    cluster.admin(2, "stop");
+    admin(&cluster, 2, "stop");
     std::thread::sleep(Duration::from_millis(500));
-    let bank = cluster.dir.path().join("data/node-2/bank");
+    let bank = cluster.data_dir().join("node-2/bank");
     {
         let store = node::store::EmbeddedStore::open_in_dir(&bank, Default::default()).unwrap();
         let id: node::command::AccountId = account.parse().unwrap();
@@ -198,7 +152,7 @@ fn a_corrupted_replica_is_caught_by_the_checker() {
             .corrupt_balance_for_tests(id, node::money::Money::from_cents(123_456_789))
             .unwrap();
     }
-    cluster.admin(2, "start");
+    admin(&cluster, 2, "start");
     let ledger_path = out_dir.join("ledger.json");
     let (ok, text) = loadtest(&[
         "check",
