@@ -267,6 +267,9 @@ pub struct Status {
     pub compacted: Slot,
     /// Commands waiting for a slot.
     pub pending: usize,
+    /// This replica's incarnation: 0, plus one for each time it lost its storage and rejoined
+    /// (more when a recovery attempt had to start over).
+    pub incarnation: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -376,6 +379,9 @@ pub struct Replica {
     ready: Ready,
     metrics: Metrics,
     recovery: Option<Recovery>,
+    /// The crash vector: the highest incarnation known of every replica, this one included
+    /// (while recovering: the incarnation it is trying to establish).
+    incarnations: Vec<u64>,
     /// No-op skips are proposed on ticks only, so commands that arrive meanwhile take the slots
     /// instead, and one accept carries every skip of a tick (Mencius piggybacks skips too).
     fill_noops: bool,
@@ -387,8 +393,16 @@ impl Replica {
     pub fn new(cfg: Config, state: PersistentState) -> Replica {
         cfg.validate().expect("invalid paxos config");
         let lanes_n = cfg.lanes();
-        let state_was_empty =
-            state.promised.is_empty() && state.log.is_empty() && state.snapshot.is_none();
+        let state_was_empty = state.promised.is_empty()
+            && state.log.is_empty()
+            && state.snapshot.is_none()
+            && state.incarnations.is_empty();
+        let mut incarnations = vec![0; cfg.nodes as usize];
+        for (node, incarnation) in &state.incarnations {
+            if let Some(known) = incarnations.get_mut(*node as usize) {
+                *known = *incarnation;
+            }
+        }
         let mut rng = Rng(cfg.seed ^ 0x5DEE_CE66_D1CE_4E5B ^ u64::from(cfg.id).rotate_left(32));
         let promised: Vec<Ballot> = (0..lanes_n)
             .map(|lane| {
@@ -454,6 +468,7 @@ impl Replica {
             ready: Ready::default(),
             metrics: Metrics::default(),
             recovery: None,
+            incarnations,
             fill_noops: false,
             cfg,
         };
@@ -468,8 +483,7 @@ impl Replica {
         let fresh = state_was_empty && !replica.cfg.rejoin;
         if state_was_empty && replica.cfg.rejoin {
             replica.recovery = Some(Recovery::default());
-            replica.broadcast(Message::RecoveryQuery);
-            replica.check_recovered();
+            replica.restart_recovery(1);
         }
         for lane in 0..lanes_n {
             replica.refresh_lane_prefix(lane);
@@ -519,6 +533,7 @@ impl Replica {
             frontier: self.frontier,
             compacted: self.compacted,
             pending: self.pending.len(),
+            incarnation: self.incarnations[self.cfg.id as usize],
         }
     }
 
@@ -710,6 +725,15 @@ impl Replica {
         }
         self.metrics.messages_received += 1;
         let from = envelope.from;
+        if envelope.msg == Message::RecoveryQuery {
+            if self.recovery.is_none() {
+                self.on_recovery_query(&envelope);
+            }
+            return;
+        }
+        if !self.admit(&envelope) {
+            return;
+        }
         if matches!(envelope.msg, Message::Heartbeat(_)) {
             // Liveness is judged by heartbeats alone: a replica that talks but does not
             // heartbeat (one recovering its state) is not serving its lanes.
@@ -729,8 +753,7 @@ impl Replica {
             return;
         }
         match envelope.msg {
-            Message::RecoveryQuery => self.on_recovery_query(from),
-            Message::RecoveryReply(_) => {}
+            Message::RecoveryQuery | Message::RecoveryReply(_) => {}
             Message::Prepare(m) => self.on_prepare(from, m),
             Message::Promise(m) => self.on_promise(from, m),
             Message::Accept(m) => self.on_accept(from, m),
@@ -745,10 +768,133 @@ impl Replica {
         self.flush();
     }
 
-    // ----- recovery of a replica that lost its state -----
+    // ----- crash vectors: votes of a replica's earlier lives are never counted again -----
 
-    fn on_recovery_query(&mut self, from: NodeId) {
+    /// The crash-vector checks every message but a recovery query passes; false: drop it.
+    /// Merges what the sender knows of every replica's incarnation.
+    fn admit(&mut self, envelope: &Envelope) -> bool {
+        let (me, from) = (self.cfg.id, envelope.from);
+        if envelope.incarnation_of(from) < self.incarnations[from as usize] {
+            // Sent by an earlier life of the sender, before it lost its storage.
+            return false;
+        }
+        let mine = self.incarnations[me as usize];
+        let theirs = envelope.incarnation_of(me);
+        if theirs > mine {
+            // The sender knows a later life of this replica: an abandoned recovery attempt of
+            // ours used that number (start over above it), or this process is the stale one.
+            if self.recovery.is_some() {
+                self.restart_recovery(theirs + 1);
+            }
+            return false;
+        }
+        self.merge_incarnations(&envelope.incarnations);
+        // Below ours: addressed to an earlier life of this replica (a reply to what it sent).
+        theirs == mine
+    }
+
+    /// Raises the known incarnation of every other replica to what `vector` says, durably, and
+    /// forgets every vote counted from an earlier life of a replica whose entry rose.
+    fn merge_incarnations(&mut self, vector: &[u64]) {
+        let me = self.cfg.id as usize;
+        for (node, &theirs) in vector.iter().enumerate().take(self.cfg.nodes as usize) {
+            if node == me || theirs <= self.incarnations[node] {
+                continue;
+            }
+            self.incarnations[node] = theirs;
+            self.ready.persist.push(PersistOp::Incarnation {
+                node: node as NodeId,
+                incarnation: theirs,
+            });
+            let bit = !(1u64 << node);
+            for lane in &mut self.lanes {
+                match &mut lane.role {
+                    Role::Preparing { promises, .. } => {
+                        promises.remove(&(node as NodeId));
+                    }
+                    Role::Leading { inflight, .. } => {
+                        for f in inflight.values_mut() {
+                            f.acks &= bit;
+                        }
+                    }
+                    Role::Follower => {}
+                }
+            }
+            self.read_acks[node] = 0;
+        }
+    }
+
+    /// What every message carries: the crash vector, without trailing zeros.
+    fn wire_incarnations(&self) -> Vec<u64> {
+        let len = self
+            .incarnations
+            .iter()
+            .rposition(|i| *i > 0)
+            .map_or(0, |i| i + 1);
+        self.incarnations[..len].to_vec()
+    }
+
+    // ----- recovery of a replica that lost its state -----
+    //
+    // A replica that lost its storage forgot the promises and accepts of its earlier life. Some
+    // of them may still count: a vote it sent just before the wipe can reach a proposer later,
+    // and votes of other acceptors that went into the same quorum can arrive later still. Waiting
+    // for a majority of the others to answer is not enough on its own (review item 1: with
+    // N = 5 the pre-wipe vote of r1 and the post-wipe vote of r1 each completed a quorum, for
+    // two values of one slot). The protocol is the crash-vector recovery of Michael, Ports,
+    // Sharma and Szekeres, "Recovering Shared Objects Without Stable Storage" (DISC 2017):
+    //
+    // 1. The rejoining replica R picks a new incarnation i and asks every other replica; the
+    //    query carries i. An answering replica first raises (durably) its known incarnation of R
+    //    to i, then answers with its promises, decided index and frontier. (If it already knew i
+    //    or more, an earlier life or attempt used that number: R starts over above it.)
+    // 2. Every message carries the sender's crash vector. A receiver drops messages from an
+    //    earlier incarnation of their sender, drops replies addressed to an earlier incarnation
+    //    of itself, and when it learns a newer incarnation of R it forgets every promise, accept
+    //    acknowledgement and read acknowledgement it counted from R.
+    // 3. R votes only after a majority M of the others answered, and after it promised the
+    //    highest ballot they reported and learned every slot decided up to the highest slot they
+    //    reported.
+    //
+    // Why no quorum can count R's old vote against R's new ones: let Q be a quorum counted by a
+    // proposer P with R's old vote in it. Every other vote in Q reached P carrying a vector in
+    // which R was still old (had one carried i, P would have merged it and dropped or forgotten
+    // R's old vote), so each was cast before its sender answered R's query (answering raises R
+    // to i first). |M| >= majority and |Q \ {R}| >= majority - 1 among the N - 1 others, so some
+    // m in M voted in Q before answering R: R's promise is then at least the ballot Q promised,
+    // and R has learned the decided value of every slot Q accepted. R's new votes are those of
+    // an acceptor that kept its state. A quorum with R's new votes and a quorum with its old
+    // ones therefore behave like two quorums of one acceptor. Ballots carry the incarnation too
+    // (`Ballot::incarnation`), so R never reuses a ballot its earlier life proposed with.
+    //
+    // Read index (review item 2): a recovering replica acknowledges no heartbeat; a recovered
+    // one promised at least what M promised, so it never confirms a leader that M deposed.
+
+    /// Starts (or restarts) recovery as `incarnation`.
+    fn restart_recovery(&mut self, incarnation: u64) {
+        let me = self.cfg.id as usize;
+        self.incarnations[me] = self.incarnations[me].max(incarnation);
+        if let Some(recovery) = &mut self.recovery {
+            recovery.replies.clear();
+            recovery.target = None;
+            recovery.max_promised.clear();
+            recovery.last_query = self.tick;
+        }
+        self.broadcast(Message::RecoveryQuery);
+        self.check_recovered();
+    }
+
+    fn on_recovery_query(&mut self, envelope: &Envelope) {
+        let (me, from) = (self.cfg.id, envelope.from);
+        if envelope.incarnation_of(me) > self.incarnations[me as usize] {
+            return; // the asker knows a later life of this replica: this one is stale
+        }
+        let known = self.incarnations[from as usize];
+        // Raise the asker to the incarnation it wants (persisted before the reply is sent, by
+        // the driver contract) and forget what its earlier life voted.
+        self.merge_incarnations(&envelope.incarnations);
         let reply = RecoveryReply {
+            known,
             promised: self.promised.clone(),
             decided: self.decided_index,
             frontier: self.frontier,
@@ -757,6 +903,10 @@ impl Replica {
     }
 
     fn on_recovery_reply(&mut self, from: NodeId, m: RecoveryReply) {
+        let mine = self.incarnations[self.cfg.id as usize];
+        if m.known >= mine {
+            return self.restart_recovery(m.known + 1);
+        }
         if m.decided > self.decided_index {
             self.request_catch_up(from);
         }
@@ -794,10 +944,9 @@ impl Replica {
         self.check_recovered();
     }
 
-    /// Completes recovery once a majority of the *other* replicas answered (any promise or
-    /// accepted value this replica forgot is then known to one of them: the quorum it was part
-    /// of, minus itself, intersects every majority of the others) and this replica has learned
-    /// every slot up to the highest one they reported.
+    /// Completes recovery once a majority of the *other* replicas answered the current attempt
+    /// and this replica has learned every slot up to the highest one they reported (see the
+    /// section comment above for why this is enough).
     fn check_recovered(&mut self) {
         let needed = if self.cfg.nodes == 1 {
             0
@@ -833,6 +982,11 @@ impl Replica {
         }
         let recovery = self.recovery.take().expect("recovering");
         self.ready.persist.extend(recovery.deferred);
+        let me = self.cfg.id;
+        self.ready.persist.push(PersistOp::Incarnation {
+            node: me,
+            incarnation: self.incarnations[me as usize],
+        });
         for lane in 0..self.lanes_n {
             let ballot = recovery.max_promised[lane as usize];
             if ballot > self.promised[lane as usize] {
@@ -842,14 +996,6 @@ impl Replica {
                 self.lanes[lane as usize].highest_seen.max(ballot);
             let deadline = self.randomized_deadline();
             self.lanes[lane as usize].deadline = deadline;
-        }
-        if self.ready.persist.is_empty() {
-            // Nothing to write would leave the storage empty: record at least the promises, so
-            // a restart is a normal restart and not another recovery.
-            for lane in 0..self.lanes_n {
-                let ballot = self.promised[lane as usize];
-                self.ready.persist.push(PersistOp::Promise { lane, ballot });
-            }
         }
     }
 
@@ -883,10 +1029,12 @@ impl Replica {
     }
 
     fn send(&mut self, to: NodeId, msg: Message) {
+        let incarnations = self.wire_incarnations();
         self.ready.messages.push(Envelope {
             from: self.cfg.id,
             to,
             msg,
+            incarnations,
         });
     }
 
@@ -1250,7 +1398,10 @@ impl Replica {
             .map(|b| b.round)
             .max()
             .unwrap_or(0);
-        let ballot = Ballot::new(max_round + 1, self.cfg.id);
+        let ballot = Ballot {
+            incarnation: self.incarnations[self.cfg.id as usize],
+            ..Ballot::new(max_round + 1, self.cfg.id)
+        };
         self.promise(lane, ballot);
         self.lanes[lane as usize].highest_seen = ballot;
         let from_slot =
@@ -1592,7 +1743,11 @@ impl Replica {
                 }
             }
             self.learn_lane_prefix(from, claim.lane, claim.ballot, claim.decided_up_to);
-            if m.read_seq > 0 && claim.ballot >= self.promised[claim.lane as usize] {
+            // A recovering replica confirms nobody: its promise may be below one it forgot.
+            if m.read_seq > 0
+                && self.recovery.is_none()
+                && claim.ballot >= self.promised[claim.lane as usize]
+            {
                 let ack = HeartbeatAck {
                     lane: claim.lane,
                     ballot: claim.ballot,

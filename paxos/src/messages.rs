@@ -43,6 +43,29 @@ pub struct Envelope {
     pub to: NodeId,
     /// Payload.
     pub msg: Message,
+    /// The sender's crash vector: the incarnation it knows of every replica, its own included,
+    /// indexed by node id; missing trailing entries are 0, so a cluster that never lost a disk
+    /// sends an empty vector. A receiver drops a message whose sender is older than the
+    /// incarnation it knows, or that was addressed to an older incarnation of itself, and stops
+    /// counting votes of a replica once it learns of a newer incarnation (see `core`).
+    pub incarnations: Vec<u64>,
+}
+
+impl Envelope {
+    /// A message between replicas that never lost their storage (every incarnation 0).
+    pub fn new(from: NodeId, to: NodeId, msg: Message) -> Envelope {
+        Envelope {
+            from,
+            to,
+            msg,
+            incarnations: Vec::new(),
+        }
+    }
+
+    /// The incarnation of `node` this message's sender knows.
+    pub fn incarnation_of(&self, node: NodeId) -> u64 {
+        self.incarnations.get(node as usize).copied().unwrap_or(0)
+    }
 }
 
 /// Every protocol message.
@@ -250,6 +273,10 @@ pub struct CatchUpReply {
 /// What a replica with intact state reports to one that is recovering.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveryReply {
+    /// The incarnation of the asker this replica knew *before* the query (the query's envelope
+    /// carries the incarnation the asker wants). Not below the wanted one: an earlier life or
+    /// attempt used it, and the asker must try again above it.
+    pub known: u64,
     /// Promised ballot per lane.
     pub promised: Vec<Ballot>,
     /// Contiguous decided index.

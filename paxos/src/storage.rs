@@ -12,7 +12,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::ballot::{Ballot, Slot};
+use crate::ballot::{Ballot, NodeId, Slot};
 use crate::messages::Value;
 
 /// One change to durable state.
@@ -48,6 +48,14 @@ pub enum PersistOp {
         /// Application state.
         data: Bytes,
     },
+    /// `node` is known to be in `incarnation` (its own, when `node` is this replica): messages
+    /// of its earlier incarnations are never counted again, even after a restart.
+    Incarnation {
+        /// The replica.
+        node: NodeId,
+        /// Its incarnation; only ever raised.
+        incarnation: u64,
+    },
 }
 
 /// A slot's durable entry.
@@ -70,6 +78,8 @@ pub struct PersistentState {
     pub log: BTreeMap<Slot, StoredEntry>,
     /// The latest snapshot.
     pub snapshot: Option<(Slot, Bytes)>,
+    /// The crash vector: the highest incarnation known of each replica (missing: 0).
+    pub incarnations: BTreeMap<NodeId, u64>,
 }
 
 impl PersistentState {
@@ -117,6 +127,10 @@ impl PersistentState {
                     self.log = self.log.split_off(&(slot + 1));
                     self.snapshot = Some((*slot, data.clone()));
                 }
+                PersistOp::Incarnation { node, incarnation } => {
+                    let known = self.incarnations.entry(*node).or_default();
+                    *known = (*known).max(*incarnation);
+                }
             }
         }
     }
@@ -163,6 +177,81 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const SNAPSHOT: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot");
 /// The current snapshot: its slot and byte length; the bytes are in a file of the snapshot folder.
 const SNAPSHOT_FILE: TableDefinition<u64, u64> = TableDefinition::new("snapshot_file");
+/// The crash vector: node id -> highest incarnation known.
+const INCARNATIONS: TableDefinition<u32, u64> = TableDefinition::new("incarnations");
+/// `"format"` -> the layout version of the promised and log tables.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Version 2: ballots carry an incarnation. Version 1 (no `meta` table) is migrated on open.
+const FORMAT: u64 = 2;
+
+/// A ballot as version 1 stored it.
+#[derive(Deserialize)]
+struct BallotV1 {
+    round: u64,
+    node: NodeId,
+}
+
+/// A log entry as version 1 stored it.
+#[derive(Deserialize)]
+struct StoredEntryV1 {
+    ballot: BallotV1,
+    value: Value,
+    decided: bool,
+}
+
+impl From<BallotV1> for Ballot {
+    fn from(b: BallotV1) -> Ballot {
+        Ballot::new(b.round, b.node)
+    }
+}
+
+/// Rewrites a version 1 database in the current layout, in the transaction that opens it.
+fn migrate(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
+    let mut meta = txn.open_table(META).map_err(err)?;
+    match meta.get("format").map_err(err)?.map(|v| v.value()) {
+        Some(FORMAT) => return Ok(()),
+        Some(other) => {
+            return Err(err(format!(
+                "paxos database layout {other} is newer than this binary's {FORMAT}"
+            )));
+        }
+        None => {}
+    }
+    let mut promised = txn.open_table(PROMISED).map_err(err)?;
+    let old: Vec<(u32, Ballot)> = promised
+        .iter()
+        .map_err(err)?
+        .map(|item| {
+            let (lane, bytes) = item.map_err(err)?;
+            Ok((lane.value(), decode::<BallotV1>(bytes.value())?.into()))
+        })
+        .collect::<Result<_, StorageError>>()?;
+    for (lane, ballot) in old {
+        promised
+            .insert(lane, encode(&ballot)?.as_slice())
+            .map_err(err)?;
+    }
+    let mut log = txn.open_table(LOG).map_err(err)?;
+    let old: Vec<(Slot, StoredEntry)> = log
+        .iter()
+        .map_err(err)?
+        .map(|item| {
+            let (slot, bytes) = item.map_err(err)?;
+            let e: StoredEntryV1 = decode(bytes.value())?;
+            let entry = StoredEntry {
+                ballot: e.ballot.into(),
+                value: e.value,
+                decided: e.decided,
+            };
+            Ok((slot.value(), entry))
+        })
+        .collect::<Result<_, StorageError>>()?;
+    for (slot, entry) in old {
+        log.insert(slot, encode(&entry)?.as_slice()).map_err(err)?;
+    }
+    meta.insert("format", FORMAT).map_err(err)?;
+    Ok(())
+}
 
 fn err(e: impl std::fmt::Display) -> StorageError {
     StorageError(e.to_string())
@@ -269,9 +358,9 @@ impl RedbStorage {
     pub fn open(path: &Path) -> Result<RedbStorage, StorageError> {
         let db = Database::create(path).map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
+        migrate(&txn)?;
         let (current, legacy) = {
-            txn.open_table(PROMISED).map_err(err)?;
-            txn.open_table(LOG).map_err(err)?;
+            txn.open_table(INCARNATIONS).map_err(err)?;
             let legacy = txn.open_table(SNAPSHOT).map_err(err)?;
             let table = txn.open_table(SNAPSHOT_FILE).map_err(err)?;
             (
@@ -302,6 +391,15 @@ impl Storage for RedbStorage {
         for item in txn.open_table(LOG).map_err(err)?.iter().map_err(err)? {
             let (slot, entry) = item.map_err(err)?;
             state.log.insert(slot.value(), decode(entry.value())?);
+        }
+        for item in txn
+            .open_table(INCARNATIONS)
+            .map_err(err)?
+            .iter()
+            .map_err(err)?
+        {
+            let (node, incarnation) = item.map_err(err)?;
+            state.incarnations.insert(node.value(), incarnation.value());
         }
         if let Some((slot, len)) = txn
             .open_table(SNAPSHOT_FILE)
@@ -344,6 +442,7 @@ impl Storage for RedbStorage {
             let mut log = txn.open_table(LOG).map_err(err)?;
             let mut legacy = txn.open_table(SNAPSHOT).map_err(err)?;
             let mut snapshot = txn.open_table(SNAPSHOT_FILE).map_err(err)?;
+            let mut incarnations = txn.open_table(INCARNATIONS).map_err(err)?;
             let mut snap_slot = self.snap_slot;
             for op in ops {
                 match op {
@@ -403,6 +502,12 @@ impl Storage for RedbStorage {
                         snap_slot = Some(*slot);
                         recorded = Some(*slot);
                     }
+                    PersistOp::Incarnation { node, incarnation } => {
+                        let known = incarnations.get(*node).map_err(err)?.map(|v| v.value());
+                        if known.is_none_or(|k| k < *incarnation) {
+                            incarnations.insert(*node, *incarnation).map_err(err)?;
+                        }
+                    }
                 }
             }
         }
@@ -461,6 +566,18 @@ mod tests {
                     lane: 1,
                     ballot: Ballot::new(0, 1),
                 },
+                PersistOp::Incarnation {
+                    node: 2,
+                    incarnation: 3,
+                },
+                PersistOp::Accept {
+                    slot: 4,
+                    ballot: Ballot {
+                        incarnation: 3,
+                        ..Ballot::new(4, 2)
+                    },
+                    value: batch("reborn"),
+                },
             ],
             vec![
                 PersistOp::Decide {
@@ -475,6 +592,10 @@ mod tests {
                     slot: 2,
                     ballot: Ballot::new(3, 0),
                     value: batch("late"),
+                },
+                PersistOp::Incarnation {
+                    node: 2,
+                    incarnation: 1,
                 },
             ],
         ]
@@ -500,8 +621,14 @@ mod tests {
         assert_eq!(state.snapshot, Some((2, Bytes::from_static(b"snap"))));
         assert_eq!(
             state.log.keys().copied().collect::<Vec<_>>(),
-            vec![3],
+            vec![3, 4],
             "slots <= 2 compacted"
+        );
+        assert_eq!(state.log[&4].ballot.incarnation, 3);
+        assert_eq!(
+            state.incarnations.get(&2),
+            Some(&3),
+            "an incarnation is only ever raised"
         );
     }
 
@@ -614,20 +741,27 @@ mod tests {
             {
                 let mut table = txn.open_table(SNAPSHOT).unwrap();
                 table.insert(4, b"old layout".as_slice()).unwrap();
+                // Version 1 layout: a ballot was (round, node), no incarnation.
                 let mut log = txn.open_table(LOG).unwrap();
-                let entry = StoredEntry {
-                    ballot: Ballot::new(1, 0),
-                    value: batch("e"),
-                    decided: true,
-                };
-                log.insert(5, encode(&entry).unwrap().as_slice()).unwrap();
+                let entry = encode(&((1u64, 0u32), batch("e"), true)).unwrap();
+                log.insert(5, entry.as_slice()).unwrap();
+                let mut promised = txn.open_table(PROMISED).unwrap();
+                promised
+                    .insert(0, encode(&(7u64, 2u32)).unwrap().as_slice())
+                    .unwrap();
             }
             txn.commit().unwrap();
         }
-        let mut storage = RedbStorage::open(&path).unwrap();
+        let storage = RedbStorage::open(&path).unwrap();
         let state = storage.load().unwrap();
         assert_eq!(state.snapshot, Some((4, Bytes::from_static(b"old layout"))));
         assert_eq!(state.log.keys().copied().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(state.log[&5].ballot, Ballot::new(1, 0));
+        assert_eq!(state.log[&5].value, batch("e"));
+        assert_eq!(state.promised[&0], Ballot::new(7, 2));
+        drop(storage);
+        let mut storage = RedbStorage::open(&path).unwrap();
+        assert_eq!(storage.load().unwrap().log[&5].ballot, Ballot::new(1, 0));
         // An accept for a covered slot is still ignored, and a new snapshot replaces the old one.
         storage
             .write(&[PersistOp::Accept {

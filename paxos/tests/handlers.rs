@@ -14,7 +14,15 @@ fn replica(id: NodeId, nodes: u32, mode: Mode) -> Replica {
 }
 
 fn env(from: NodeId, to: NodeId, msg: Message) -> Envelope {
-    Envelope { from, to, msg }
+    Envelope::new(from, to, msg)
+}
+
+/// A message from a replica that knows replica 2 in its first rejoined incarnation.
+fn env_to_rejoined_2(from: NodeId, msg: Message) -> Envelope {
+    Envelope {
+        incarnations: vec![0, 0, 1],
+        ..env(from, 2, msg)
+    }
 }
 
 fn cmd(text: &str) -> Bytes {
@@ -775,9 +783,8 @@ fn rejoining_replica_does_not_vote_until_it_recovered() {
     assert_eq!(asked, vec![0, 1]);
     assert!(r.is_recovering());
     // No promise while recovering: it may have promised something higher before it lost it.
-    r.handle(env(
+    r.handle(env_to_rejoined_2(
         1,
-        2,
         Message::Prepare(Prepare {
             lane: 0,
             ballot: b(4, 1),
@@ -787,16 +794,17 @@ fn rejoining_replica_does_not_vote_until_it_recovered() {
     let ready = r.take_ready();
     assert!(ready.messages.is_empty() && ready.persist.is_empty());
     let reply = |round| RecoveryReply {
+        known: 0,
         promised: vec![b(round, 1)],
         decided: 2,
         frontier: 2,
     };
-    r.handle(env(0, 2, Message::RecoveryReply(reply(5))));
+    r.handle(env_to_rejoined_2(0, Message::RecoveryReply(reply(5))));
     assert!(
         r.is_recovering(),
         "one reply of the two others is not a majority of them"
     );
-    r.handle(env(1, 2, Message::RecoveryReply(reply(3))));
+    r.handle(env_to_rejoined_2(1, Message::RecoveryReply(reply(3))));
     let ready = r.take_ready();
     assert!(
         ready.persist.is_empty(),
@@ -810,9 +818,8 @@ fn rejoining_replica_does_not_vote_until_it_recovered() {
     );
     // It learns every slot the others reported, then votes again, above what they promised.
     let entries = vec![(1, batch(&["a"])), (2, batch(&["b"]))];
-    r.handle(env(
+    r.handle(env_to_rejoined_2(
         0,
-        2,
         Message::CatchUpReply(CatchUpReply {
             snapshot: None,
             entries,
@@ -829,9 +836,15 @@ fn rejoining_replica_does_not_vote_until_it_recovered() {
         slot: 2,
         value: batch(&["b"])
     }));
-    r.handle(env(
+    assert!(
+        ready.persist.contains(&PersistOp::Incarnation {
+            node: 2,
+            incarnation: 1
+        }),
+        "its new incarnation is recorded with the recovered state"
+    );
+    r.handle(env_to_rejoined_2(
         1,
-        2,
         Message::Prepare(Prepare {
             lane: 0,
             ballot: b(4, 1),
@@ -842,9 +855,20 @@ fn rejoining_replica_does_not_vote_until_it_recovered() {
         matches!(only_message(&r.take_ready()).msg, Message::Nack(_)),
         "below the recovered promise"
     );
+    // A message addressed to its earlier life (the sender does not know incarnation 1) is
+    // dropped: it may answer something that life sent.
     r.handle(env(
         1,
         2,
+        Message::Prepare(Prepare {
+            lane: 0,
+            ballot: b(6, 1),
+            from_slot: 3,
+        }),
+    ));
+    assert!(r.take_ready().messages.is_empty());
+    r.handle(env_to_rejoined_2(
+        1,
         Message::Prepare(Prepare {
             lane: 0,
             ballot: b(6, 1),
@@ -863,14 +887,77 @@ fn intact_replica_answers_recovery_queries() {
     let mut r = replica(0, 3, Mode::Leader);
     r.propose(vec![cmd("x")]).unwrap();
     r.take_ready();
-    r.handle(env(2, 0, Message::RecoveryQuery));
+    r.handle(Envelope {
+        incarnations: vec![0, 0, 1],
+        ..env(2, 0, Message::RecoveryQuery)
+    });
+    let ready = r.take_ready();
+    assert_eq!(
+        ready.persist,
+        vec![PersistOp::Incarnation {
+            node: 2,
+            incarnation: 1
+        }],
+        "the asker's new incarnation is durable before the reply leaves"
+    );
     let expected = RecoveryReply {
+        known: 0,
         promised: vec![b(0, 0)],
         decided: 0,
         frontier: 1,
     };
     assert_eq!(
-        only_message(&r.take_ready()),
-        &env(0, 2, Message::RecoveryReply(expected))
+        only_message(&ready),
+        &Envelope {
+            incarnations: vec![0, 0, 1],
+            ..env(0, 2, Message::RecoveryReply(expected))
+        }
     );
+    // An accept acknowledgement from replica 2's earlier life is now dropped.
+    r.handle(env(
+        2,
+        0,
+        Message::Accepted(Accepted {
+            lane: 0,
+            ballot: b(0, 0),
+            slots: vec![1],
+        }),
+    ));
+    assert!(r.take_ready().decided.is_empty());
+}
+
+/// A rejoining replica whose incarnation number was already used (an earlier life or an
+/// abandoned attempt) starts over above it, and only counts replies to the new attempt.
+#[test]
+fn recovery_starts_over_above_an_incarnation_already_known() {
+    let mut r = rejoining(2);
+    r.take_ready();
+    let reply = |known| RecoveryReply {
+        known,
+        promised: vec![b(1, 1)],
+        decided: 0,
+        frontier: 0,
+    };
+    r.handle(env_to_rejoined_2(0, Message::RecoveryReply(reply(1))));
+    let ready = r.take_ready();
+    assert_eq!(r.status().incarnation, 2);
+    let asked: Vec<NodeId> = ready
+        .messages
+        .iter()
+        .filter(|m| m.msg == Message::RecoveryQuery && m.incarnation_of(2) == 2)
+        .map(|m| m.to)
+        .collect();
+    assert_eq!(asked, vec![0, 1]);
+    let at_2 = |from| Envelope {
+        incarnations: vec![0, 0, 2],
+        ..env(from, 2, Message::RecoveryReply(reply(1)))
+    };
+    r.handle(at_2(0));
+    assert!(r.is_recovering());
+    r.handle(at_2(1));
+    assert!(!r.is_recovering());
+    assert!(r.take_ready().persist.contains(&PersistOp::Incarnation {
+        node: 2,
+        incarnation: 2
+    }));
 }
