@@ -155,7 +155,7 @@ pub enum ProposeError {
 
 /// A linearizable read point (leader mode): once the application has applied `index`, a read
 /// of its state is linearizable for request `id`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReadResult {
     /// Serve the read after applying up to `index`.
     Ready {
@@ -172,7 +172,7 @@ pub enum ReadResult {
 }
 
 /// Samples for the runtime's histograms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Observation {
     /// Commands in a slot this replica proposed.
     BatchSize(usize),
@@ -208,7 +208,7 @@ pub struct Metrics {
 }
 
 /// Everything the driver must act on, in the order of the crate-level driver contract.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, Hash)]
 pub struct Ready {
     /// 1. Write atomically and sync before sending anything.
     pub persist: Vec<PersistOp>,
@@ -272,21 +272,21 @@ pub struct Status {
     pub incarnation: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 struct Entry {
     ballot: Ballot,
     value: Value,
     decided: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 struct Inflight {
     value: Value,
     acks: u64,
     sent_at: u64,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, Hash)]
 enum Role {
     Follower,
     Preparing {
@@ -303,7 +303,7 @@ enum Role {
     },
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, Hash)]
 struct Lane {
     role: Role,
     /// Highest ballot seen in the lane; its node is the believed holder.
@@ -315,7 +315,7 @@ struct Lane {
 }
 
 /// SplitMix64: the core's only randomness, seeded from the config (the simulator uses it too).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
@@ -333,7 +333,7 @@ impl Rng {
 }
 
 /// A rejoining replica's progress (see [`Config::rejoin`]).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, Hash)]
 struct Recovery {
     replies: BTreeMap<NodeId, RecoveryReply>,
     /// Decided index to reach before voting: every slot it may have accepted before.
@@ -346,7 +346,7 @@ struct Recovery {
     last_query: u64,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug, Hash)]
 struct PendingRead {
     id: u64,
     seq: u64,
@@ -354,7 +354,7 @@ struct PendingRead {
 }
 
 /// One Paxos replica. See the crate docs for how to drive it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Replica {
     cfg: Config,
     lanes_n: u32,
@@ -483,7 +483,7 @@ impl Replica {
         let fresh = state_was_empty && !replica.cfg.rejoin;
         if state_was_empty && replica.cfg.rejoin {
             replica.recovery = Some(Recovery::default());
-            replica.restart_recovery(1);
+            replica.restart_recovery(0);
         }
         for lane in 0..lanes_n {
             replica.refresh_lane_prefix(lane);
@@ -604,6 +604,61 @@ impl Replica {
             recovery.deferred.append(&mut self.ready.persist);
         }
         std::mem::take(&mut self.ready)
+    }
+
+    /// A hash of everything that decides the replica's future behaviour (its metrics left
+    /// out), so a model checker can tell two states apart after different histories.
+    pub fn state_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let Replica {
+            cfg: _,
+            lanes_n: _,
+            rng,
+            tick,
+            promised,
+            log,
+            snapshot,
+            compacted,
+            decided_index,
+            lanes,
+            frontier,
+            pending,
+            my_proposals,
+            last_heard,
+            next_heartbeat,
+            catchup_after,
+            read_seq,
+            read_acks,
+            reads,
+            ready,
+            metrics: _,
+            recovery,
+            incarnations,
+            fill_noops,
+        } = self;
+        (
+            rng.0,
+            tick,
+            promised,
+            log,
+            snapshot,
+            compacted,
+            decided_index,
+        )
+            .hash(&mut h);
+        (
+            lanes,
+            frontier,
+            pending,
+            my_proposals,
+            last_heard,
+            next_heartbeat,
+        )
+            .hash(&mut h);
+        (catchup_after, read_seq, read_acks, reads, ready, recovery).hash(&mut h);
+        (incarnations, fill_noops).hash(&mut h);
+        h.finish()
     }
 
     /// True while a rejoining replica is still recovering (it does not vote yet).
@@ -731,6 +786,16 @@ impl Replica {
             }
             return;
         }
+        if let Message::RecoveryReply(reply) = &envelope.msg {
+            let stale = envelope.incarnation_of(from) < self.incarnations[from as usize];
+            if self.recovery.is_some() && !stale {
+                self.merge_incarnations(&envelope.incarnations);
+                self.on_recovery_reply(from, reply.clone());
+                self.advance_decided();
+                self.check_recovered();
+            }
+            return;
+        }
         if !self.admit(&envelope) {
             return;
         }
@@ -742,7 +807,6 @@ impl Replica {
         if self.recovery.is_some() {
             // Not a voter yet: only learn.
             match envelope.msg {
-                Message::RecoveryReply(m) => self.on_recovery_reply(from, m),
                 Message::Decide(m) => self.on_decide(from, m),
                 Message::Heartbeat(m) => self.on_heartbeat(from, m),
                 Message::CatchUpReply(m) => self.on_catch_up_reply(m),
@@ -782,8 +846,9 @@ impl Replica {
         let theirs = envelope.incarnation_of(me);
         if theirs > mine {
             // The sender knows a later life of this replica: an abandoned recovery attempt of
-            // ours used that number (start over above it), or this process is the stale one.
-            if self.recovery.is_some() {
+            // ours used that number (start over above it, unless still in the first round,
+            // which learns it anyway), or this process is the stale one.
+            if self.recovery.is_some() && mine > 0 {
                 self.restart_recovery(theirs + 1);
             }
             return false;
@@ -844,10 +909,12 @@ impl Replica {
     // two values of one slot). The protocol is the crash-vector recovery of Michael, Ports,
     // Sharma and Szekeres, "Recovering Shared Objects Without Stable Storage" (DISC 2017):
     //
-    // 1. The rejoining replica R picks a new incarnation i and asks every other replica; the
-    //    query carries i. An answering replica first raises (durably) its known incarnation of R
-    //    to i, then answers with its promises, decided index and frontier. (If it already knew i
-    //    or more, an earlier life or attempt used that number: R starts over above it.)
+    // 1. The rejoining replica R first asks every other replica which incarnation of R it
+    //    knows, and takes i = 1 + the highest a majority reports: every earlier life that
+    //    voted finished its own recovery with a majority knowing it, so i is above them all.
+    //    Then R asks again with i in the query. An answering replica first raises (durably) its
+    //    known incarnation of R to i, then answers with its promises, decided index and frontier.
+    //    (A replica that knows more than i saw an abandoned attempt: R starts over above it.)
     // 2. Every message carries the sender's crash vector. A receiver drops messages from an
     //    earlier incarnation of their sender, drops replies addressed to an earlier incarnation
     //    of itself, and when it learns a newer incarnation of R it forgets every promise, accept
@@ -873,7 +940,7 @@ impl Replica {
     /// Starts (or restarts) recovery as `incarnation`.
     fn restart_recovery(&mut self, incarnation: u64) {
         let me = self.cfg.id as usize;
-        self.incarnations[me] = self.incarnations[me].max(incarnation);
+        self.incarnations[me] = incarnation;
         if let Some(recovery) = &mut self.recovery {
             recovery.replies.clear();
             recovery.target = None;
@@ -904,10 +971,12 @@ impl Replica {
 
     fn on_recovery_reply(&mut self, from: NodeId, m: RecoveryReply) {
         let mine = self.incarnations[self.cfg.id as usize];
-        if m.known >= mine {
+        if mine > 0 && m.known > mine {
+            // An abandoned attempt of ours went higher (a finished life would have been seen by
+            // the majority that answered the first round): go above it.
             return self.restart_recovery(m.known + 1);
         }
-        if m.decided > self.decided_index {
+        if mine > 0 && m.decided > self.decided_index {
             self.request_catch_up(from);
         }
         if let Some(recovery) = &mut self.recovery {
@@ -957,6 +1026,14 @@ impl Replica {
         let Some(recovery) = &mut self.recovery else {
             return;
         };
+        if self.incarnations[self.cfg.id as usize] == 0 {
+            // First round: learn the highest incarnation of this replica that a majority knows.
+            if recovery.replies.len() >= needed {
+                let known = recovery.replies.values().map(|r| r.known).max();
+                self.restart_recovery(known.unwrap_or(0) + 1);
+            }
+            return;
+        }
         if recovery.target.is_none() && recovery.replies.len() >= needed {
             let target = recovery
                 .replies

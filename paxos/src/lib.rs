@@ -6,7 +6,8 @@
 //! - [`core`]: the sans-IO replica ([`core::Replica`]): inputs `handle`, `propose`, `tick`;
 //!   outputs drained with [`core::Replica::take_ready`];
 //! - [`storage`]: durable acceptor state ([`storage::Storage`]), in memory and in a redb file;
-//! - [`sim`]: the deterministic simulator that checks safety on every step.
+//! - [`sim`]: the deterministic simulator that checks safety on every step;
+//! - [`model`]: a bounded exhaustive search of few-round schedules (rejoin, read index).
 //!
 //! # Driver contract
 //!
@@ -43,6 +44,7 @@
 pub mod ballot;
 pub mod core;
 pub mod messages;
+pub mod model;
 pub mod runtime;
 pub mod sim;
 pub mod storage;

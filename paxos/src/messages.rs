@@ -16,7 +16,7 @@ use crate::ballot::{Ballot, NodeId, Slot};
 pub type Command = Bytes;
 
 /// What a slot holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Value {
     /// Nothing: a skipped or recovered-empty slot.
     Noop,
@@ -35,7 +35,7 @@ impl Value {
 }
 
 /// A message with its sender and receiver.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Envelope {
     /// Sender.
     pub from: NodeId,
@@ -69,7 +69,7 @@ impl Envelope {
 }
 
 /// Every protocol message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Message {
     /// Phase 1a.
     Prepare(Prepare),
@@ -119,7 +119,7 @@ impl Message {
 
 /// Phase 1a for every slot of `lane` from `from_slot` on (Multi-Paxos: one prepare covers all
 /// future instances).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Prepare {
     /// Lane (0 in leader mode).
     pub lane: u32,
@@ -130,7 +130,7 @@ pub struct Prepare {
 }
 
 /// What an acceptor holds for one slot, reported in a promise.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PromiseEntry {
     /// Slot.
     pub slot: Slot,
@@ -144,7 +144,7 @@ pub struct PromiseEntry {
 
 /// Phase 1b: the acceptor will accept nothing below `ballot` in this lane and reports every value
 /// it accepted in the lane at or after the prepare's `from_slot`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Promise {
     /// Lane.
     pub lane: u32,
@@ -157,7 +157,7 @@ pub struct Promise {
 }
 
 /// Phase 2a: accept these values at `ballot`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Accept {
     /// Lane.
     pub lane: u32,
@@ -170,7 +170,7 @@ pub struct Accept {
 }
 
 /// Phase 2b: the sender accepted these slots at `ballot`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Accepted {
     /// Lane.
     pub lane: u32,
@@ -181,7 +181,7 @@ pub struct Accepted {
 }
 
 /// Why a prepare or accept was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum NackReason {
     /// The acceptor promised a higher ballot (carried in the nack).
     HigherBallot,
@@ -191,7 +191,7 @@ pub enum NackReason {
 }
 
 /// A refusal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Nack {
     /// Lane.
     pub lane: u32,
@@ -207,7 +207,7 @@ pub struct Nack {
 
 /// Commit: every slot of `lane` up to `up_to` is decided; a receiver that accepted such a slot at
 /// `ballot` holds the chosen value (the leader proposes one value per slot per ballot).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Decide {
     /// Lane.
     pub lane: u32,
@@ -218,7 +218,7 @@ pub struct Decide {
 }
 
 /// A lane a heartbeat's sender leads.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LaneClaim {
     /// Lane.
     pub lane: u32,
@@ -230,7 +230,7 @@ pub struct LaneClaim {
 
 /// Sent every `heartbeat_ticks`: the sender is alive, leads these lanes, has decided this much,
 /// and has seen slots proposed up to `frontier`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Lanes the sender leads.
     pub leading: Vec<LaneClaim>,
@@ -243,7 +243,7 @@ pub struct Heartbeat {
 }
 
 /// "You are still my leader in `lane` at `ballot`", for read round `read_seq`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HeartbeatAck {
     /// Lane.
     pub lane: u32,
@@ -254,7 +254,7 @@ pub struct HeartbeatAck {
 }
 
 /// Send me decided entries from `from_slot` on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CatchUp {
     /// First slot wanted.
     pub from_slot: Slot,
@@ -262,7 +262,7 @@ pub struct CatchUp {
 
 /// Decided entries (consecutive, from the requested slot), or a snapshot first when the
 /// requested slots were compacted away.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CatchUpReply {
     /// Application snapshot covering every slot up to its slot.
     pub snapshot: Option<(Slot, Bytes)>,
@@ -271,7 +271,7 @@ pub struct CatchUpReply {
 }
 
 /// What a replica with intact state reports to one that is recovering.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RecoveryReply {
     /// The incarnation of the asker this replica knew *before* the query (the query's envelope
     /// carries the incarnation the asker wants). Not below the wanted one: an earlier life or

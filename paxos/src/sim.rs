@@ -7,10 +7,17 @@
 //! sees both sides) and heals; replicas crash and restart from their durable state, sometimes
 //! losing the writes of the step they crashed in (never synced, so never sent either).
 //!
+//! Adversarial schedules on top: a sender's batch of messages sometimes reaches only a random
+//! subset of its receivers (a broadcast that half failed), and a replica is sometimes wiped
+//! right after it sent a vote (a promise, an accept acknowledgement or a read confirmation)
+//! that is still in flight, which is what makes a lost disk dangerous.
+//!
 //! Checked after every step: agreement (a slot is decided with one value), prefix consistency
 //! (every replica applies slots in order and reaches the same state hash at every slot),
 //! validity (only proposed commands are decided, each at most once), promises never go
-//! backwards in durable state, and a restarted replica's applied index never goes backwards.
+//! backwards in durable state, a restarted replica's applied index never goes backwards, and
+//! linearizable reads: the read point a leader answers `read_index` with is at or above every
+//! slot that was decided (applied by some replica) before the read began.
 //! After healing: every command proposed by a replica that did not crash afterwards is decided
 //! (or handed back as dropped), new commands are decided everywhere within `settle_ticks`.
 
@@ -20,8 +27,8 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::ballot::{NodeId, Slot};
-use crate::core::{Config, Mode, ProposeError, Replica};
-use crate::messages::{Envelope, Value};
+use crate::core::{Config, Mode, ProposeError, ReadResult, Replica};
+use crate::messages::{Envelope, Message, Value};
 use crate::storage::{MemStorage, Storage};
 
 /// What one simulation does.
@@ -60,6 +67,13 @@ pub struct SimConfig {
     /// Per-tick chance that a replica loses its whole durable state (a wiped disk) and
     /// rejoins, per mille. Only one replica is ever without its state at a time.
     pub wipe_per_mille: u64,
+    /// Chance that a replica that just sent a vote is wiped with the vote in flight, per mille.
+    pub wipe_after_vote_per_mille: u64,
+    /// Chance that one step's messages of a replica reach only a random subset of their
+    /// receivers, per mille.
+    pub partial_per_mille: u64,
+    /// Per-tick, per-replica chance of a `read_index` call (leader mode), per mille.
+    pub read_per_mille: u64,
 }
 
 impl SimConfig {
@@ -82,6 +96,9 @@ impl SimConfig {
             propose_per_mille: 250,
             compact_after: 40,
             wipe_per_mille: 5,
+            wipe_after_vote_per_mille: 3,
+            partial_per_mille: 40,
+            read_per_mille: 60,
         }
     }
 
@@ -112,6 +129,8 @@ pub struct SimReport {
     pub partitions: u64,
     /// Replicas wiped (durable state erased) and rejoined.
     pub wipes: u64,
+    /// Reads answered with a read point, each checked.
+    pub reads_checked: u64,
     /// Messages delivered.
     pub messages_delivered: u64,
     /// Ticks it took after healing until everything was decided everywhere.
@@ -222,6 +241,9 @@ pub struct Sim {
     proposed: HashMap<u64, NodeId>,
     outstanding: HashMap<u64, NodeId>,
     decided_commands: HashMap<u64, Slot>,
+    /// Read id -> (replica, highest slot decided anywhere when the read began).
+    reads: HashMap<u64, (NodeId, Slot)>,
+    next_read: u64,
     report: SimReport,
 }
 
@@ -256,6 +278,8 @@ impl Sim {
             proposed: HashMap::new(),
             outstanding: HashMap::new(),
             decided_commands: HashMap::new(),
+            reads: HashMap::new(),
+            next_read: 1,
             report: SimReport::default(),
         }
     }
@@ -337,6 +361,7 @@ impl Sim {
             self.report.crashes += 1;
             // Commands this replica was responsible for may now never be decided.
             self.outstanding.retain(|_, owner| *owner != id);
+            self.reads.retain(|_, (owner, _)| *owner != id);
         }
     }
 
@@ -359,8 +384,25 @@ impl Sim {
                 ));
             }
         }
+        let voted = ready.messages.iter().any(|e| {
+            matches!(
+                e.msg,
+                Message::Promise(_) | Message::Accepted(_) | Message::HeartbeatAck(_)
+            )
+        });
+        // A broadcast that reached only some of its receivers.
+        let reached: Option<Vec<bool>> = (self.faults
+            && ready.messages.len() > 1
+            && self.rng.chance(self.cfg.partial_per_mille))
+        .then(|| (0..self.cfg.nodes).map(|_| self.rng.chance(500)).collect());
         for envelope in ready.messages {
             if self.faults && self.rng.chance(self.cfg.drop_per_mille) {
+                continue;
+            }
+            if reached
+                .as_ref()
+                .is_some_and(|reached| !reached[envelope.to as usize])
+            {
                 continue;
             }
             let copies = if self.faults && self.rng.chance(self.cfg.dup_per_mille) {
@@ -405,6 +447,28 @@ impl Sim {
         for cmd in ready.dropped.iter().chain(&ready.outcome_unknown) {
             self.outstanding.remove(&command_id(cmd));
             self.report.commands_dropped += 1;
+        }
+        for read in ready.reads {
+            if let ReadResult::Ready { id: read_id, index } = read {
+                let (_, before) = self
+                    .reads
+                    .remove(&read_id)
+                    .ok_or_else(|| format!("replica {id} answered read {read_id} twice"))?;
+                if index < before {
+                    return Err(format!(
+                        "linearizability: replica {id} answered read {read_id} at index {index}, \
+                         but slot {before} was decided before the read began"
+                    ));
+                }
+                self.report.reads_checked += 1;
+            } else if let ReadResult::Failed { id: read_id } = read {
+                self.reads.remove(&read_id);
+            }
+        }
+        if voted && self.faults && self.rng.chance(self.cfg.wipe_after_vote_per_mille) {
+            // The vote is in flight; the disk that recorded it is gone.
+            self.wipe(id);
+            return Ok(());
         }
         let app = self.nodes[id as usize].app;
         if let Some(replica) = self.nodes[id as usize].replica.as_mut()
@@ -490,6 +554,19 @@ impl Sim {
             }
             Err(ProposeError::NotLeader { .. } | ProposeError::Overloaded) => Ok(()),
         }
+    }
+
+    fn read(&mut self, id: NodeId) -> Check {
+        let read_id = self.next_read;
+        let Some(replica) = self.nodes[id as usize].replica.as_mut() else {
+            return Ok(());
+        };
+        if replica.read_index(read_id).is_ok() {
+            self.next_read += 1;
+            self.reads.insert(read_id, (id, self.report.decided_slots));
+            return self.drive(id);
+        }
+        Ok(())
     }
 
     fn deliver(&mut self) -> Check {
@@ -608,6 +685,9 @@ impl Sim {
             for id in 0..self.cfg.nodes {
                 if self.rng.chance(self.cfg.propose_per_mille) {
                     self.propose(id)?;
+                }
+                if self.cfg.mode == Mode::Leader && self.rng.chance(self.cfg.read_per_mille) {
+                    self.read(id)?;
                 }
             }
         }

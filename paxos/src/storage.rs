@@ -16,7 +16,7 @@ use crate::ballot::{Ballot, NodeId, Slot};
 use crate::messages::Value;
 
 /// One change to durable state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PersistOp {
     /// The acceptor promised `ballot` in `lane`.
     Promise {

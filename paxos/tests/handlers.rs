@@ -769,6 +769,28 @@ fn rejoining(id: NodeId) -> Replica {
     Replica::new(cfg, PersistentState::default())
 }
 
+/// The first round of a recovery: replicas 0 and 1 report the incarnation of replica 2 they
+/// know; the second round's queries (returned) carry the incarnation replica 2 then wants.
+fn first_round(r: &mut Replica, known: [u64; 2]) -> Vec<Envelope> {
+    for (from, known) in [(0, known[0]), (1, known[1])] {
+        let reply = RecoveryReply {
+            known,
+            promised: vec![b(0, 0)],
+            decided: 0,
+            frontier: 0,
+        };
+        r.handle(Envelope {
+            incarnations: vec![0, 0, known],
+            ..env(from, 2, Message::RecoveryReply(reply))
+        });
+    }
+    r.take_ready()
+        .messages
+        .into_iter()
+        .filter(|m| m.msg == Message::RecoveryQuery)
+        .collect()
+}
+
 /// A replica that lost its state asks the others and does not vote until it knows enough.
 #[test]
 fn rejoining_replica_does_not_vote_until_it_recovered() {
@@ -777,11 +799,20 @@ fn rejoining_replica_does_not_vote_until_it_recovered() {
     let asked: Vec<NodeId> = ready
         .messages
         .iter()
-        .filter(|m| m.msg == Message::RecoveryQuery)
+        .filter(|m| m.msg == Message::RecoveryQuery && m.incarnation_of(2) == 0)
         .map(|m| m.to)
         .collect();
-    assert_eq!(asked, vec![0, 1]);
+    assert_eq!(asked, vec![0, 1], "first it asks which incarnation it had");
     assert!(r.is_recovering());
+    let second: Vec<(NodeId, u64)> = first_round(&mut r, [0, 0])
+        .iter()
+        .map(|m| (m.to, m.incarnation_of(2)))
+        .collect();
+    assert_eq!(
+        second,
+        vec![(0, 1), (1, 1)],
+        "then it asks as incarnation 1"
+    );
     // No promise while recovering: it may have promised something higher before it lost it.
     r.handle(env_to_rejoined_2(
         1,
@@ -932,32 +963,45 @@ fn intact_replica_answers_recovery_queries() {
 fn recovery_starts_over_above_an_incarnation_already_known() {
     let mut r = rejoining(2);
     r.take_ready();
-    let reply = |known| RecoveryReply {
-        known,
-        promised: vec![b(1, 1)],
-        decided: 0,
-        frontier: 0,
-    };
-    r.handle(env_to_rejoined_2(0, Message::RecoveryReply(reply(1))));
-    let ready = r.take_ready();
+    // An earlier life was incarnation 1, known to replica 0.
+    let asked = first_round(&mut r, [1, 0]);
     assert_eq!(r.status().incarnation, 2);
-    let asked: Vec<NodeId> = ready
-        .messages
-        .iter()
-        .filter(|m| m.msg == Message::RecoveryQuery && m.incarnation_of(2) == 2)
-        .map(|m| m.to)
-        .collect();
-    assert_eq!(asked, vec![0, 1]);
-    let at_2 = |from| Envelope {
-        incarnations: vec![0, 0, 2],
-        ..env(from, 2, Message::RecoveryReply(reply(1)))
+    assert!(asked.iter().all(|m| m.incarnation_of(2) == 2) && asked.len() == 2);
+    let reply = |from: NodeId, known: u64| Envelope {
+        incarnations: vec![0, 0, known.max(2)],
+        ..env(
+            from,
+            2,
+            Message::RecoveryReply(RecoveryReply {
+                known,
+                promised: vec![b(1, 1)],
+                decided: 0,
+                frontier: 0,
+            }),
+        )
     };
-    r.handle(at_2(0));
+    // Replica 1 saw an abandoned attempt at 3 that replica 0 never heard of.
+    r.handle(reply(0, 1));
+    r.handle(reply(1, 3));
     assert!(r.is_recovering());
-    r.handle(at_2(1));
+    assert_eq!(r.status().incarnation, 4);
+    let at_4 = |from| Envelope {
+        incarnations: vec![0, 0, 4],
+        ..reply(from, 2)
+    };
+    r.handle(at_4(0));
+    assert!(
+        r.is_recovering(),
+        "the round at 2 was abandoned: one reply of two"
+    );
+    // A duplicate of its own query answered twice is not an abandoned attempt.
+    r.handle(Envelope {
+        incarnations: vec![0, 0, 4],
+        ..reply(1, 4)
+    });
     assert!(!r.is_recovering());
     assert!(r.take_ready().persist.contains(&PersistOp::Incarnation {
         node: 2,
-        incarnation: 2
+        incarnation: 4
     }));
 }

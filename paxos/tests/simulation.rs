@@ -1,6 +1,7 @@
-//! The deterministic simulator over many seeds, both modes, N = 3 and 5.
+//! The deterministic simulator over many seeds, both modes, N = 3, 5 and 7.
 //!
-//! `PAXOS_SIM_SEEDS` sets seeds per configuration (default 2,500: 10,000 in all);
+//! `PAXOS_SIM_SEEDS` sets seeds per configuration (default 2,500 for N = 3 and 5, a fifth of it
+//! for N = 7, whose runs cost about three times as much);
 //! `PAXOS_SIM_FIRST_SEED` the first seed. `replay` runs one seed from `PAXOS_SIM_SEED`,
 //! `PAXOS_SIM_NODES` and `PAXOS_SIM_MODE`, as printed by a failure.
 
@@ -16,6 +17,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn seeds(nodes: u32, mode: Mode) {
     let count = env_u64("PAXOS_SIM_SEEDS", 2_500);
+    let count = if nodes >= 7 { count.div_ceil(5) } else { count };
     let first = env_u64("PAXOS_SIM_FIRST_SEED", 1);
     match run_seeds(first, count, nodes, mode) {
         Ok(reports) => {
@@ -23,13 +25,14 @@ fn seeds(nodes: u32, mode: Mode) {
             let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
             let partitions: u64 = reports.iter().map(|r| r.partitions).sum();
             let wipes: u64 = reports.iter().map(|r| r.wipes).sum();
+            let reads: u64 = reports.iter().map(|r| r.reads_checked).sum();
             let settle = reports
                 .iter()
                 .map(|r| r.settle_ticks_used)
                 .max()
                 .unwrap_or(0);
             println!(
-                "{count} seeds ({mode:?}, N={nodes}): {commands} commands decided, {crashes} crashes, {wipes} wipes, {partitions} partitions, slowest settle {settle} ticks"
+                "{count} seeds ({mode:?}, N={nodes}): {commands} commands decided, {reads} reads checked, {crashes} crashes, {wipes} wipes, {partitions} partitions, slowest settle {settle} ticks"
             );
             assert!(commands > count, "the simulations decided almost nothing");
         }
@@ -55,6 +58,16 @@ fn leaderless_mode_3_replicas() {
 #[test]
 fn leaderless_mode_5_replicas() {
     seeds(5, Mode::Leaderless);
+}
+
+#[test]
+fn leader_mode_7_replicas() {
+    seeds(7, Mode::Leader);
+}
+
+#[test]
+fn leaderless_mode_7_replicas() {
+    seeds(7, Mode::Leaderless);
 }
 
 #[test]
