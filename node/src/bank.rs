@@ -46,22 +46,43 @@ pub trait Ledger {
     ) -> Result<(), Self::Error>;
 }
 
-/// Applies `command` at log position `index`. A command with a known idempotency key returns the
-/// first outcome and changes nothing (or `IdempotencyKeyReused` if the request differs).
+/// What applying one command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The command's outcome (a replay's is the first outcome).
+    pub outcome: Outcome,
+    /// Change of the sum of all balances, in cents (0 for a replay, which changes nothing).
+    pub total_delta: i128,
+}
+
+/// Applies `command` at log position `index`. A command whose idempotency key was applied at
+/// `record.index` with `index < record.index + retention` is a replay: it returns the first
+/// outcome and changes nothing (or `IdempotencyKeyReused` if the request differs). Outside that
+/// window the key is forgotten and the command applies anew, recording the key again.
+///
+/// Expiry is a pure function of the two log indexes, never of when a backend prunes its
+/// records: replicas cut the log into batches differently, and a rule that depended on the cuts
+/// would deduplicate a retry on one replica and apply it on another.
 pub fn apply<L: Ledger>(
     ledger: &mut L,
     index: u64,
     command: &Command,
-) -> Result<Outcome, L::Error> {
+    retention: u64,
+) -> Result<Applied, L::Error> {
     if let Some(key) = &command.idempotency_key
         && let Some(record) = ledger.idempotency(key)?
+        && index < record.index.saturating_add(retention)
     {
-        return Ok(if record.request == command.op.fingerprint() {
+        let outcome = if record.request == command.op.fingerprint() {
             record.outcome
         } else {
             Outcome::Rejected {
                 reason: Rejection::IdempotencyKeyReused,
             }
+        };
+        return Ok(Applied {
+            outcome,
+            total_delta: 0,
         });
     }
     let outcome = apply_operation(ledger, &command.op)?;
@@ -73,7 +94,11 @@ pub fn apply<L: Ledger>(
         };
         ledger.remember(key, record)?;
     }
-    Ok(outcome)
+    let total_delta = total_delta(&command.op, &outcome);
+    Ok(Applied {
+        outcome,
+        total_delta,
+    })
 }
 
 fn rejected(reason: Rejection) -> Outcome {
@@ -156,7 +181,7 @@ fn apply_operation<L: Ledger>(ledger: &mut L, op: &Operation) -> Result<Outcome,
 }
 
 /// How much an outcome changed the sum of all balances, in cents.
-pub fn total_delta(op: &Operation, outcome: &Outcome) -> i128 {
+fn total_delta(op: &Operation, outcome: &Outcome) -> i128 {
     match (op, outcome) {
         (Operation::Deposit { amount, .. }, Outcome::Deposited { .. }) => {
             i128::from(amount.cents())
@@ -215,6 +240,63 @@ impl Ledger for MemoryLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The outcome of applying with a retention wider than any test's log.
+    fn apply(
+        l: &mut MemoryLedger,
+        index: u64,
+        command: &Command,
+    ) -> Result<Outcome, std::convert::Infallible> {
+        super::apply(l, index, command, 1_000).map(|applied| applied.outcome)
+    }
+
+    /// A replay changes no balance, so it changes no total either (it did count the deposit
+    /// again before: the total was derived from the replayed outcome).
+    #[test]
+    fn a_replay_changes_the_total_by_nothing() {
+        let mut l = MemoryLedger::default();
+        let a = open(&mut l);
+        let deposit = keyed(
+            Operation::Deposit {
+                account_id: a,
+                amount: c(700),
+            },
+            "k",
+        );
+        assert_eq!(
+            super::apply(&mut l, 2, &deposit, 10).unwrap().total_delta,
+            700
+        );
+        let replay = super::apply(&mut l, 3, &deposit, 10).unwrap();
+        assert_eq!(replay.total_delta, 0);
+        assert_eq!(l.accounts[&a], c(700));
+    }
+
+    /// A key applied at index i deduplicates entries i + 1 .. i + retention - 1 and no others,
+    /// whatever a backend has pruned.
+    #[test]
+    fn keys_expire_by_log_index_alone() {
+        let mut l = MemoryLedger::default();
+        let a = open(&mut l);
+        let deposit = keyed(
+            Operation::Deposit {
+                account_id: a,
+                amount: c(10),
+            },
+            "k",
+        );
+        super::apply(&mut l, 2, &deposit, 3).unwrap();
+        assert_eq!(super::apply(&mut l, 4, &deposit, 3).unwrap().total_delta, 0);
+        assert_eq!(l.accounts[&a], c(10), "index 4 < 2 + 3: a replay");
+        let again = super::apply(&mut l, 5, &deposit, 3).unwrap();
+        assert_eq!(
+            again.total_delta, 10,
+            "index 5 = 2 + 3: expired, applies anew"
+        );
+        assert_eq!(l.accounts[&a], c(20));
+        assert_eq!(l.keys[&IdempotencyKey::parse("k").unwrap()].index, 5);
+        assert_eq!(super::apply(&mut l, 6, &deposit, 3).unwrap().total_delta, 0);
+    }
 
     fn cmd(op: Operation) -> Command {
         Command {

@@ -142,9 +142,14 @@ impl EmbeddedStore {
                 }
                 let mut results = Vec::with_capacity(entry.commands.len());
                 for command in &entry.commands {
-                    let outcome = bank::apply(&mut ledger, entry.index, command)?;
-                    total += bank::total_delta(&command.op, &outcome);
-                    results.push(outcome);
+                    let applied = bank::apply(
+                        &mut ledger,
+                        entry.index,
+                        command,
+                        self.options.idempotency_retention,
+                    )?;
+                    total += applied.total_delta;
+                    results.push(applied.outcome);
                 }
                 outcomes.push(Some(results));
                 last = entry.index;
@@ -183,7 +188,9 @@ impl EmbeddedStore {
     }
 }
 
-/// Drops idempotency records applied `retention` or more entries before `applied`.
+/// Drops idempotency records applied `retention` or more entries before `applied`: no entry
+/// after `applied` can be deduplicated by them any more (see [`bank::apply`]), so pruning is
+/// housekeeping and its timing changes no outcome.
 fn prune_keys(ledger: &mut RedbLedger<'_>, applied: u64, retention: u64) -> Result<(), StoreError> {
     let Some(cutoff) = applied.checked_sub(retention) else {
         return Ok(());
@@ -255,9 +262,18 @@ impl Ledger for RedbLedger<'_> {
         record: IdempotencyRecord,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(&record).map_err(fatal)?;
-        self.keys
+        let old = self
+            .keys
             .insert(key.as_str(), bytes.as_slice())
-            .map_err(fatal)?;
+            .map_err(fatal)?
+            .map(|old| serde_json::from_slice::<IdempotencyRecord>(old.value()));
+        if let Some(old) = old {
+            // An expired key used again: its old index must not prune the new record.
+            let old = old.map_err(fatal)?;
+            self.keys_by_index
+                .remove(old.index, key.as_str())
+                .map_err(fatal)?;
+        }
         self.keys_by_index
             .insert(record.index, key.as_str())
             .map_err(fatal)?;

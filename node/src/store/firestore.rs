@@ -380,7 +380,7 @@ impl FirestoreStore {
         keys.sort_unstable();
         keys.dedup();
         let mut ledger = self
-            .fetch_ledger(&self.db, &ids, &keys, meta.applied)
+            .fetch_ledger(&self.db, &ids, &keys)
             .await
             .map_err(Attempt::Failed)?;
         let mut outcomes = Vec::with_capacity(entries.len());
@@ -399,10 +399,15 @@ impl FirestoreStore {
             }
             let mut results = Vec::with_capacity(entry.commands.len());
             for command in &entry.commands {
-                let outcome =
-                    bank::apply(&mut ledger, entry.index, command).map_err(Attempt::Failed)?;
-                total += bank::total_delta(&command.op, &outcome);
-                results.push(outcome);
+                let applied = bank::apply(
+                    &mut ledger,
+                    entry.index,
+                    command,
+                    self.options.idempotency_retention,
+                )
+                .map_err(Attempt::Failed)?;
+                total += applied.total_delta;
+                results.push(applied.outcome);
             }
             outcomes.push(Some(results));
             last = entry.index;
@@ -452,7 +457,6 @@ impl FirestoreStore {
         db: &FirestoreDb,
         ids: &[AccountId],
         keys: &[String],
-        applied: u64,
     ) -> Result<MemLedger, StoreError> {
         let mut ledger = MemLedger::default();
         if !ids.is_empty() {
@@ -497,9 +501,9 @@ impl FirestoreStore {
             observe("batch_get", started);
             for (_, doc) in docs {
                 let Some(doc) = doc else { continue };
-                if let Some(record) = self.visible(&doc, applied)? {
-                    ledger.keys.insert(doc.key.clone(), record);
-                }
+                // Even an expired record: `bank::apply` judges expiry by the entry's index.
+                let record = serde_json::from_str(&doc.record).map_err(fatal)?;
+                ledger.keys.insert(doc.key.clone(), record);
             }
         }
         Ok(ledger)

@@ -1,10 +1,11 @@
 //! Durable bank state behind one trait, so the embedded database and Firestore are
-//! interchangeable and pass the same [`conformance`] suite.
+//! interchangeable and pass the same `conformance` suite (its tests).
 //!
 //! A store holds the state machine's state: balances, idempotency records and the index of the
 //! last applied log entry, which is written in the same transaction as the balances it produced.
 //! Applying is the only way to change a store.
 
+#[cfg(test)]
 pub mod conformance;
 pub mod embedded;
 pub mod firestore;
