@@ -172,15 +172,21 @@ impl ClusterLog {
                         }
                         Err(_) => Err(SubmitError::Unavailable),
                     };
+                    let answers = match answers {
+                        Ok(answers) if answers.len() == replies.len() => Ok(answers),
+                        // Paxos took the commands but its answer makes no sense.
+                        Ok(_) => Err(SubmitError::OutcomeUnknown),
+                        Err(err) => Err(err),
+                    };
                     match answers {
-                        Ok(answers) if answers.len() == replies.len() => {
+                        Ok(answers) => {
                             for (reply, answer) in replies.into_iter().zip(answers) {
                                 let _ = reply.send(Ok(answer));
                             }
                         }
-                        _ => {
+                        Err(err) => {
                             for reply in replies {
-                                let _ = reply.send(Err(SubmitError::Unavailable));
+                                let _ = reply.send(Err(err.clone()));
                             }
                         }
                     }
@@ -199,6 +205,10 @@ impl ClusterLog {
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Posts to the local paxos process. Only a failure before the request left (no
+    /// connection) or a refusal (an error status: paxos answers those before it proposes
+    /// anything) is `Unavailable`; once the request may have been handled, a lost or garbled
+    /// answer is `OutcomeUnknown`.
     async fn post_postcard<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
@@ -213,16 +223,16 @@ impl ClusterLog {
             .body(body)
             .send()
             .await
-            .map_err(|_| SubmitError::Unavailable)?;
+            .map_err(|err| sent_or_not(&err))?;
         if !response.status().is_success() {
             return Err(SubmitError::Unavailable);
         }
         let bytes = response
             .bytes()
             .await
-            .map_err(|_| SubmitError::Unavailable)?;
+            .map_err(|_| SubmitError::OutcomeUnknown)?;
         self.touch();
-        postcard::from_bytes(&bytes).map_err(|_| SubmitError::Unavailable)
+        postcard::from_bytes(&bytes).map_err(|_| SubmitError::OutcomeUnknown)
     }
 
     async fn propose_and_wait(&self, mut command: Command) -> Result<Outcome, SubmitError> {
@@ -252,18 +262,20 @@ impl ClusterLog {
         let reply = match answer_rx.await {
             Ok(Ok(reply)) => reply,
             Ok(Err(err)) => return Err(err),
-            Err(_) => return Err(SubmitError::Unavailable),
+            // The proposing task went away with the command: it may have been sent.
+            Err(_) => return Err(SubmitError::OutcomeUnknown),
         };
         match reply {
             // Decided: this node's applier delivers the outcome once it applied the slot.
             ProposeReply::Decided { .. } | ProposeReply::Timeout => {
-                rx.await.map_err(|_| SubmitError::Unavailable)
+                rx.await.map_err(|_| SubmitError::OutcomeUnknown)
             }
             ProposeReply::NotLeader { leader } => {
                 self.view.lock().expect("view lock").leader = leader;
                 Err(SubmitError::NotLeader)
             }
             ProposeReply::Dropped => Err(SubmitError::Unavailable),
+            ProposeReply::OutcomeUnknown => Err(SubmitError::OutcomeUnknown),
             ProposeReply::Overloaded => Err(SubmitError::Overloaded),
         }
     }
@@ -514,6 +526,16 @@ impl ClusterLog {
     }
 }
 
+/// A request error: `Unavailable` when the request never left (no connection, so the peer
+/// did nothing), `OutcomeUnknown` otherwise (it may have been handled and the answer lost).
+fn sent_or_not(err: &reqwest::Error) -> SubmitError {
+    if err.is_connect() || err.is_builder() {
+        SubmitError::Unavailable
+    } else {
+        SubmitError::OutcomeUnknown
+    }
+}
+
 struct WaiterGuard<'a> {
     log: &'a ClusterLog,
     id: Uuid,
@@ -537,7 +559,11 @@ impl Log for ClusterLog {
 
     async fn read_barrier(&self) -> Result<(), SubmitError> {
         if self.options.leader_mode {
-            let reply: ReadIndexReply = self.post_postcard("/local/read_index", Vec::new()).await?;
+            // A read changes nothing: whatever went wrong, retrying it is safe.
+            let reply: ReadIndexReply = self
+                .post_postcard("/local/read_index", Vec::new())
+                .await
+                .map_err(|_| SubmitError::Unavailable)?;
             match reply {
                 ReadIndexReply::Ready { index } => self.wait_applied(index).await,
                 ReadIndexReply::NotLeader { .. } => Err(SubmitError::NotLeader),

@@ -21,9 +21,14 @@ pub enum SubmitError {
     /// The queue is full; nothing was applied. Safe to retry.
     #[error("the node is overloaded")]
     Overloaded,
-    /// The log or its store cannot apply commands now. With an idempotency key a retry is safe.
+    /// The log or its store cannot apply commands now, and this command was not handed to it
+    /// (or was handed back undecided): nothing was applied, a retry is safe.
     #[error("the log is unavailable")]
     Unavailable,
+    /// The command may have been applied (it reached the log and then its answer was lost):
+    /// retry only with the same idempotency key, which returns the first outcome.
+    #[error("the outcome is unknown")]
+    OutcomeUnknown,
     /// Leader mode: this node does not lead (any more).
     #[error("not the leader")]
     NotLeader,
@@ -60,7 +65,8 @@ pub trait Log: Send + Sync + 'static {
 impl Log for Submitter {
     async fn submit(&self, command: Command) -> Result<Outcome, SubmitError> {
         let pending = Submitter::submit(self, command)?;
-        pending.await.map_err(|_| SubmitError::Unavailable)?
+        // The writer took the command and then stopped: it may have applied it.
+        pending.await.map_err(|_| SubmitError::OutcomeUnknown)?
     }
 
     async fn read_barrier(&self) -> Result<(), SubmitError> {

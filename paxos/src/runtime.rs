@@ -37,7 +37,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ballot::{NodeId, Slot};
-use crate::core::{Config, Metrics, Mode, Observation, ProposeError, ReadResult, Replica, Status};
+use crate::core::{
+    Config, Metrics, Mode, Observation, ProposeError, ReadResult, Ready, Replica, Status,
+};
 use crate::messages::{Envelope, Value};
 use crate::storage::{RedbStorage, Storage};
 
@@ -54,12 +56,31 @@ pub enum ProposeReply {
         /// Best guess.
         leader: Option<NodeId>,
     },
-    /// Handed back without a decision (leadership changed): safe to retry.
+    /// Handed back, never decided (it never got a slot, or another value took its slot): safe
+    /// to retry.
     Dropped,
     /// Too many pending commands.
     Overloaded,
     /// No decision in time: it may still be decided.
     Timeout,
+    /// Its fate was lost (a snapshot from a peer replaced the slots it was proposed in): it may
+    /// have been decided. Retry only with the same idempotency key, to learn the outcome.
+    OutcomeUnknown,
+}
+
+/// What each command the core reported on is told: decided, handed back (never decided, safe
+/// to retry), or of unknown fate (it may have been decided: only a retry with its idempotency
+/// key is safe).
+pub fn answers(ready: &Ready) -> impl Iterator<Item = (&Bytes, ProposeReply)> {
+    let decided = ready.decided.iter().flat_map(|(slot, value)| {
+        value
+            .commands()
+            .iter()
+            .map(|c| (c, ProposeReply::Decided { slot: *slot }))
+    });
+    let dropped = ready.dropped.iter().map(|c| (c, ProposeReply::Dropped));
+    let unknown = (ready.outcome_unknown.iter()).map(|c| (c, ProposeReply::OutcomeUnknown));
+    decided.chain(dropped).chain(unknown)
 }
 
 /// Answer to `GET /local/entries`.
@@ -367,9 +388,11 @@ async fn propose(State(state): State<HttpState>, body: BodyBytes) -> Response {
     else {
         return unavailable();
     };
+    // Error statuses mean "not proposed" to the node (safe to retry); once the driver holds the
+    // commands, every answer is a reply, and a lost one is an unknown outcome.
     let replies = match tokio::time::timeout(Duration::from_secs(5), rx).await {
         Ok(Ok(replies)) => replies,
-        Ok(Err(_)) => return unavailable(),
+        Ok(Err(_)) => vec![ProposeReply::OutcomeUnknown; count],
         Err(_) => vec![ProposeReply::Timeout; count],
     };
     postcard_response(&replies)
@@ -886,7 +909,7 @@ impl Driver {
     }
 
     async fn after_inputs(&mut self) -> anyhow::Result<()> {
-        let ready = self.replica.take_ready();
+        let mut ready = self.replica.take_ready();
         if ready.is_empty() {
             return Ok(());
         }
@@ -899,7 +922,7 @@ impl Driver {
                 .record(started.elapsed().as_secs_f64());
         }
         // 3: send.
-        for envelope in ready.messages {
+        for envelope in std::mem::take(&mut ready.messages) {
             count_message("sent", &envelope);
             let trace = self.trace_of(&envelope);
             if let Some(Some(queue)) = self.outbound.get(envelope.to as usize)
@@ -911,13 +934,8 @@ impl Driver {
         }
         // 4-6: tell the local node.
         if !self.proposals.is_empty() {
-            for (slot, value) in &ready.decided {
-                for command in value.commands() {
-                    self.resolve(command, ProposeReply::Decided { slot: *slot });
-                }
-            }
-            for command in ready.dropped.iter().chain(&ready.outcome_unknown) {
-                self.resolve(command, ProposeReply::Dropped);
+            for (command, answer) in answers(&ready) {
+                self.resolve(command, answer);
             }
         }
         for read in ready.reads {
@@ -1187,5 +1205,34 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Review item 4: a command whose fate the core lost (a snapshot replaced its slot) must not
+    /// be reported as handed back, which the node turns into "safe to retry".
+    #[test]
+    fn lost_commands_are_outcome_unknown_and_only_handed_back_ones_are_dropped() {
+        let command = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let ready = Ready {
+            decided: vec![(7, Value::Batch(Arc::new(vec![command("a")])))],
+            dropped: vec![command("b")],
+            outcome_unknown: vec![command("c")],
+            ..Ready::default()
+        };
+        let got: Vec<(&Bytes, ProposeReply)> = answers(&ready).collect();
+        assert_eq!(
+            got,
+            vec![
+                (&command("a"), ProposeReply::Decided { slot: 7 }),
+                (&command("b"), ProposeReply::Dropped),
+                (&command("c"), ProposeReply::OutcomeUnknown),
+            ]
+        );
     }
 }

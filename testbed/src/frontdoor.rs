@@ -332,6 +332,8 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
+    let write = parts.method != axum::http::Method::GET;
+    let mut maybe_applied = false;
     for index in door.candidates() {
         let node = &door.nodes[index];
         let mut outgoing = door
@@ -354,21 +356,144 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
                         response = response.header(name, value);
                     }
                 }
-                let bytes = reply.bytes().await.unwrap_or_default();
+                let Ok(bytes) = reply.bytes().await else {
+                    maybe_applied = true;
+                    break;
+                };
                 return response
                     .body(Body::from(bytes))
                     .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
             }
             // Not connected: nothing was sent, so another node may take it.
             Err(err) if err.is_connect() => continue,
-            Err(_) => break,
+            Err(_) => {
+                maybe_applied = true;
+                break;
+            }
         }
     }
-    let body = serde_json::json!({"error": "no node answered; retry", "code": "unavailable"});
+    // A write that reached a node and lost its answer may have been applied: a client must not
+    // be told that a plain retry is safe.
+    let body = if maybe_applied && write {
+        serde_json::json!({
+            "error": "the node's answer was lost; the request may have been applied: retry with the same Idempotency-Key to learn the outcome",
+            "code": "outcome_unknown",
+        })
+    } else {
+        serde_json::json!({"error": "no node answered; retry", "code": "unavailable"})
+    };
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::RETRY_AFTER, "1")],
         Json(body),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A node that reads each request and hangs up without answering.
+    async fn hangs_up() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0; 64 * 1024];
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await;
+            }
+        });
+        addr
+    }
+
+    async fn closed_port() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    fn handle(id: u32, public: SocketAddr) -> NodeHandle {
+        let child = |name: &str| {
+            Child::new(
+                name.into(),
+                "/bin/false".into(),
+                Vec::new(),
+                "/dev/null".into(),
+                false,
+            )
+        };
+        NodeHandle {
+            id,
+            public_url: format!("http://{public}"),
+            internal_url: String::new(),
+            paxos_url: String::new(),
+            node: child("node"),
+            paxos: child("paxos"),
+            data_dirs: Vec::new(),
+            role: std::sync::Mutex::new("leader".into()),
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    /// Sends `method /deposit_money` through a front door over `nodes`; returns status and code.
+    async fn through(nodes: Vec<SocketAddr>, method: reqwest::Method) -> (u16, String) {
+        let door = Arc::new(FrontDoor {
+            mode: "leaderless".into(),
+            nodes: nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| handle(i as u32, a))
+                .collect(),
+            target: AtomicUsize::new(0),
+            auto_target: AtomicBool::new(true),
+            next: AtomicUsize::new(0),
+            leader: AtomicUsize::new(usize::MAX),
+            token: "t".into(),
+            data_dir: std::env::temp_dir(),
+            token_file: None,
+            url: std::sync::Mutex::new(String::new()),
+            client: reqwest::Client::new(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(door)).await });
+        let reply = reqwest::Client::new()
+            .request(method, format!("http://{addr}/deposit_money"))
+            .header("content-type", "application/json")
+            .body(r#"{"account_id":"00000000-0000-4000-8000-000000000000","amount":1}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = reply.status().as_u16();
+        let body: serde_json::Value = reply.json().await.unwrap();
+        (status, body["code"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Review item 4: a write that reached a node whose answer was lost may have been applied.
+    #[tokio::test]
+    async fn a_write_whose_answer_was_lost_is_outcome_unknown() {
+        let reply = through(vec![hangs_up().await], reqwest::Method::POST).await;
+        assert_eq!(reply, (503, "outcome_unknown".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_read_whose_answer_was_lost_is_unavailable() {
+        let reply = through(vec![hangs_up().await], reqwest::Method::GET).await;
+        assert_eq!(reply, (503, "unavailable".to_owned()));
+    }
+
+    /// Refused connections sent nothing: the next node is tried, and when none is left the
+    /// answer is a plain "retry".
+    #[tokio::test]
+    async fn a_write_no_node_received_is_unavailable() {
+        let nodes = vec![closed_port().await, closed_port().await];
+        let reply = through(nodes, reqwest::Method::POST).await;
+        assert_eq!(reply, (503, "unavailable".to_owned()));
+    }
 }

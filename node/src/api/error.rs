@@ -152,7 +152,7 @@ impl From<SubmitError> for AppError {
             SubmitError::Overloaded => AppError::Overloaded,
             SubmitError::Unavailable => AppError::Unavailable,
             SubmitError::NotLeader => AppError::NoLeader,
-            SubmitError::Timeout => AppError::OutcomeUnknown,
+            SubmitError::Timeout | SubmitError::OutcomeUnknown => AppError::OutcomeUnknown,
         }
     }
 }

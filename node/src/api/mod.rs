@@ -133,21 +133,55 @@ async fn forward_to_leader(
             // The sender thought we lead; we think otherwise. Let the client retry.
             AppError::NoLeader.into_response()
         }
-        Route::Forward(leader) => match forward(&state, &leader, request).await {
-            Ok(response) => response,
-            Err(err) => {
-                tracing::debug!(%err, %leader, "forwarding to the leader failed");
-                AppError::Unavailable.into_response()
+        Route::Forward(leader) => {
+            let write = request.method() != axum::http::Method::GET;
+            match forward(&state, &leader, request).await {
+                Ok(response) => response,
+                Err(err) => {
+                    tracing::debug!(err = %err.error, %leader, "forwarding to the leader failed");
+                    // A write the leader may have received may have been applied: only "retry
+                    // with the same key" is safe advice then.
+                    if err.sent && write {
+                        AppError::OutcomeUnknown.into_response()
+                    } else {
+                        AppError::Unavailable.into_response()
+                    }
+                }
             }
-        },
+        }
     }
 }
 
-async fn forward(state: &AppState, leader: &str, request: Request) -> anyhow::Result<Response> {
+/// Why forwarding failed, and whether the request may have reached the leader.
+struct ForwardError {
+    error: anyhow::Error,
+    sent: bool,
+}
+
+fn not_sent(error: impl Into<anyhow::Error>) -> ForwardError {
+    ForwardError {
+        error: error.into(),
+        sent: false,
+    }
+}
+
+/// A failure of a request that left: `sent` unless the connection was never made.
+fn maybe_sent(error: reqwest::Error) -> ForwardError {
+    ForwardError {
+        sent: !error.is_connect() && !error.is_builder(),
+        error: error.into(),
+    }
+}
+
+async fn forward(
+    state: &AppState,
+    leader: &str,
+    request: Request,
+) -> Result<Response, ForwardError> {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, state.max_body_bytes)
         .await
-        .map_err(|_| anyhow::anyhow!("body too large"))?;
+        .map_err(|_| not_sent(anyhow::anyhow!("body too large")))?;
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let url = format!("{}{}", leader.trim_end_matches('/'), path_and_query);
     let mut outgoing = state
@@ -171,11 +205,15 @@ async fn forward(state: &AppState, leader: &str, request: Request) -> anyhow::Re
     let reply = outgoing
         .timeout(state.request_timeout + Duration::from_secs(1))
         .send()
-        .await?;
+        .await
+        .map_err(maybe_sent)?;
     let status = reply.status();
     let content_type = reply.headers().get(header::CONTENT_TYPE).cloned();
     let retry_after = reply.headers().get(header::RETRY_AFTER).cloned();
-    let bytes = reply.bytes().await?;
+    let bytes = reply.bytes().await.map_err(|error| ForwardError {
+        error: error.into(),
+        sent: true,
+    })?;
     let mut response = (status, bytes).into_response();
     if let Some(ct) = content_type {
         response.headers_mut().insert(header::CONTENT_TYPE, ct);

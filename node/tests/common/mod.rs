@@ -45,6 +45,11 @@ impl TestNode {
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
         };
+        TestNode::with_app(app, store, dir)
+    }
+
+    /// Routers over `app` (whose store is `store`); `dir` is kept as long as the node.
+    pub fn with_app(app: AppState, store: EmbeddedStore, dir: tempfile::TempDir) -> TestNode {
         let shutdown = CancellationToken::new();
         let internal = api::internal_router(InternalState {
             app: app.clone(),
