@@ -123,10 +123,50 @@ impl ClusterLog {
             started: Instant::now(),
             fatal: AtomicBool::new(false),
         });
-        tokio::spawn(log.clone().applier(store, shutdown.clone(), fatal));
-        tokio::spawn(log.clone().poll_status(shutdown.clone()));
-        tokio::spawn(log.clone().propose_batches(proposals, shutdown));
+        let tasks = [
+            (
+                "applier",
+                tokio::spawn(log.clone().applier(store, shutdown.clone(), fatal.clone())),
+            ),
+            (
+                "status poller",
+                tokio::spawn(log.clone().poll_status(shutdown.clone())),
+            ),
+            (
+                "proposer",
+                tokio::spawn(log.clone().propose_batches(proposals, shutdown.clone())),
+            ),
+        ];
+        for (name, task) in tasks {
+            log.watch_vital(name, task, shutdown.clone(), fatal.clone());
+        }
         Ok(log)
+    }
+
+    /// A vital task that ends before `shutdown` (it panicked, or returned) is fatal: the log
+    /// stops being alive and `fatal` makes the process exit.
+    fn watch_vital(
+        self: &Arc<Self>,
+        name: &'static str,
+        task: tokio::task::JoinHandle<()>,
+        shutdown: CancellationToken,
+        fatal: CancellationToken,
+    ) {
+        let log = self.clone();
+        tokio::spawn(async move {
+            let result = task.await;
+            if shutdown.is_cancelled() || fatal.is_cancelled() {
+                return;
+            }
+            match result {
+                Err(err) => {
+                    tracing::error!(task = name, %err, "a vital task failed; the node stops")
+                }
+                Ok(()) => tracing::error!(task = name, "a vital task ended; the node stops"),
+            }
+            log.fatal.store(true, Ordering::Relaxed);
+            fatal.cancel();
+        });
     }
 
     /// Sends waiting proposals to paxos many per call (up to 32 calls in flight), so the node
@@ -584,6 +624,10 @@ impl Log for ClusterLog {
         let last = self.last_contact_ms.load(Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64;
         !self.fatal.load(Ordering::Relaxed) && last > 0 && now.saturating_sub(last) < 2_000
+    }
+
+    fn is_alive(&self) -> bool {
+        !self.fatal.load(Ordering::Relaxed)
     }
 
     fn route(&self) -> Route {

@@ -57,6 +57,10 @@ pub trait Log: Send + Sync + 'static {
     async fn read_barrier(&self) -> Result<(), SubmitError>;
     /// False when the log cannot serve (its writer stopped, or the paxos process is unreachable).
     fn is_healthy(&self) -> bool;
+    /// False once a vital part of the log is gone for good (a fatal store error, a task that
+    /// ended): the process is exiting and `/healthz` says so. Unlike `is_healthy`, never false
+    /// for a passing trouble such as a paxos process that does not answer for a moment.
+    fn is_alive(&self) -> bool;
     /// Where client requests should go (leader mode followers forward to the leader).
     fn route(&self) -> Route;
 }
@@ -75,6 +79,11 @@ impl Log for Submitter {
     }
 
     fn is_healthy(&self) -> bool {
+        Submitter::is_healthy(self)
+    }
+
+    fn is_alive(&self) -> bool {
+        // The single writer stopped (a fatal store error, or it panicked).
         Submitter::is_healthy(self)
     }
 

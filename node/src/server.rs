@@ -64,6 +64,9 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long requests in flight may take to finish after a fatal error before the node exits.
+const FATAL_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs a standalone node on the given listeners until `shutdown` completes, `POST /shutdown`
 /// is called, or the store fails fatally (then it returns an error).
 pub async fn run(
@@ -156,16 +159,28 @@ pub async fn run(
         .with_graceful_shutdown(stop.clone().cancelled_owned());
     let internal_server = axum::serve(internal, api::internal_router(internal_state))
         .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let (a, b) = tokio::join!(public_server.into_future(), internal_server.into_future());
-    a.context("public server")?;
-    b.context("internal server")?;
+    let servers = async {
+        let (a, b) = tokio::join!(public_server.into_future(), internal_server.into_future());
+        a.context("public server")?;
+        b.context("internal server")
+    };
+    // After a fatal error the process must end promptly (its supervisor restarts it), so
+    // requests still in flight get at most `FATAL_GRACE` to finish.
+    let fatal_deadline = async {
+        fatal.cancelled().await;
+        tokio::time::sleep(FATAL_GRACE).await;
+    };
+    tokio::select! {
+        served = servers => served?,
+        () = fatal_deadline => {}
+    }
     stop.cancel();
+    if fatal.is_cancelled() {
+        anyhow::bail!("stopped after a fatal error (see the log above)");
+    }
     // The servers dropped their submitters; the writer finishes what was queued and stops.
     if let Some(writer) = writer {
         let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
-    }
-    if fatal.is_cancelled() {
-        anyhow::bail!("stopped after a fatal store error (see the log above)");
     }
     Ok(())
 }

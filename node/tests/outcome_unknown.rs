@@ -171,6 +171,9 @@ impl Log for Follower {
     fn is_healthy(&self) -> bool {
         true
     }
+    fn is_alive(&self) -> bool {
+        true
+    }
     fn route(&self) -> Route {
         Route::Forward(self.leader.clone())
     }

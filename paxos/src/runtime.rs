@@ -180,6 +180,8 @@ struct HttpState {
     metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Where snapshots are staged before the driver records them.
     snapshots: Arc<std::path::Path>,
+    /// Cancelled the moment the driver task ends: `/healthz` fails from then on.
+    driver_gone: CancellationToken,
 }
 
 /// Largest request body: a snapshot (every account and retained idempotency record of the bank:
@@ -194,19 +196,34 @@ fn peer_timeout(bytes: usize) -> Duration {
     Duration::from_secs(2) + Duration::from_secs((bytes >> 24) as u64)
 }
 
-/// Runs the paxos process until `shutdown` is cancelled (or `POST /shutdown`).
+/// Runs the paxos process until `shutdown` is cancelled (or `POST /shutdown`), on the redb
+/// storage in `cfg.data_dir`. Returns an error, at once, if the driver stops for any other
+/// reason (a storage error, a failed assertion): the process must then exit non-zero so that
+/// its supervisor restarts it, rather than go on answering with nobody deciding anything.
 pub async fn run(
     cfg: RuntimeConfig,
     listener: tokio::net::TcpListener,
     metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    cfg.core.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let path = cfg.data_dir.join("paxos.redb");
     let storage =
         RedbStorage::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    run_with_storage(cfg, Box::new(storage), listener, metrics, shutdown).await
+}
+
+/// [`run`] over any storage (tests use one that fails on purpose).
+pub async fn run_with_storage(
+    cfg: RuntimeConfig,
+    storage: Box<dyn Storage + Send>,
+    listener: tokio::net::TcpListener,
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    cfg.core.validate().map_err(anyhow::Error::msg)?;
+    let path = cfg.data_dir.join("paxos.redb");
     let state = storage.load()?;
     let replica = Replica::new(cfg.core.clone(), state);
     let (requests_tx, requests_rx) = mpsc::channel(4_096);
@@ -246,8 +263,15 @@ pub async fn run(
         read_waiters: HashMap::new(),
         next_read: 1,
     };
-    let driver_task =
-        tokio::spawn(driver.run(cfg.tick_ms, requests_rx, inbound_rx, shutdown.clone()));
+    let driver_gone = CancellationToken::new();
+    let mut driver_task = {
+        let (gone, driver) = (driver_gone.clone(), driver);
+        let run = driver.run(cfg.tick_ms, requests_rx, inbound_rx, shutdown.clone());
+        tokio::spawn(async move {
+            let _gone = gone.drop_guard();
+            run.await
+        })
+    };
     let state = HttpState {
         snapshots: crate::storage::snapshot_dir(&path).into(),
         requests: requests_tx,
@@ -255,14 +279,40 @@ pub async fn run(
         token: cfg.token.clone().into(),
         shutdown: shutdown.clone(),
         metrics,
+        driver_gone,
     };
     let app = router(state);
-    axum::serve(listener, app)
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
-    shutdown.cancel();
-    driver_task.await.context("driver task")??;
-    Ok(())
+        .into_future();
+    tokio::select! {
+        served = server => {
+            served?;
+            shutdown.cancel();
+            driver_task.await.context("driver task")??;
+            Ok(())
+        }
+        ended = &mut driver_task => {
+            let stopping = shutdown.is_cancelled();
+            shutdown.cancel();
+            let err = match ended {
+                Ok(Ok(())) if stopping => return Ok(()),
+                Ok(Ok(())) => anyhow::anyhow!("the driver stopped without a shutdown"),
+                Ok(Err(err)) => err,
+                Err(join) => anyhow::anyhow!("the driver panicked: {join}"),
+            };
+            tracing::error!(error = %format!("{err:#}"), "paxos driver failed; the process exits");
+            Err(err.context("paxos driver failed"))
+        }
+    }
+}
+
+/// Liveness: false from the moment the driver is gone (the process is exiting).
+async fn healthz(State(state): State<HttpState>) -> Response {
+    if state.driver_gone.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the paxos driver stopped").into_response();
+    }
+    "ok".into_response()
 }
 
 fn router(state: HttpState) -> Router {
@@ -276,7 +326,7 @@ fn router(state: HttpState) -> Router {
         .route("/elect", post(elect))
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn(trace_http))
@@ -685,7 +735,7 @@ struct Driver {
     /// Counters already exported (the core's are cumulative).
     exported: Metrics,
     replica: Replica,
-    storage: RedbStorage,
+    storage: Box<dyn Storage + Send>,
     outbound: Vec<Option<mpsc::Sender<Outbound>>>,
     mode: Mode,
     /// Batches whose `span` is set (accepts for their commands carry the trace to peers).

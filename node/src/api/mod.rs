@@ -229,7 +229,7 @@ pub fn internal_router(state: InternalState) -> Router {
     Router::new()
         .route("/shutdown", post(shutdown))
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(internal_healthz))
         .route("/readyz", get(internal_readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -755,9 +755,27 @@ async fn check_account(
 }
 
 /// Liveness: the process is up.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = String)))]
-async fn healthz() -> &'static str {
-    "ok"
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses(
+    (status = 200, description = "Alive", body = String),
+    (status = 503, description = "A vital task stopped: the process is exiting", body = String),
+))]
+async fn healthz(State(state): State<AppState>) -> Response {
+    alive_response(&state)
+}
+
+async fn internal_healthz(State(state): State<InternalState>) -> Response {
+    alive_response(&state.app)
+}
+
+fn alive_response(state: &AppState) -> Response {
+    if !state.log.is_alive() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a vital task stopped; the node is exiting",
+        )
+            .into_response();
+    }
+    "ok".into_response()
 }
 
 /// Readiness: the node can apply commands and read its store.

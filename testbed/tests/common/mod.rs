@@ -30,6 +30,16 @@ impl Testbed {
 
     /// [`Testbed::up`] with extra environment variables for every process.
     pub fn up_with_env(mode: &str, extra: &[&str], env: &[(&str, &str)]) -> Testbed {
+        Testbed::up_in(mode, extra, env, None)
+    }
+
+    /// [`Testbed::up_with_env`] with the cluster's data in `data_dir` (default: a temp dir).
+    pub fn up_in(
+        mode: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        data_dir: Option<&std::path::Path>,
+    ) -> Testbed {
         // One cluster at a time: seven processes each on a 2-core machine, and a test's timing
         // should not depend on how many other clusters the harness runs beside it.
         let serial = SERIAL
@@ -57,7 +67,7 @@ impl Testbed {
                 mode,
                 "--data-dir",
             ])
-            .arg(dir.path().join("data"))
+            .arg(data_dir.map_or_else(|| dir.path().join("data"), |d| d.to_owned()))
             .args(extra)
             .env("BANK_CLUSTER_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
