@@ -393,10 +393,7 @@ impl Replica {
     pub fn new(cfg: Config, state: PersistentState) -> Replica {
         cfg.validate().expect("invalid paxos config");
         let lanes_n = cfg.lanes();
-        let state_was_empty = state.promised.is_empty()
-            && state.log.is_empty()
-            && state.snapshot.is_none()
-            && state.incarnations.is_empty();
+        let state_was_empty = state.is_empty();
         let mut incarnations = vec![0; cfg.nodes as usize];
         for (node, incarnation) in &state.incarnations {
             if let Some(known) = incarnations.get_mut(*node as usize) {

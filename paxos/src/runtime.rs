@@ -141,6 +141,8 @@ pub struct RuntimeConfig {
     pub tick_ms: u64,
     /// Most messages queued for one peer before new ones are dropped.
     pub peer_queue: usize,
+    /// How to start with an empty data dir (`None`: refuse to).
+    pub initial_cluster_state: Option<InitialClusterState>,
 }
 
 enum LocalRequest {
@@ -225,6 +227,18 @@ pub async fn run_with_storage(
     cfg.core.validate().map_err(anyhow::Error::msg)?;
     let path = cfg.data_dir.join("paxos.redb");
     let state = storage.load()?;
+    if state.is_empty() {
+        match cfg.initial_cluster_state {
+            None => anyhow::bail!(
+                "{} holds no paxos state: pass --initial-cluster-state new for the first start \
+                 of a new cluster, or existing if this replica lost its data (it then recovers \
+                 from a majority of the others before it votes)",
+                cfg.data_dir.display()
+            ),
+            Some(InitialClusterState::Existing) => {}
+            Some(InitialClusterState::New) => refuse_if_the_cluster_exists(&cfg).await?,
+        }
+    }
     let replica = Replica::new(cfg.core.clone(), state);
     let (requests_tx, requests_rx) = mpsc::channel(4_096);
     let (inbound_tx, inbound_rx) = mpsc::channel(1_024);
@@ -305,6 +319,48 @@ pub async fn run_with_storage(
             Err(err.context("paxos driver failed"))
         }
     }
+}
+
+/// A replica told `new` with an empty data dir must not vote as new in a cluster that already
+/// decided something: its disk was lost, and voting with forgotten promises breaks safety. It
+/// asks every peer it can reach (1 s each); any that decided a slot proves the cluster exists.
+/// Best effort: peers that do not answer are taken for peers still starting.
+async fn refuse_if_the_cluster_exists(cfg: &RuntimeConfig) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, url) in cfg.peers.iter().enumerate() {
+        if id as NodeId == cfg.core.id {
+            continue;
+        }
+        let request = client
+            .get(format!("{}/status", url.trim_end_matches('/')))
+            .bearer_auth(&cfg.token);
+        let url = url.clone();
+        asks.spawn(async move {
+            let status = request
+                .send()
+                .await
+                .ok()?
+                .json::<StatusReply>()
+                .await
+                .ok()?;
+            Some((id, url, status.status.decided))
+        });
+    }
+    while let Some(answer) = asks.join_next().await {
+        let Ok(Some((id, url, decided))) = answer else {
+            continue;
+        };
+        anyhow::ensure!(
+            decided == 0,
+            "--initial-cluster-state new, but replica {id} ({url}) has decided {decided} slots: \
+             this cluster exists and this replica's data dir is empty (its data was lost?). \
+             Start it with --initial-cluster-state existing to rejoin safely"
+        );
+    }
+    Ok(())
 }
 
 /// Liveness: false from the moment the driver is gone (the process is exiting).
@@ -1107,9 +1163,23 @@ impl Driver {
     }
 }
 
+/// How a replica with an empty data dir starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialClusterState {
+    /// The first start of a new cluster: vote at once.
+    New,
+    /// A replica that lost its data rejoins a running cluster: recover first.
+    Existing,
+}
+
 /// Command-line options of the `paxos` binary.
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "paxos", about = "One Paxos replica of the bank cluster")]
+#[command(
+    name = "paxos",
+    about = "One Paxos replica of the bank cluster",
+    args_override_self = true
+)]
 pub struct Cli {
     /// This replica's id, 0..N.
     #[arg(long, env = "PAXOS_ID")]
@@ -1144,9 +1214,13 @@ pub struct Cli {
     /// Decided entries kept before asking the node for a snapshot.
     #[arg(long, env = "PAXOS_MAX_RETAINED_LOG", default_value_t = 100_000)]
     pub max_retained_log: u64,
-    /// This replica lost its data and rejoins an existing cluster: with an empty data dir it
-    /// learns its promises and the log from a majority of the others before it votes. Never use
-    /// it for the first start of a new cluster.
+    /// Required when the data dir is empty (ignored otherwise), like etcd's flag of the same
+    /// name: `new` for the first start of a new cluster, `existing` for a replica that lost its
+    /// data and rejoins (it learns its promises and the log from a majority of the others before
+    /// it votes). Given twice, the last one counts.
+    #[arg(long, env = "PAXOS_INITIAL_CLUSTER_STATE", value_enum)]
+    pub initial_cluster_state: Option<InitialClusterState>,
+    /// The same as `--initial-cluster-state existing`.
     #[arg(long, env = "PAXOS_REJOIN")]
     pub rejoin: bool,
     /// Log lines: human or json (`RUST_LOG` filters).
@@ -1169,7 +1243,12 @@ impl Cli {
         core.resend_ticks = self.heartbeat_ticks * 2;
         core.window = self.window;
         core.max_retained_log = self.max_retained_log;
-        core.rejoin = self.rejoin;
+        let initial = if self.rejoin {
+            Some(InitialClusterState::Existing)
+        } else {
+            self.initial_cluster_state
+        };
+        core.rejoin = initial == Some(InitialClusterState::Existing);
         core.seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -1189,6 +1268,7 @@ impl Cli {
             token,
             tick_ms: self.tick_ms,
             peer_queue: 65_536,
+            initial_cluster_state: initial,
         })
     }
 }

@@ -83,6 +83,14 @@ pub struct PersistentState {
 }
 
 impl PersistentState {
+    /// Nothing was ever written: a new replica, or one that lost its data.
+    pub fn is_empty(&self) -> bool {
+        self.promised.is_empty()
+            && self.log.is_empty()
+            && self.snapshot.is_none()
+            && self.incarnations.is_empty()
+    }
+
     /// Applies ops in order (the reference semantics every backend follows).
     pub fn apply(&mut self, ops: &[PersistOp]) {
         for op in ops {

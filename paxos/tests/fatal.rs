@@ -40,6 +40,7 @@ fn single_replica_config(url: &str, dir: &std::path::Path) -> paxos::runtime::Ru
         "--id=0".to_owned(),
         format!("--peers={url}"),
         "--mode=leader".to_owned(),
+        "--initial-cluster-state=new".to_owned(),
         format!("--data-dir={}", dir.display()),
     ])
     .expect("paxos flags");
@@ -120,6 +121,7 @@ async fn a_full_disk_ends_the_paxos_process_with_a_clear_error() {
             &format!("--peers={url}"),
             &format!("--listen=127.0.0.1:{port}"),
             "--mode=leader",
+            "--initial-cluster-state=new",
         ])
         .arg(format!("--data-dir={}", disk.path.join("paxos").display()))
         .arg(format!("--cluster-token-file={}", token_file.display()))
@@ -162,4 +164,122 @@ async fn a_full_disk_ends_the_paxos_process_with_a_clear_error() {
         stderr.contains("paxos storage failed"),
         "the last words name the storage: {stderr}"
     );
+}
+
+/// Review item 7: a replica with an empty data dir never guesses whether it is new.
+#[tokio::test]
+async fn an_empty_data_dir_needs_an_explicit_initial_cluster_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cli = Cli::try_parse_from([
+        "paxos".to_owned(),
+        "--id=0".to_owned(),
+        format!("--peers={url}"),
+        format!("--data-dir={}", dir.path().display()),
+    ])
+    .unwrap();
+    let cfg = cli.into_config(TOKEN.to_owned()).unwrap();
+    let err = paxos::runtime::run(cfg, listener, None, CancellationToken::new())
+        .await
+        .expect_err("no silent default");
+    assert!(
+        format!("{err:#}").contains("--initial-cluster-state new"),
+        "the error says what to do: {err:#}"
+    );
+}
+
+/// Review item 7: `new` with an empty data dir in a cluster that already decided slots is
+/// refused (the data was lost; voting as new would break safety), and `existing` rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_is_refused_where_the_cluster_already_decided_and_existing_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().unwrap()))
+        .collect();
+    let config = |id: usize, initial: &str| {
+        Cli::try_parse_from([
+            "paxos".to_owned(),
+            format!("--id={id}"),
+            format!("--peers={}", urls.join(",")),
+            format!("--initial-cluster-state={initial}"),
+            format!("--data-dir={}", dir.path().join(id.to_string()).display()),
+        ])
+        .unwrap()
+        .into_config(TOKEN.to_owned())
+        .unwrap()
+    };
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let late = listeners.pop().unwrap();
+    for (id, listener) in listeners.into_iter().enumerate() {
+        tokio::spawn(paxos::runtime::run(
+            config(id, "new"),
+            listener,
+            None,
+            shutdown.clone(),
+        ));
+    }
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "nothing decided");
+        propose(&client, &urls[0]).await;
+        let status: Option<paxos::runtime::StatusReply> = async {
+            let r = client
+                .get(format!("{}/status", urls[0]))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?;
+            r.json().await.ok()
+        }
+        .await;
+        if status.is_some_and(|s| s.status.decided > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late_addr = late.local_addr().unwrap();
+    let err = paxos::runtime::run(config(2, "new"), late, None, shutdown.clone())
+        .await
+        .expect_err("a lost disk restarted as new is refused");
+    assert!(
+        format!("{err:#}").contains("--initial-cluster-state existing"),
+        "{err:#}"
+    );
+    let late = tokio::net::TcpListener::bind(late_addr).await.unwrap();
+    let rejoined = tokio::spawn(paxos::runtime::run(
+        config(2, "existing"),
+        late,
+        None,
+        shutdown.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(!rejoined.is_finished(), "existing starts");
+        assert!(
+            Instant::now() < deadline,
+            "the rejoined replica did not catch up"
+        );
+        let status: Option<paxos::runtime::StatusReply> = async {
+            let r = client
+                .get(format!("{}/status", urls[2]))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?;
+            r.json().await.ok()
+        }
+        .await;
+        if status.is_some_and(|s| s.status.decided > 0 && s.status.incarnation == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

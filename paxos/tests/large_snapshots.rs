@@ -14,18 +14,22 @@ const TOKEN: &str = "large-snapshot-test-token";
 /// Larger than the 64 MiB every route allowed before.
 const SNAPSHOT_BYTES: usize = 80 << 20;
 
+/// Starts replica `id`; `initial` is `new` for the first replicas, `existing` for one that
+/// first starts after the cluster has decided slots.
 fn start(
     id: u32,
     urls: &[String],
     listener: tokio::net::TcpListener,
     dir: &std::path::Path,
     shutdown: &CancellationToken,
+    initial: &str,
 ) {
     let cli = Cli::try_parse_from([
         "paxos".to_owned(),
         format!("--id={id}"),
         format!("--peers={}", urls.join(",")),
         "--mode=leader".to_owned(),
+        format!("--initial-cluster-state={initial}"),
         format!("--data-dir={}", dir.join(format!("paxos-{id}")).display()),
     ])
     .expect("paxos flags");
@@ -60,7 +64,7 @@ async fn a_replica_behind_the_compaction_point_catches_up_with_a_snapshot_over_6
     let late_addr = late.local_addr().unwrap();
     drop(late);
     for (id, listener) in listeners.into_iter().enumerate() {
-        start(id as u32, &urls, listener, dir.path(), &shutdown);
+        start(id as u32, &urls, listener, dir.path(), &shutdown, "new");
     }
     let client = reqwest::Client::new();
 
@@ -131,7 +135,7 @@ async fn a_replica_behind_the_compaction_point_catches_up_with_a_snapshot_over_6
     // The third replica starts empty, behind the compaction point: it can only catch up by
     // receiving the snapshot from a peer, in one message.
     let late = tokio::net::TcpListener::bind(late_addr).await.unwrap();
-    start(2, &urls, late, dir.path(), &shutdown);
+    start(2, &urls, late, dir.path(), &shutdown, "existing");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(

@@ -298,7 +298,7 @@ async fn node_action(
                     tracing::warn!(dir = %dir.display(), %err, "wipe: could not delete");
                 }
             }
-            node.paxos.add_arg("--rejoin");
+            node.paxos.add_arg("--initial-cluster-state=existing");
             node.paxos.start();
             node.node.start();
         }

@@ -144,6 +144,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             dir.join("paxos").display().to_string(),
             "--tick-ms".to_owned(),
             args.tick_ms.to_string(),
+            // Only read while the data dir is empty: the first start of this cluster. A wipe
+            // (see the front door) appends `existing`, which overrides it.
+            "--initial-cluster-state=new".to_owned(),
         ];
         let mut node_args = vec![
             "node".to_owned(),

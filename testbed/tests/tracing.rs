@@ -48,6 +48,7 @@ async fn start_cluster(dir: &std::path::Path, shutdown: &CancellationToken) -> V
             format!("--id={id}"),
             format!("--peers={}", paxos_urls.join(",")),
             "--mode=leader".to_owned(),
+            "--initial-cluster-state=new".to_owned(),
             format!("--data-dir={}", dir.join(format!("paxos-{id}")).display()),
         ])
         .expect("paxos flags");
