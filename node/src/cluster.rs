@@ -104,6 +104,7 @@ impl ClusterLog {
     ) -> Result<Arc<ClusterLog>, crate::store::StoreError> {
         let applied = store.summary().await?.applied_index;
         let client = reqwest::Client::builder()
+            .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
             .timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(64)
             .build()

@@ -132,6 +132,7 @@ pub async fn run(
         store,
         log,
         forwarder: reqwest::Client::builder()
+            .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
             .pool_max_idle_per_host(64)
             .build()
             .context("building the forwarding client")?,
@@ -155,12 +156,21 @@ pub async fn run(
             stop.cancel();
         });
     }
-    let public_server = axum::serve(public, api::public_router(app))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let internal_server = axum::serve(internal, api::internal_router(internal_state))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let limits = plumbing::Limits::DEFAULT;
+    let public_server = plumbing::serve(
+        public,
+        api::public_router(app),
+        limits,
+        stop.clone().cancelled_owned(),
+    );
+    let internal_server = plumbing::serve(
+        internal,
+        api::internal_router(internal_state),
+        limits,
+        stop.clone().cancelled_owned(),
+    );
     let servers = async {
-        let (a, b) = tokio::join!(public_server.into_future(), internal_server.into_future());
+        let (a, b) = tokio::join!(public_server, internal_server);
         a.context("public server")?;
         b.context("internal server")
     };

@@ -243,6 +243,7 @@ pub async fn run_with_storage(
     let (requests_tx, requests_rx) = mpsc::channel(4_096);
     let (inbound_tx, inbound_rx) = mpsc::channel(1_024);
     let client = reqwest::Client::builder()
+        .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
         .timeout(Duration::from_secs(2))
         .pool_max_idle_per_host(4)
         .build()?;
@@ -296,9 +297,12 @@ pub async fn run_with_storage(
         driver_gone,
     };
     let app = router(state);
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let server = plumbing::serve(
+        listener,
+        app,
+        plumbing::Limits::DEFAULT,
+        shutdown.clone().cancelled_owned(),
+    );
     tokio::select! {
         served = server => {
             served?;
@@ -327,6 +331,7 @@ pub async fn run_with_storage(
 /// Best effort: peers that do not answer are taken for peers still starting.
 async fn refuse_if_the_cluster_exists(cfg: &RuntimeConfig) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
+        .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
         .timeout(Duration::from_secs(1))
         .build()?;
     let mut asks = tokio::task::JoinSet::new();

@@ -219,6 +219,19 @@ pub fn router(door: Arc<FrontDoor>) -> Router {
         .route("/_testbed/nodes/{id}/{action}", post(node_action))
         .route("/_testbed/metrics", get(|| async { telemetry::render() }))
         .fallback(proxy)
+        .layer(axum::middleware::from_fn_with_state(
+            plumbing::Oversized {
+                max_body_bytes: MAX_BODY_BYTES as u64,
+                respond: |limit| {
+                    let body = serde_json::json!({
+                        "error": format!("request body over {limit} bytes"),
+                        "code": "payload_too_large",
+                    });
+                    (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
+                },
+            },
+            plumbing::reject_oversized,
+        ))
         .layer(axum::middleware::from_fn(node::api::track_http))
         .with_state(door)
 }
@@ -313,6 +326,9 @@ async fn node_action(
     Json(door.info()).into_response()
 }
 
+/// Largest request body the front door relays (the nodes' own limit is smaller).
+const MAX_BODY_BYTES: usize = 1 << 20;
+
 const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
@@ -324,8 +340,12 @@ const HOP_BY_HOP: [&str; 6] = [
 
 async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, 1 << 20).await else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB").into_response();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        let body = serde_json::json!({
+            "error": format!("request body over {MAX_BODY_BYTES} bytes"),
+            "code": "payload_too_large",
+        });
+        return (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response();
     };
     let path = parts
         .uri
@@ -441,8 +461,8 @@ mod tests {
         }
     }
 
-    /// Sends `method /deposit_money` through a front door over `nodes`; returns status and code.
-    async fn through(nodes: Vec<SocketAddr>, method: reqwest::Method) -> (u16, String) {
+    /// A front door over `nodes`, served as `testbed up` serves it.
+    async fn front_door(nodes: Vec<SocketAddr>) -> SocketAddr {
         let door = Arc::new(FrontDoor {
             mode: "leaderless".into(),
             nodes: nodes
@@ -462,7 +482,19 @@ mod tests {
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(door)).await });
+        let serve = plumbing::serve(
+            listener,
+            router(door),
+            plumbing::Limits::DEFAULT,
+            std::future::pending(),
+        );
+        tokio::spawn(serve);
+        addr
+    }
+
+    /// Sends `method /deposit_money` through a front door over `nodes`; returns status and code.
+    async fn through(nodes: Vec<SocketAddr>, method: reqwest::Method) -> (u16, String) {
+        let addr = front_door(nodes).await;
         let reply = reqwest::Client::new()
             .request(method, format!("http://{addr}/deposit_money"))
             .header("content-type", "application/json")
@@ -495,5 +527,31 @@ mod tests {
         let nodes = vec![closed_port().await, closed_port().await];
         let reply = through(nodes, reqwest::Method::POST).await;
         assert_eq!(reply, (503, "unavailable".to_owned()));
+    }
+
+    /// Review item 7: a body over the limit sent whole reads its 413, not a reset.
+    #[tokio::test]
+    async fn a_5_mib_body_sent_whole_reads_its_413() {
+        use tokio::io::AsyncWriteExt as _;
+        let addr = front_door(vec![closed_port().await]).await;
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = vec![b' '; 5 << 20];
+        let head = format!(
+            "POST /deposit_money HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        client
+            .write_all(&body)
+            .await
+            .expect("the whole body is taken, not reset");
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(text.contains("payload_too_large"), "{text}");
     }
 }

@@ -218,6 +218,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         token_file: token_file.clone(),
         url: std::sync::Mutex::new(String::new()),
         client: reqwest::Client::builder()
+            .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
             .pool_max_idle_per_host(128)
             .build()?,
     });
@@ -280,9 +281,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     tokio::spawn(door.clone().poll(shutdown.clone()));
     tokio::spawn(write_cluster_json(door.clone(), shutdown.clone()));
-    let server = axum::serve(listener, frontdoor::router(door.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
+    let server = plumbing::serve(
+        listener,
+        frontdoor::router(door.clone()),
+        plumbing::Limits::DEFAULT,
+        shutdown.clone().cancelled_owned(),
+    );
+    let server = tokio::spawn(server);
 
     println!(
         "testbed: {} nodes, {} mode, {} store, data in {}",

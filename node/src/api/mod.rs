@@ -83,6 +83,13 @@ pub fn public_router(state: AppState) -> Router {
             state.clone(),
             forward_to_leader,
         ))
+        .layer(middleware::from_fn_with_state(
+            plumbing::Oversized {
+                max_body_bytes: limit as u64,
+                respond: |_| AppError::PayloadTooLarge.into_response(),
+            },
+            plumbing::reject_oversized,
+        ))
         .layer(middleware::from_fn(track_http))
         .with_state(state)
 }
