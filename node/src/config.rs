@@ -27,6 +27,11 @@ pub struct Config {
     #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
 
+    /// File holding a read-only token for Prometheus: it reads the internal `/metrics` and
+    /// nothing else (the cluster token still reads it too).
+    #[arg(long, env = "BANK_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+
     /// Idempotency records are kept for this many further log entries (identical on every
     /// replica: it is part of the state machine).
     #[arg(long, env = "BANK_IDEMPOTENCY_RETENTION", default_value_t = 1_000_000)]

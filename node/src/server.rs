@@ -142,6 +142,10 @@ pub async fn run(
     let internal_state = InternalState {
         app: app.clone(),
         token: token.into(),
+        metrics_token: match &config.metrics_token_file {
+            Some(path) => Some(paxos::runtime::read_token_file(path)?.into()),
+            None => None,
+        },
         shutdown: stop.clone(),
         metrics,
     };

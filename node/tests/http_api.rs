@@ -4,7 +4,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{TOKEN, TestNode, get, json_post};
+use common::{METRICS_TOKEN, TOKEN, TestNode, get, json_post};
 use serde_json::json;
 use tower::ServiceExt as _;
 
@@ -417,6 +417,37 @@ async fn health_readiness_and_openapi() {
             "{path} missing from the OpenAPI document"
         );
     }
+}
+
+/// Review item 7: Prometheus's token reads metrics and nothing else; the cluster token still
+/// reads them too.
+#[tokio::test]
+async fn the_metrics_token_reads_metrics_only() {
+    let node = TestNode::start().await;
+    let call = |method: &str, path: &str, token: &str| {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let internal = node.internal.clone();
+        async move { internal.oneshot(request).await.unwrap().status() }
+    };
+    assert_eq!(call("GET", "/metrics", METRICS_TOKEN).await, StatusCode::OK);
+    assert_eq!(call("GET", "/metrics", TOKEN).await, StatusCode::OK);
+    for (method, path) in [
+        ("POST", "/shutdown"),
+        ("GET", "/readyz"),
+        ("GET", "/healthz"),
+    ] {
+        assert_eq!(
+            call(method, path, METRICS_TOKEN).await,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with the metrics token"
+        );
+    }
+    assert!(!node.shutdown.is_cancelled());
 }
 
 #[tokio::test]

@@ -143,6 +143,9 @@ pub struct RuntimeConfig {
     pub peer_queue: usize,
     /// How to start with an empty data dir (`None`: refuse to).
     pub initial_cluster_state: Option<InitialClusterState>,
+    /// A read-only credential: it reads `/metrics` and nothing else (Prometheus scrapes with it;
+    /// the cluster token still reads `/metrics` too).
+    pub metrics_token: Option<String>,
 }
 
 enum LocalRequest {
@@ -178,6 +181,7 @@ struct HttpState {
     requests: mpsc::Sender<LocalRequest>,
     inbound: mpsc::Sender<Vec<Envelope>>,
     token: Arc<str>,
+    metrics_token: Option<Arc<str>>,
     shutdown: CancellationToken,
     metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Where snapshots are staged before the driver records them.
@@ -292,6 +296,7 @@ pub async fn run_with_storage(
         requests: requests_tx,
         inbound: inbound_tx,
         token: cfg.token.clone().into(),
+        metrics_token: cfg.metrics_token.clone().map(Into::into),
         shutdown: shutdown.clone(),
         metrics,
         driver_gone,
@@ -417,7 +422,10 @@ async fn trace_http(mut request: Request, next: Next) -> Response {
 }
 
 async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    if bearer_matches(request.headers(), &state.token) {
+    let scrape = request.uri().path() == "/metrics"
+        && (state.metrics_token.as_deref())
+            .is_some_and(|metrics| bearer_matches(request.headers(), metrics));
+    if scrape || bearer_matches(request.headers(), &state.token) {
         next.run(request).await
     } else {
         (
@@ -1204,6 +1212,9 @@ pub struct Cli {
     /// File holding the cluster token (else BANK_CLUSTER_TOKEN).
     #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
+    /// File holding a read-only token that reads `/metrics` and nothing else (for Prometheus).
+    #[arg(long, env = "BANK_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Milliseconds per tick.
     #[arg(long, env = "PAXOS_TICK_MS", default_value_t = 10)]
     pub tick_ms: u64,
@@ -1274,8 +1285,26 @@ impl Cli {
             tick_ms: self.tick_ms,
             peer_queue: 65_536,
             initial_cluster_state: initial,
+            metrics_token: self
+                .metrics_token_file
+                .as_deref()
+                .map(read_token_file)
+                .transpose()?,
         })
     }
+}
+
+/// A token from a file: trimmed, and at least 16 characters (a guessable token is no token).
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = token.trim();
+    anyhow::ensure!(
+        token.len() >= 16,
+        "the token in {} is shorter than 16 characters",
+        path.display()
+    );
+    Ok(token.to_owned())
 }
 
 /// The token from `BANK_CLUSTER_TOKEN` or a file.

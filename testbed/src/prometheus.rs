@@ -17,8 +17,8 @@ fn host_port(url: &str) -> &str {
 }
 
 /// The scrape configuration: one job per process kind (`node`, `paxos`, `testbed`), every
-/// target labelled with its `node` id, the cluster token read from `token_file` (never written
-/// into the configuration itself).
+/// target labelled with its `node` id, the read-only metrics token read from `token_file`
+/// (never written into the configuration itself; it reads `/metrics` and nothing else).
 pub fn scrape_config(
     nodes: &[NodeHandle],
     front_door: &str,

@@ -106,6 +106,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             (token, Some(path))
         }
     };
+    // Prometheus scrapes with its own read-only token: it reads `/metrics` and nothing else.
+    let metrics_token_file = data_dir.join("metrics-token");
+    let reuse = args.keep_data
+        && std::fs::read_to_string(&metrics_token_file).is_ok_and(|t| t.trim().len() >= 16);
+    if !reuse {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        write_private(&metrics_token_file, &token)?;
+    }
     let exe = std::env::current_exe().context("finding the testbed binary")?;
     let n = args.nodes as usize;
     let mut taken = Vec::new();
@@ -147,6 +155,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             // Only read while the data dir is empty: the first start of this cluster. A wipe
             // (see the front door) appends `existing`, which overrides it.
             "--initial-cluster-state=new".to_owned(),
+            format!("--metrics-token-file={}", metrics_token_file.display()),
         ];
         let mut node_args = vec![
             "node".to_owned(),
@@ -166,6 +175,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             dir.join("bank").display().to_string(),
             "--compact-every".to_owned(),
             args.compact_every.to_string(),
+            format!("--metrics-token-file={}", metrics_token_file.display()),
         ];
         if let Some(firestore) = &firestore {
             node_args.extend([
@@ -241,20 +251,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         })?;
     let front = format!("http://{}", listener.local_addr()?);
     *door.url.lock().expect("url lock") = front.clone();
-    // Prometheus reads the token from a file: the testbed's own, or a private copy of the one
-    // given in BANK_CLUSTER_TOKEN.
-    let scrape_token = match &token_file {
-        Some(path) => path.clone(),
-        None => {
-            let path = data_dir.join("prometheus-token");
-            write_private(&path, &token)?;
-            path
-        }
-    };
     let prometheus_config = data_dir.join("prometheus.yml");
     std::fs::write(
         &prometheus_config,
-        crate::prometheus::scrape_config(&door.nodes, &front, &args.mode, &scrape_token),
+        crate::prometheus::scrape_config(&door.nodes, &front, &args.mode, &metrics_token_file),
     )
     .with_context(|| format!("writing {}", prometheus_config.display()))?;
     let prometheus_url = match prometheus_binary {

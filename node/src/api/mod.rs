@@ -51,6 +51,8 @@ pub struct InternalState {
     pub app: AppState,
     /// The cluster token every internal request must carry.
     pub token: Arc<str>,
+    /// A read-only token that reads `/metrics` and nothing else.
+    pub metrics_token: Option<Arc<str>>,
     /// Cancelled by `POST /shutdown`.
     pub shutdown: CancellationToken,
     /// Renders `/metrics`.
@@ -331,7 +333,10 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    if paxos::runtime::bearer_matches(request.headers(), &state.token) {
+    let scrape = request.uri().path() == "/metrics"
+        && (state.metrics_token.as_deref())
+            .is_some_and(|metrics| paxos::runtime::bearer_matches(request.headers(), metrics));
+    if scrape || paxos::runtime::bearer_matches(request.headers(), &state.token) {
         Ok(next.run(request).await)
     } else {
         Err(AppError::Unauthorized)

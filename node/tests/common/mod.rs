@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 pub const TOKEN: &str = "test-token-0123456789";
+/// The read-only scrape token of the test node's internal port.
+pub const METRICS_TOKEN: &str = "metrics-token-9876543210";
 
 /// A standalone node in this process: routers over a real embedded store in a temp dir.
 pub struct TestNode {
@@ -54,6 +56,7 @@ impl TestNode {
         let internal = api::internal_router(InternalState {
             app: app.clone(),
             token: TOKEN.into(),
+            metrics_token: Some(METRICS_TOKEN.into()),
             shutdown: shutdown.clone(),
             metrics: Some(Arc::new(|| "bank_test_metric 1\n".to_owned())),
         });
