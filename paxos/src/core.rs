@@ -852,7 +852,9 @@ impl Replica {
         }
         self.merge_incarnations(&envelope.incarnations);
         // Below ours: addressed to an earlier life of this replica (a reply to what it sent).
-        theirs == mine
+        // A catch-up reply is still welcome: it carries only decided entries and snapshots,
+        // facts whichever life asked (a snapshot may take long to arrive, see `transfer`).
+        theirs == mine || matches!(envelope.msg, Message::CatchUpReply(_))
     }
 
     /// Raises the known incarnation of every other replica to what `vector` says, durably, and

@@ -7,7 +7,9 @@
 //!   outputs drained with [`core::Replica::take_ready`];
 //! - [`storage`]: durable acceptor state ([`storage::Storage`]), in memory and in a redb file;
 //! - [`sim`]: the deterministic simulator that checks safety on every step;
-//! - [`model`]: a bounded exhaustive search of few-round schedules (rejoin, read index).
+//! - [`model`]: a bounded exhaustive search of few-round schedules (rejoin, read index);
+//! - [`transfer`]: the transport between processes (byte-bounded queues and bodies, chunked
+//!   resumable snapshot transfer).
 //!
 //! # Driver contract
 //!
@@ -48,6 +50,7 @@ pub mod model;
 pub mod runtime;
 pub mod sim;
 pub mod storage;
+pub mod transfer;
 
 pub use ballot::{Ballot, NodeId, Slot};
 pub use core::{Config, Mode, Ready, Replica};

@@ -40,8 +40,9 @@ use crate::ballot::{NodeId, Slot};
 use crate::core::{
     Config, Metrics, Mode, Observation, ProposeError, ReadResult, Ready, Replica, Status,
 };
-use crate::messages::{Envelope, Value};
+use crate::messages::{Envelope, Message, Value};
 use crate::storage::{RedbStorage, Storage};
+use crate::transfer::{Chunk, Peer, PeerLimits, Received};
 
 /// Answer to `POST /local/propose`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +142,8 @@ pub struct RuntimeConfig {
     pub tick_ms: u64,
     /// Most messages queued for one peer before new ones are dropped.
     pub peer_queue: usize,
+    /// Byte limits of the transport between paxos processes.
+    pub peer_limits: PeerLimits,
     /// How to start with an empty data dir (`None`: refuse to).
     pub initial_cluster_state: Option<InitialClusterState>,
     /// A read-only credential: it reads `/metrics` and nothing else (Prometheus scrapes with it;
@@ -188,6 +191,12 @@ struct HttpState {
     snapshots: Arc<std::path::Path>,
     /// Cancelled the moment the driver task ends: `/healthz` fails from then on.
     driver_gone: CancellationToken,
+    /// This replica.
+    me: NodeId,
+    /// The replica's contiguous decided index, as of the driver's last step.
+    decided: Arc<std::sync::atomic::AtomicU64>,
+    /// Where snapshot chunks from peers are assembled.
+    incoming: Arc<std::path::Path>,
 }
 
 /// Largest request body: a snapshot (every account and retained idempotency record of the bank:
@@ -198,7 +207,7 @@ pub const MAX_BODY_BYTES: usize = 1 << 30;
 
 /// Time allowed for one call carrying `bytes` to a peer: 2 s, plus 1 s per 16 MiB (a snapshot
 /// of hundreds of megabytes over a real network).
-fn peer_timeout(bytes: usize) -> Duration {
+pub(crate) fn peer_timeout(bytes: usize) -> Duration {
     Duration::from_secs(2) + Duration::from_secs((bytes >> 24) as u64)
 }
 
@@ -257,17 +266,18 @@ pub async fn run_with_storage(
             outbound.push(None);
             continue;
         }
-        let (tx, rx) = mpsc::channel(cfg.peer_queue);
-        tokio::spawn(peer_sender(
+        outbound.push(Some(Peer::spawn(
             client.clone(),
-            url.clone(),
-            cfg.token.clone(),
-            rx,
+            url,
+            &cfg.token,
+            cfg.peer_limits,
+            cfg.peer_queue,
             shutdown.clone(),
-        ));
-        outbound.push(Some(tx));
+        )));
     }
+    let decided = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let driver = Driver {
+        decided: decided.clone(),
         exported: Metrics::default(),
         replica,
         storage,
@@ -300,8 +310,11 @@ pub async fn run_with_storage(
         shutdown: shutdown.clone(),
         metrics,
         driver_gone,
+        me: cfg.core.id,
+        decided: decided.clone(),
+        incoming: crate::storage::snapshot_dir(&path).join("incoming").into(),
     };
-    let app = router(state);
+    let app = router(state, cfg.peer_limits.max_body_bytes);
     let server = plumbing::serve(
         listener,
         app,
@@ -381,9 +394,16 @@ async fn healthz(State(state): State<HttpState>) -> Response {
     "ok".into_response()
 }
 
-fn router(state: HttpState) -> Router {
+fn router(state: HttpState, peer_body: usize) -> Router {
     Router::new()
-        .route("/peer/messages", post(peer_messages))
+        .route(
+            "/peer/messages",
+            post(peer_messages).layer(axum::extract::DefaultBodyLimit::max(peer_body)),
+        )
+        .route(
+            "/peer/snapshot",
+            post(peer_snapshot).layer(axum::extract::DefaultBodyLimit::max(peer_body)),
+        )
         .route("/local/propose", post(propose))
         .route("/local/entries", get(entries))
         .route("/local/read_index", post(read_index))
@@ -476,6 +496,47 @@ async fn ask<T>(
     let (tx, rx) = oneshot::channel();
     state.requests.send(make(tx)).await.ok()?;
     Some(rx)
+}
+
+/// A chunk of a snapshot a peer sends this lagging replica (see [`crate::transfer`]): answers
+/// the offset to send next; the last chunk hands the whole snapshot to the driver.
+async fn peer_snapshot(
+    State(state): State<HttpState>,
+    headers: axum::http::HeaderMap,
+    body: BodyBytes,
+) -> Response {
+    let Some(chunk) = Chunk::from_headers(&headers) else {
+        return (StatusCode::BAD_REQUEST, "missing snapshot chunk headers").into_response();
+    };
+    if chunk.slot <= state.decided.load(std::sync::atomic::Ordering::Relaxed) {
+        // Already past it (another peer's copy arrived first): the sender may stop.
+        return chunk.total.to_string().into_response();
+    }
+    let (dir, me) = (state.incoming.clone(), state.me);
+    let received =
+        tokio::task::spawn_blocking(move || crate::transfer::receive(&dir, me, &chunk, &body))
+            .await;
+    match received {
+        Ok(Ok(Received::Next(offset))) => offset.to_string().into_response(),
+        Ok(Ok(Received::Complete(envelope))) => {
+            let Message::CatchUpReply(reply) = &envelope.msg else {
+                unreachable!("receive completes a catch-up reply")
+            };
+            let total = reply.snapshot.as_ref().map_or(0, |(_, d)| d.len());
+            // Unlike ordinary messages this one is not dropped when the driver is busy: it is
+            // the end of a long transfer.
+            if state.inbound.send(vec![envelope]).await.is_err() {
+                return unavailable();
+            }
+            metrics::counter!("paxos_snapshots_received_total").increment(1);
+            total.to_string().into_response()
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %format!("{err:#}"), "snapshot chunk refused");
+            (StatusCode::BAD_REQUEST, err.to_string()).into_response()
+        }
+        Err(_) => unavailable(),
+    }
 }
 
 async fn peer_messages(State(state): State<HttpState>, body: BodyBytes) -> Response {
@@ -715,77 +776,6 @@ fn count_message(direction: &'static str, envelope: &Envelope) {
     metrics::counter!("paxos_messages_total", "direction" => direction, "type" => envelope.msg.kind()).increment(1);
 }
 
-/// Sends queued messages to one peer, many per HTTP request, with capped backoff on failure.
-async fn peer_sender(
-    client: reqwest::Client,
-    base: String,
-    token: String,
-    mut queue: mpsc::Receiver<Outbound>,
-    shutdown: CancellationToken,
-) {
-    use tracing::Instrument as _;
-    let url = format!("{}/peer/messages", base.trim_end_matches('/'));
-    let mut batch: Vec<Outbound> = Vec::with_capacity(256);
-    let mut failures: u32 = 0;
-    loop {
-        let received = tokio::select! {
-            () = shutdown.cancelled() => return,
-            n = queue.recv_many(&mut batch, 256) => n,
-        };
-        if received == 0 {
-            return;
-        }
-        let envelopes: Vec<&Envelope> = batch.iter().map(|(envelope, _)| envelope).collect();
-        let Ok(body) = postcard::to_stdvec(&envelopes) else {
-            batch.clear();
-            continue;
-        };
-        // The messages of a traced slot make this call part of that trace (see the crate docs
-        // of `telemetry::trace` for batches that carry several).
-        let span = telemetry::trace::batch_span(
-            "paxos.peer_send",
-            batch.iter().filter_map(|(_, trace)| trace.as_ref()),
-        );
-        let started = std::time::Instant::now();
-        let request = client
-            .post(&url)
-            .timeout(peer_timeout(body.len()))
-            .bearer_auth(&token)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(body);
-        let sent = match span {
-            Some(span) => {
-                let request =
-                    span.in_scope(|| request.headers(telemetry::trace::current_headers()));
-                request.send().instrument(span).await
-            }
-            None => request.send().await,
-        };
-        match sent {
-            Ok(response) if response.status().is_success() => {
-                failures = 0;
-                metrics::histogram!("paxos_peer_rpc_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-            }
-            _ => {
-                // The peer is down or slow: drop this batch (Paxos resends what matters) and back
-                // off so a dead peer costs little.
-                metrics::counter!("paxos_messages_dropped_total", "reason" => "peer_unreachable")
-                    .increment(batch.len() as u64);
-                failures = failures.saturating_add(1);
-                let backoff = Duration::from_millis((10u64 << failures.min(6)).min(500));
-                tokio::time::sleep(backoff).await;
-                // Drain what queued meanwhile: it is stale by now.
-                while queue.try_recv().is_ok() {}
-            }
-        }
-        batch.clear();
-    }
-}
-
-/// A message for a peer, with the trace of the proposal it carries (when sampled).
-type Outbound = (Envelope, Option<telemetry::trace::Context>);
-
 /// Most long polls of `/local/entries` waiting at once (one node normally keeps one open).
 const MAX_ENTRY_WAITERS: usize = 64;
 
@@ -805,7 +795,9 @@ struct Driver {
     exported: Metrics,
     replica: Replica,
     storage: Box<dyn Storage + Send>,
-    outbound: Vec<Option<mpsc::Sender<Outbound>>>,
+    outbound: Vec<Option<Peer>>,
+    /// Shared with the HTTP handlers: the contiguous decided index.
+    decided: Arc<std::sync::atomic::AtomicU64>,
     mode: Mode,
     /// Batches whose `span` is set (accepts for their commands carry the trace to peers).
     traced_batches: usize,
@@ -1044,11 +1036,8 @@ impl Driver {
         for envelope in std::mem::take(&mut ready.messages) {
             count_message("sent", &envelope);
             let trace = self.trace_of(&envelope);
-            if let Some(Some(queue)) = self.outbound.get(envelope.to as usize)
-                && queue.try_send((envelope, trace)).is_err()
-            {
-                metrics::counter!("paxos_messages_dropped_total", "reason" => "outbound_full")
-                    .increment(1);
+            if let Some(Some(peer)) = self.outbound.get(envelope.to as usize) {
+                peer.send(envelope, trace);
             }
         }
         // 4-6: tell the local node.
@@ -1160,6 +1149,8 @@ impl Driver {
             before.slots_decided,
         );
         let status = self.replica.status();
+        self.decided
+            .store(status.decided, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!("paxos_decided_index").set(status.decided as f64);
         metrics::gauge!("paxos_frontier_slot").set(status.frontier as f64);
         metrics::gauge!("paxos_compacted_index").set(status.compacted as f64);
@@ -1212,6 +1203,13 @@ pub struct Cli {
     /// File holding the cluster token (else BANK_CLUSTER_TOKEN).
     #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
+    /// Largest request body between paxos processes (messages, snapshot chunks), sent or
+    /// accepted.
+    #[arg(long, env = "PAXOS_MAX_PEER_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_peer_body_bytes: usize,
+    /// Bytes of a snapshot per request when a lagging peer catches up.
+    #[arg(long, env = "PAXOS_SNAPSHOT_CHUNK_BYTES", default_value_t = 4 << 20)]
+    pub snapshot_chunk_bytes: usize,
     /// File holding a read-only token that reads `/metrics` and nothing else (for Prometheus).
     #[arg(long, env = "BANK_METRICS_TOKEN_FILE")]
     pub metrics_token_file: Option<PathBuf>,
@@ -1271,6 +1269,12 @@ impl Cli {
             .unwrap_or(0)
             ^ u64::from(self.id);
         core.validate().map_err(anyhow::Error::msg)?;
+        let peer_limits = PeerLimits {
+            max_body_bytes: self.max_peer_body_bytes,
+            chunk_bytes: self.snapshot_chunk_bytes,
+            ..PeerLimits::default()
+        };
+        peer_limits.validate()?;
         anyhow::ensure!(
             (1..=10_000).contains(&self.tick_ms),
             "--tick-ms must be 1..=10000, got {}",
@@ -1284,6 +1288,7 @@ impl Cli {
             token,
             tick_ms: self.tick_ms,
             peer_queue: 65_536,
+            peer_limits,
             initial_cluster_state: initial,
             metrics_token: self
                 .metrics_token_file
