@@ -157,24 +157,14 @@ async fn a_full_disk_ends_the_node_process_with_a_clear_error() {
         assert!(up.elapsed() < Duration::from_secs(20), "node did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    disk.fill();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the node kept running on a full disk");
-        }
+    let (status, stderr) = small_disk::fill_until_exit(&disk, &mut child, async || {
         let _ = client
             .post(format!("{base}/open_account"))
             .timeout(Duration::from_secs(2))
             .send()
             .await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    })
+    .await;
     assert!(!status.success(), "a non-zero exit: {status}");
     assert!(
         stderr.contains("fatal store error"),

@@ -47,6 +47,16 @@ fn single_replica_config(url: &str, dir: &std::path::Path) -> paxos::runtime::Ru
     cli.into_config(TOKEN.to_owned()).expect("paxos config")
 }
 
+async fn status(client: &reqwest::Client, url: &str) -> Option<paxos::runtime::StatusReply> {
+    let reply = client
+        .get(format!("{url}/status"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?;
+    reply.json().await.ok()
+}
+
 async fn propose(client: &reqwest::Client, url: &str) {
     let body = postcard::to_stdvec(&vec![Bytes::from_static(b"a command")]).unwrap();
     // The answer does not matter: the write behind it fails.
@@ -144,20 +154,8 @@ async fn a_full_disk_ends_the_paxos_process_with_a_clear_error() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    disk.fill();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("paxos kept running on a full disk");
-        }
-        propose(&client, &url).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) =
+        small_disk::fill_until_exit(&disk, &mut child, async || propose(&client, &url).await).await;
     eprintln!("paxos exited with {status}; stderr: {stderr}");
     assert!(!status.success(), "a non-zero exit: {status}");
     assert!(
@@ -230,17 +228,10 @@ async fn new_is_refused_where_the_cluster_already_decided_and_existing_rejoins()
     loop {
         assert!(Instant::now() < deadline, "nothing decided");
         propose(&client, &urls[0]).await;
-        let status: Option<paxos::runtime::StatusReply> = async {
-            let r = client
-                .get(format!("{}/status", urls[0]))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .ok()?;
-            r.json().await.ok()
-        }
-        .await;
-        if status.is_some_and(|s| s.status.decided > 0) {
+        if status(&client, &urls[0])
+            .await
+            .is_some_and(|s| s.status.decided > 0)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -267,17 +258,10 @@ async fn new_is_refused_where_the_cluster_already_decided_and_existing_rejoins()
             Instant::now() < deadline,
             "the rejoined replica did not catch up"
         );
-        let status: Option<paxos::runtime::StatusReply> = async {
-            let r = client
-                .get(format!("{}/status", urls[2]))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .ok()?;
-            r.json().await.ok()
-        }
-        .await;
-        if status.is_some_and(|s| s.status.decided > 0 && s.status.incarnation == 1) {
+        if status(&client, &urls[2])
+            .await
+            .is_some_and(|s| s.status.decided > 0 && s.status.incarnation == 1)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -58,3 +58,28 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// Fills the disk, then keeps calling `write` (something that makes `child` write) until the
+/// child exits; returns its exit status and everything it printed on stderr. Panics (after
+/// killing it) if it is still running after 30 s.
+pub async fn fill_until_exit(
+    disk: &SmallDisk,
+    child: &mut std::process::Child,
+    mut write: impl AsyncFnMut(),
+) -> (std::process::ExitStatus, String) {
+    disk.fill();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process kept running on a full disk");
+        }
+        write().await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
