@@ -2,7 +2,8 @@
 //! schedule of a few rounds (two proposers, one wipe, one read) is safe.
 //!
 //! `PAXOS_MODEL_EXTRA_DEPTH=k` searches k rounds deeper than the CI bounds below
-//! (`scripts/model-soak` does); every extra round multiplies the time by 10 to 30.
+//! (`scripts/model-soak` does); every extra round multiplied the time by about 10 where
+//! measured.
 
 use paxos::core::Mode;
 use paxos::model::{ModelConfig, check};
