@@ -787,7 +787,8 @@ impl Replica {
             let stale = envelope.incarnation_of(from) < self.incarnations[from as usize];
             if self.recovery.is_some() && !stale {
                 self.merge_incarnations(&envelope.incarnations);
-                self.on_recovery_reply(from, reply.clone());
+                let view = envelope.incarnation_of(self.cfg.id);
+                self.on_recovery_reply(from, view, reply.clone());
                 self.advance_decided();
                 self.check_recovered();
             }
@@ -968,12 +969,19 @@ impl Replica {
         self.send(from, Message::RecoveryReply(reply));
     }
 
-    fn on_recovery_reply(&mut self, from: NodeId, m: RecoveryReply) {
+    /// `view`: the incarnation of this replica the responder held when it answered.
+    fn on_recovery_reply(&mut self, from: NodeId, view: u64, m: RecoveryReply) {
         let mine = self.incarnations[self.cfg.id as usize];
         if mine > 0 && m.known > mine {
             // An abandoned attempt of ours went higher (a finished life would have been seen by
             // the majority that answered the first round): go above it.
             return self.restart_recovery(m.known + 1);
+        }
+        if mine > 0 && view != mine {
+            // An answer to the first round or to an abandoned attempt: its sender did not record
+            // this incarnation before answering, so it may still count votes of the earlier
+            // life. Only answers given as `mine` count (the query is resent to the missing).
+            return;
         }
         if mine > 0 && m.decided > self.decided_index {
             self.request_catch_up(from);

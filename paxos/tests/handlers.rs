@@ -830,6 +830,21 @@ fn rejoining_replica_does_not_vote_until_it_recovered() {
         decided: 2,
         frontier: 2,
     };
+    // A late answer to the first round (its sender did not record incarnation 1 before it
+    // answered) does not count in the second.
+    // (Were they counted, recovery would end at once: they report nothing decided.)
+    let stale = RecoveryReply {
+        known: 0,
+        promised: vec![b(0, 0)],
+        decided: 0,
+        frontier: 0,
+    };
+    r.handle(env(0, 2, Message::RecoveryReply(stale.clone())));
+    r.handle(env(1, 2, Message::RecoveryReply(stale)));
+    assert!(
+        r.is_recovering(),
+        "first-round answers are not second-round answers"
+    );
     r.handle(env_to_rejoined_2(0, Message::RecoveryReply(reply(5))));
     assert!(
         r.is_recovering(),
