@@ -312,7 +312,7 @@ pub async fn run_with_storage(
         driver_gone,
         me: cfg.core.id,
         decided: decided.clone(),
-        incoming: crate::storage::snapshot_dir(&path).join("incoming").into(),
+        incoming: cfg.data_dir.join("paxos.incoming").into(),
     };
     let app = router(state, cfg.peer_limits.max_body_bytes);
     let server = plumbing::serve(
