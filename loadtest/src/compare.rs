@@ -2,31 +2,33 @@
 //! repeated, then one table (Markdown and JSON) and an HTML report with a throughput and p99
 //! plot per run.
 //!
-//! Each cluster is a `testbed up` started from this very binary (it plays the testbed, see
-//! `main.rs`), on free ports, with its data in a fresh temporary folder, stopped with SIGTERM
-//! after its run.
+//! Each cluster comes from the testbed's cluster API, its processes run by this very binary (it
+//! plays the testbed's `node` and `paxos`, see `main.rs`), on free ports, with its data in a
+//! fresh temporary folder, stopped after its run.
 
-use std::io::BufRead as _;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
+use paxos::Mode;
+
 use crate::Cli;
 use crate::stats::{self, Second, Summary};
 
-/// A testbed cluster started for one run; stopped when dropped.
+/// A testbed cluster started for one run (the cluster API of the testbed, on a thread of its
+/// own); stopped when dropped.
 pub struct Cluster {
-    child: Child,
+    cluster: testbed::cluster::ClusterThread,
     /// Its front door.
     pub url: String,
     dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// Starts `testbed up` (this binary) in `mode` and waits until it is ready.
-    pub fn start(mode: &str, nodes: u32, extra: &str) -> anyhow::Result<Cluster> {
+    /// Starts a cluster of this binary (it plays the testbed's `node` and `paxos`) in `mode`
+    /// and waits until it is ready. `extra` are more `testbed up` flags.
+    pub fn start(mode: Mode, nodes: u32, extra: &str) -> anyhow::Result<Cluster> {
         let exe = std::env::current_exe().context("finding the loadtest binary")?;
         Cluster::start_with(&exe, mode, nodes, extra)
     }
@@ -35,55 +37,31 @@ impl Cluster {
     /// The cluster dies with the process that started it, even when that one is killed.
     pub fn start_with(
         exe: &std::path::Path,
-        mode: &str,
+        mode: Mode,
         nodes: u32,
         extra: &str,
     ) -> anyhow::Result<Cluster> {
+        use clap::Parser as _;
         let dir = tempfile::Builder::new()
             .prefix("loadtest-")
             .tempdir()
             .context("creating a data folder")?;
-        let mut command = Command::new(exe);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command
-            .args(["up", "--port", "0", "--mode", mode, "--nodes"])
-            .arg(nodes.to_string())
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(extra.split_whitespace())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting a testbed")?;
-        let stdout = child.stdout.take().context("testbed stdout")?;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let mut url = None;
-        for line in lines.by_ref() {
-            let line = line?;
-            if let Some(rest) = line.strip_prefix("front door: ") {
-                url = rest
-                    .split_whitespace()
-                    .next()
-                    .map(|u| u.trim_end_matches('/').to_owned());
-            }
-            if line.starts_with("ready") {
-                break;
-            }
-            anyhow::ensure!(
-                !line.starts_with("not ready"),
-                "the testbed did not become ready"
-            );
-        }
-        std::thread::spawn(move || for _ in lines {});
-        let url = url.context("the testbed printed no front door")?;
-        Ok(Cluster { child, url, dir })
+        let up = testbed::cli::Cli::try_parse_from(
+            ["testbed", "up"]
+                .into_iter()
+                .chain(extra.split_whitespace()),
+        )
+        .with_context(|| format!("--testbed-args {extra:?}"))?;
+        let testbed::cli::Command::Up(mut up) = up.command;
+        up.mode = mode;
+        up.nodes = nodes;
+        up.port = 0;
+        up.data_dir = Some(dir.path().join("data"));
+        let mut spec = testbed::cluster::ClusterSpec::from_up_args(&up, exe.to_owned(), None)?;
+        spec.env.push(("RUST_LOG".to_owned(), "warn".to_owned()));
+        let cluster = testbed::cluster::ClusterThread::start(spec, Duration::from_secs(120))?;
+        let url = cluster.handle().front_door().to_owned();
+        Ok(Cluster { cluster, url, dir })
     }
 
     /// The cluster's data folder (`node-N/`, `cluster-token`, ...).
@@ -91,35 +69,22 @@ impl Cluster {
         self.dir.path().join("data")
     }
 
-    /// Stops every process of the cluster (SIGTERM, then SIGKILL after 10 s).
+    /// Typed access to the cluster: nodes, PIDs, the leader, stop/kill/wipe of one node.
+    pub fn handle(&self) -> &testbed::cluster::ClusterHandle {
+        self.cluster.handle()
+    }
+
+    /// Stops every process of the cluster.
     pub fn stop(self) {
         drop(self);
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own child.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 /// One run of one mode.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunResult {
-    /// `leader` or `leaderless`.
-    pub mode: String,
+    /// Leader or leaderless.
+    pub mode: Mode,
     /// 1-based repeat.
     pub repeat: u32,
     /// Figures.
@@ -134,7 +99,7 @@ pub struct RunResult {
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for repeat in 1..=cli.repeats {
-        for mode in ["leader", "leaderless"] {
+        for mode in Mode::ALL {
             eprintln!(
                 "== {mode} mode, run {repeat} of {}: starting a {}-node testbed",
                 cli.repeats, cli.nodes
@@ -176,8 +141,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn one_run(cli: &Cli, url: &str, mode: &str, repeat: u32) -> anyhow::Result<RunResult> {
-    let run = crate::prepare(cli, url, mode).await?;
+async fn one_run(cli: &Cli, url: &str, mode: Mode, repeat: u32) -> anyhow::Result<RunResult> {
+    let run = crate::prepare(cli, url, mode.as_str()).await?;
     crate::attack(cli, url, run.clone()).await?;
     let samples = run.samples.lock().expect("samples lock").clone();
     let ledger = run.ledger.lock().expect("ledger lock").clone();
@@ -194,7 +159,7 @@ async fn one_run(cli: &Cli, url: &str, mode: &str, repeat: u32) -> anyhow::Resul
         report.violations
     };
     Ok(RunResult {
-        mode: mode.to_owned(),
+        mode,
         repeat,
         summary: stats::summarize(&samples),
         seconds: stats::per_second(&samples),
@@ -218,7 +183,7 @@ pub fn table(results: &[RunResult]) -> String {
         "| mode | runs | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | violations |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
-    for mode in ["leader", "leaderless"] {
+    for mode in Mode::ALL {
         let runs: Vec<&RunResult> = results.iter().filter(|r| r.mode == mode).collect();
         if runs.is_empty() {
             continue;
@@ -292,7 +257,7 @@ fn chart(title: &str, series: &[(String, Vec<(f64, f64)>)], unit: &str) -> Strin
 /// The HTML report: the table and, per mode, throughput and p99 over time.
 pub fn html_report(results: &[RunResult], table: &str) -> String {
     let mut body = String::new();
-    for mode in ["leader", "leaderless"] {
+    for mode in Mode::ALL {
         let runs: Vec<&RunResult> = results.iter().filter(|r| r.mode == mode).collect();
         if runs.is_empty() {
             continue;
@@ -344,9 +309,9 @@ pub fn html_report(results: &[RunResult], table: &str) -> String {
 mod tests {
     use super::*;
 
-    fn result(mode: &str, repeat: u32, ops: f64) -> RunResult {
+    fn result(mode: Mode, repeat: u32, ops: f64) -> RunResult {
         RunResult {
-            mode: mode.to_owned(),
+            mode,
             repeat,
             summary: Summary {
                 ops_per_s: ops,
@@ -365,9 +330,9 @@ mod tests {
     #[test]
     fn the_table_shows_the_mean_and_spread_per_mode() {
         let results = vec![
-            result("leader", 1, 100.0),
-            result("leader", 2, 300.0),
-            result("leaderless", 1, 50.0),
+            result(Mode::Leader, 1, 100.0),
+            result(Mode::Leader, 2, 300.0),
+            result(Mode::Leaderless, 1, 50.0),
         ];
         let table = table(&results);
         assert!(

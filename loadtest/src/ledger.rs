@@ -330,18 +330,10 @@ pub async fn testbed_nodes(base: &str) -> Vec<String> {
     let Ok(response) = reqwest::get(format!("{base}/_testbed/cluster")).await else {
         return Vec::new();
     };
-    let Ok(cluster) = response.json::<Value>().await else {
+    let Ok(cluster) = response.json::<testbed::frontdoor::ClusterInfo>().await else {
         return Vec::new();
     };
-    cluster["nodes"]
-        .as_array()
-        .map(|nodes| {
-            nodes
-                .iter()
-                .filter_map(|n| n["public_url"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    cluster.nodes.into_iter().map(|n| n.public_url).collect()
 }
 
 /// A JSON summary of a report.

@@ -7,26 +7,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use loadtest::compare::Cluster;
+use paxos::Mode;
+use testbed::cluster::Process;
 
 const LOADTEST: &str = env!("CARGO_BIN_EXE_loadtest");
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A 3-node cluster started by `loadtest up` (the binary playing the testbed).
-fn cluster(mode: &str) -> Cluster {
+/// A 3-node cluster of the testbed's cluster API, its processes played by the loadtest binary.
+fn cluster(mode: Mode) -> Cluster {
     Cluster::start_with(Path::new(LOADTEST), mode, 3, "").expect("a ready testbed")
-}
-
-/// `POST /_testbed/nodes/{node}/{action}` with the cluster's token.
-fn admin(cluster: &Cluster, node: u32, action: &str) {
-    let token = std::fs::read_to_string(cluster.data_dir().join("cluster-token")).unwrap();
-    let status = Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", "-X", "POST", "-H"])
-        .arg(format!("Authorization: Bearer {}", token.trim()))
-        .arg(format!("{}/_testbed/nodes/{node}/{action}", cluster.url))
-        .status()
-        .unwrap();
-    assert!(status.success(), "{action} node {node}");
 }
 
 /// A goose run against `cluster` writing its ledger into `out_dir`, with `args` added.
@@ -59,7 +49,7 @@ fn loadtest(args: &[&str]) -> (bool, String) {
 #[test]
 fn a_short_goose_run_on_a_cluster_passes_its_invariant_check() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let cluster = cluster("leader");
+    let cluster = cluster(Mode::Leader);
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
     let (ok, text) = run_on(
@@ -98,7 +88,7 @@ fn a_short_goose_run_on_a_cluster_passes_its_invariant_check() {
 #[test]
 fn the_bank_workload_keeps_the_total_fixed() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let cluster = cluster("leaderless");
+    let cluster = cluster(Mode::Leaderless);
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
     let (ok, text) = run_on(
@@ -122,7 +112,7 @@ fn the_bank_workload_keeps_the_total_fixed() {
 #[test]
 fn a_corrupted_replica_is_caught_by_the_checker() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let cluster = cluster("leader");
+    let cluster = cluster(Mode::Leader);
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
     let (ok, text) = run_on(
@@ -142,8 +132,13 @@ fn a_corrupted_replica_is_caught_by_the_checker() {
         .clone();
 
     // The test-only hook: overwrite one balance in node 2's store, bypassing the log.
-    admin(&cluster, 2, "stop");
-    std::thread::sleep(Duration::from_millis(500));
+    let handle = cluster.handle();
+    handle.stop(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while handle.pid(2, Process::Node).is_some() || handle.pid(2, Process::Paxos).is_some() {
+        assert!(std::time::Instant::now() < deadline, "node 2 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let bank = cluster.data_dir().join("node-2/bank");
     {
         let store = node::store::EmbeddedStore::open_in_dir(&bank, Default::default()).unwrap();
@@ -152,7 +147,7 @@ fn a_corrupted_replica_is_caught_by_the_checker() {
             .corrupt_balance_for_tests(id, node::money::Money::from_cents(123_456_789))
             .unwrap();
     }
-    admin(&cluster, 2, "start");
+    handle.start(2);
     let ledger_path = out_dir.join("ledger.json");
     let (ok, text) = loadtest(&[
         "check",

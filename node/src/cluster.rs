@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use paxos::runtime::{EntriesReply, ProposeReply, ReadIndexReply, StatusReply};
+use paxos::client::{ClientError, PaxosClient, encode_compact};
+use paxos::wire::{EntriesReply, ProposeReply, ReadIndexReply};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -30,7 +31,7 @@ pub struct ClusterOptions {
     /// This node's id (the same as its paxos replica's).
     pub node_id: u32,
     /// Leader mode (followers forward) or leaderless.
-    pub leader_mode: bool,
+    pub mode: paxos::Mode,
     /// Base URL of the local paxos process.
     pub paxos_url: String,
     /// Public base URLs of every node, indexed by id (for forwarding to the leader).
@@ -78,7 +79,7 @@ type Waiter = (oneshot::Sender<Outcome>, Option<telemetry::trace::Context>);
 pub struct ClusterLog {
     options: ClusterOptions,
     proposer: tokio::sync::mpsc::Sender<ProposeSlot>,
-    client: reqwest::Client,
+    paxos: PaxosClient,
     waiters: Mutex<HashMap<Uuid, Waiter>>,
     /// How many waiters carry a sampled trace: the applier looks for them only when some do.
     traced_waiters: AtomicU64,
@@ -103,17 +104,13 @@ impl ClusterLog {
         fatal: CancellationToken,
     ) -> Result<Arc<ClusterLog>, crate::store::StoreError> {
         let applied = store.summary().await?.applied_index;
-        let client = reqwest::Client::builder()
-            .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
-            .timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(64)
-            .build()
+        let paxos = PaxosClient::new(&options.paxos_url, options.token.as_str())
             .map_err(|e| crate::store::StoreError::Fatal(e.to_string()))?;
         let (proposer, proposals) = tokio::sync::mpsc::channel(options.max_waiting.max(1));
         let log = Arc::new(ClusterLog {
             proposer,
             options,
-            client,
+            paxos,
             waiters: Mutex::new(HashMap::new()),
             traced_waiters: AtomicU64::new(0),
             compacting: AtomicBool::new(false),
@@ -206,13 +203,7 @@ impl ClusterLog {
             tokio::spawn(
                 async move {
                     let _permit = permit;
-                    let answers = match postcard::to_stdvec(&commands) {
-                        Ok(body) => {
-                            log.post_postcard::<Vec<ProposeReply>>("/local/propose", body)
-                                .await
-                        }
-                        Err(_) => Err(SubmitError::Unavailable),
-                    };
+                    let answers = log.answered(log.paxos.propose(&commands).await);
                     let answers = match answers {
                         Ok(answers) if answers.len() == replies.len() => Ok(answers),
                         // Paxos took the commands but its answer makes no sense.
@@ -237,43 +228,24 @@ impl ClusterLog {
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.options.paxos_url.trim_end_matches('/'), path)
-    }
-
     fn touch(&self) {
         self.last_contact_ms
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Posts to the local paxos process. Only a failure before the request left (no
-    /// connection) or a refusal (an error status: paxos answers those before it proposes
-    /// anything) is `Unavailable`; once the request may have been handled, a lost or garbled
-    /// answer is `OutcomeUnknown`.
-    async fn post_postcard<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Vec<u8>,
-    ) -> Result<T, SubmitError> {
-        let response = self
-            .client
-            .post(self.url(path))
-            .bearer_auth(&self.options.token)
-            .header("content-type", "application/octet-stream")
-            .headers(telemetry::trace::current_headers())
-            .body(body)
-            .send()
-            .await
-            .map_err(|err| sent_or_not(&err))?;
-        if !response.status().is_success() {
-            return Err(SubmitError::Unavailable);
+    /// A call to the local paxos process, as the log's error: only a failure before the request
+    /// left (no connection) or a refusal (an error status: paxos answers those before it
+    /// proposes anything) is `Unavailable`; once the request may have been handled, a lost or
+    /// garbled answer is `OutcomeUnknown`.
+    fn answered<T>(&self, result: Result<T, ClientError>) -> Result<T, SubmitError> {
+        match result {
+            Ok(answer) => {
+                self.touch();
+                Ok(answer)
+            }
+            Err(err) if err.nothing_happened() => Err(SubmitError::Unavailable),
+            Err(_) => Err(SubmitError::OutcomeUnknown),
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|_| SubmitError::OutcomeUnknown)?;
-        self.touch();
-        postcard::from_bytes(&bytes).map_err(|_| SubmitError::OutcomeUnknown)
     }
 
     async fn propose_and_wait(&self, mut command: Command) -> Result<Outcome, SubmitError> {
@@ -340,18 +312,11 @@ impl ClusterLog {
         let mut last_compacted = *self.applied.borrow();
         while !shutdown.is_cancelled() {
             let from = *self.applied.borrow() + 1;
-            let url = self.url(&format!("/local/entries?from={from}&max=4096&wait_ms=1000"));
             let fetched = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = self.client.get(url).bearer_auth(&self.options.token).send() => r,
+                r = self.paxos.entries(from, 4096, Duration::from_secs(1)) => r,
             };
-            let reply = match fetched {
-                Ok(response) if response.status().is_success() => match response.bytes().await {
-                    Ok(bytes) => postcard::from_bytes::<EntriesReply>(&bytes).ok(),
-                    Err(_) => None,
-                },
-                _ => None,
-            };
+            let reply = fetched.ok();
             let Some(reply) = reply else {
                 failures = failures.saturating_add(1);
                 tokio::time::sleep(Duration::from_millis((20u64 << failures.min(5)).min(500)))
@@ -463,7 +428,7 @@ impl ClusterLog {
         drop(waiters);
         if let Some((last, _)) = decided.last() {
             self.applied.send_replace(*last);
-            metrics::gauge!("bank_applied_index").set(*last as f64);
+            metrics::gauge!(crate::metrics::APPLIED_INDEX).set(*last as f64);
         }
         Ok(())
     }
@@ -479,7 +444,7 @@ impl ClusterLog {
         let shared = store.summary().await?.applied_index.min(last);
         if shared > *self.applied.borrow() {
             self.applied.send_replace(shared);
-            metrics::gauge!("bank_applied_index").set(shared as f64);
+            metrics::gauge!(crate::metrics::APPLIED_INDEX).set(shared as f64);
         }
         if shared < last {
             // Followers forward reads and writes to the leader, so their view of the shared
@@ -515,27 +480,15 @@ impl ClusterLog {
         let records = (snapshot.accounts.len() + snapshot.keys.len()) as u64;
         // Encoding a large snapshot is CPU work: off the async workers.
         let body = tokio::task::spawn_blocking(move || {
-            postcard::to_stdvec(&(snapshot.applied_index, Bytes::from(snapshot.encode())))
+            encode_compact(snapshot.applied_index, &Bytes::from(snapshot.encode()))
         })
         .await??;
         let bytes = body.len();
-        let response = self
-            .client
-            .post(self.url("/local/compact"))
-            .bearer_auth(&self.options.token)
-            .header("content-type", "application/octet-stream")
-            .body(body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "paxos answered {}",
-            response.status()
-        );
+        self.paxos.compact(body).await?;
         self.snapshot_records.store(records, Ordering::Relaxed);
-        metrics::gauge!("bank_snapshot_records").set(records as f64);
-        metrics::gauge!("bank_snapshot_bytes").set(bytes as f64);
-        metrics::histogram!("bank_compaction_duration_seconds")
+        metrics::gauge!(crate::metrics::SNAPSHOT_RECORDS).set(records as f64);
+        metrics::gauge!(crate::metrics::SNAPSHOT_BYTES).set(bytes as f64);
+        metrics::histogram!(crate::metrics::COMPACTION_DURATION)
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(records, bytes, "handed paxos a snapshot");
         Ok(())
@@ -548,15 +501,8 @@ impl ClusterLog {
                 () = shutdown.cancelled() => return,
                 _ = every.tick() => {}
             }
-            let status = self
-                .client
-                .get(self.url("/status"))
-                .bearer_auth(&self.options.token)
-                .timeout(Duration::from_millis(500))
-                .send()
-                .await;
-            let Ok(response) = status else { continue };
-            let Ok(status) = response.json::<StatusReply>().await else {
+            let status = tokio::time::timeout(Duration::from_millis(500), self.paxos.status());
+            let Ok(Ok(status)) = status.await else {
                 continue;
             };
             self.touch();
@@ -564,16 +510,6 @@ impl ClusterLog {
             view.is_leader = status.status.is_leader;
             view.leader = status.status.leader;
         }
-    }
-}
-
-/// A request error: `Unavailable` when the request never left (no connection, so the peer
-/// did nothing), `OutcomeUnknown` otherwise (it may have been handled and the answer lost).
-fn sent_or_not(err: &reqwest::Error) -> SubmitError {
-    if err.is_connect() || err.is_builder() {
-        SubmitError::Unavailable
-    } else {
-        SubmitError::OutcomeUnknown
     }
 }
 
@@ -599,11 +535,10 @@ impl Log for ClusterLog {
     }
 
     async fn read_barrier(&self) -> Result<(), SubmitError> {
-        if self.options.leader_mode {
+        if self.options.mode == paxos::Mode::Leader {
             // A read changes nothing: whatever went wrong, retrying it is safe.
-            let reply: ReadIndexReply = self
-                .post_postcard("/local/read_index", Vec::new())
-                .await
+            let reply = self
+                .answered(self.paxos.read_index().await)
                 .map_err(|_| SubmitError::Unavailable)?;
             match reply {
                 ReadIndexReply::Ready { index } => self.wait_applied(index).await,
@@ -632,7 +567,7 @@ impl Log for ClusterLog {
     }
 
     fn route(&self) -> Route {
-        if !self.options.leader_mode {
+        if self.options.mode == paxos::Mode::Leaderless {
             return Route::Here;
         }
         let view = self.view.lock().expect("view lock");

@@ -53,6 +53,11 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    /// A fresh random key (`k-` and 32 hex digits).
+    pub fn random() -> IdempotencyKey {
+        IdempotencyKey(format!("k-{}", Uuid::new_v4().simple()))
+    }
+
     /// A key of 1 to [`MAX_IDEMPOTENCY_KEY_BYTES`] visible ASCII characters.
     pub fn parse(text: &str) -> Option<IdempotencyKey> {
         let ok = !text.is_empty()

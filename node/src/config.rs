@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use paxos::Mode;
+
+use crate::store::StoreKind;
 
 /// A bank node: the banking REST API over a durable state machine.
-#[derive(Clone, Debug, Parser)]
+#[derive(Clone, Debug, PartialEq, Eq, Parser)]
 #[command(name = "node", version, about)]
 pub struct Config {
     /// Public (client) address: the banking API, the web page, /healthz, /readyz, /openapi.json.
@@ -62,8 +65,8 @@ pub struct Config {
     pub node_id: u32,
 
     /// Cluster mode: leader or leaderless.
-    #[arg(long, env = "BANK_MODE", default_value = "leader")]
-    pub mode: String,
+    #[arg(long, env = "BANK_MODE", value_enum, default_value_t = Mode::Leader)]
+    pub mode: Mode,
 
     /// Cluster mode: public base URLs of every node, comma-separated, in id order.
     #[arg(long, env = "BANK_PEERS_PUBLIC", value_delimiter = ',')]
@@ -78,8 +81,8 @@ pub struct Config {
     pub log_format: telemetry::LogFormat,
 
     /// Storage backend: embedded (a redb file in --data-dir) or firestore.
-    #[arg(long, env = "BANK_STORE", default_value = "embedded")]
-    pub store: String,
+    #[arg(long, env = "BANK_STORE", value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
 
     /// Firestore: Google Cloud project (FIRESTORE_EMULATOR_HOST switches to the emulator).
     #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
@@ -109,13 +112,65 @@ pub struct Config {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The command line that parses back into `self` (without the program name): how the
+    /// testbed and the manifests start a node from a typed value, never from hand-built strings.
+    /// Every option is written out, defaults too.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--listen={}", self.listen),
+            format!("--internal-listen={}", self.internal_listen),
+            format!("--data-dir={}", self.data_dir.display()),
+            format!("--idempotency-retention={}", self.idempotency_retention),
+            format!("--max-batch={}", self.max_batch),
+            format!("--queue-capacity={}", self.queue_capacity),
+            format!("--request-timeout-ms={}", self.request_timeout_ms),
+            format!("--max-body-bytes={}", self.max_body_bytes),
+            format!("--node-id={}", self.node_id),
+            format!("--mode={}", self.mode),
+            format!("--compact-every={}", self.compact_every),
+            format!("--log-format={}", self.log_format),
+            format!("--store={}", self.store),
+            format!("--firestore-database={}", self.firestore_database),
+            format!(
+                "--firestore-collection-prefix={}",
+                self.firestore_collection_prefix
+            ),
+            format!("--firestore-timeout-ms={}", self.firestore_timeout_ms),
+        ];
+        if !self.peers_public.is_empty() {
+            args.push(format!("--peers-public={}", self.peers_public.join(",")));
+        }
+        let optional = [
+            (
+                "--cluster-token-file",
+                self.cluster_token_file
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+            ),
+            (
+                "--metrics-token-file",
+                self.metrics_token_file
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+            ),
+            ("--paxos-url", self.paxos_url.clone()),
+            ("--firestore-project", self.firestore_project.clone()),
+        ];
+        for (flag, value) in optional {
+            if let Some(value) = value {
+                args.push(format!("{flag}={value}"));
+            }
+        }
+        args
+    }
+
     /// The Firestore location of this node's state (`None` with the embedded store).
     pub fn firestore(&self) -> Option<crate::store::FirestoreConfig> {
-        if self.store != "firestore" {
+        if self.store != StoreKind::Firestore {
             return None;
         }
         let cluster = self.paxos_url.is_some();
-        let shared = cluster && self.mode == "leader";
+        let shared = cluster && self.mode == Mode::Leader;
         let collection = if cluster && !shared {
             format!("{}-{}", self.firestore_collection_prefix, self.node_id)
         } else {
@@ -166,10 +221,6 @@ impl Config {
             ),
         )?;
         check(
-            self.mode == "leader" || self.mode == "leaderless",
-            format!("--mode must be leader or leaderless, got {:?}", self.mode),
-        )?;
-        check(
             self.paxos_url.is_none() || (self.node_id as usize) < self.peers_public.len(),
             format!(
                 "--node-id {} needs --peers-public with an entry for it, got {} entries",
@@ -185,14 +236,7 @@ impl Config {
             ),
         )?;
         check(
-            self.store == "embedded" || self.store == "firestore",
-            format!(
-                "--store must be embedded or firestore, got {:?}",
-                self.store
-            ),
-        )?;
-        check(
-            self.store != "firestore"
+            self.store != StoreKind::Firestore
                 || self
                     .firestore_project
                     .as_deref()
@@ -219,6 +263,39 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The testbed and the manifests start nodes from `to_args`: whatever they set must come
+    /// back unchanged through the parser the binary uses.
+    #[test]
+    fn to_args_parses_back_into_the_same_config() {
+        let mut config = Config::parse_from(["node"]);
+        config.listen = "127.0.0.1:7001".parse().unwrap();
+        config.internal_listen = "127.0.0.1:7002".parse().unwrap();
+        config.data_dir = "/tmp/a dir/bank".into();
+        config.cluster_token_file = Some("/tmp/token".into());
+        config.metrics_token_file = Some("/tmp/metrics".into());
+        config.idempotency_retention = 77;
+        config.max_batch = 5;
+        config.queue_capacity = 6;
+        config.request_timeout_ms = 8;
+        config.max_body_bytes = 4096;
+        config.paxos_url = Some("http://127.0.0.1:7003".into());
+        config.node_id = 1;
+        config.mode = Mode::Leaderless;
+        config.peers_public = vec!["http://a:1".into(), "http://b:2".into()];
+        config.compact_every = 3;
+        config.log_format = telemetry::LogFormat::Json;
+        config.store = StoreKind::Firestore;
+        config.firestore_project = Some("p".into());
+        config.firestore_database = "db".into();
+        config.firestore_collection_prefix = "acc".into();
+        config.firestore_timeout_ms = 900;
+        let args = std::iter::once("node".to_owned()).chain(config.to_args());
+        assert_eq!(Config::parse_from(args), config);
+        let defaults = Config::parse_from(["node"]);
+        let args = std::iter::once("node".to_owned()).chain(defaults.to_args());
+        assert_eq!(Config::parse_from(args), defaults);
+    }
 
     #[test]
     fn defaults_are_valid() {

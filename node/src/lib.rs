@@ -9,16 +9,19 @@
 //! - [`store`]: the [`store::Store`] trait, the embedded redb backend and the conformance suite;
 //! - [`log`]: the way into the log (standalone: a group-committing single writer);
 //! - [`cluster`]: the way into the replicated log of the local `paxos` process;
-//! - [`api`]: the public and internal HTTP routers;
-//! - [`config`] and [`server`]: command-line configuration and the process entry point.
+//! - [`api`]: the public and internal HTTP routers; [`client`]: the typed client of the public API;
+//! - [`config`] and [`server`]: command-line configuration and the process entry point;
+//! - [`metrics`]: every metric the node exports, described and created at zero at start-up.
 #![deny(missing_docs)]
 
 pub mod api;
 pub mod bank;
+pub mod client;
 pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod log;
+pub mod metrics;
 pub mod money;
 pub mod server;
 pub mod store;

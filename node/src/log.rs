@@ -158,7 +158,7 @@ pub async fn spawn_local_log(
         queue,
         healthy: healthy.clone(),
     };
-    metrics::gauge!("bank_applied_index").set(applied as f64);
+    metrics::gauge!(crate::metrics::APPLIED_INDEX).set(applied as f64);
     let writer = tokio::spawn(async move {
         let mut next_index = applied + 1;
         let mut batch = Vec::with_capacity(options.max_batch);
@@ -172,7 +172,7 @@ pub async fn spawn_local_log(
             match store.apply(std::slice::from_ref(&entry)).await {
                 Ok(mut outcomes) => {
                     next_index += 1;
-                    metrics::gauge!("bank_applied_index").set(entry.index as f64);
+                    metrics::gauge!(crate::metrics::APPLIED_INDEX).set(entry.index as f64);
                     // This writer is the store's only writer, so the entry is new.
                     let outcomes = outcomes
                         .pop()

@@ -28,9 +28,12 @@ pub enum AmountError {
     /// Zero or negative (including -0).
     #[error("amount must be greater than zero")]
     NotPositive,
-    /// Above [`Money::MAX_AMOUNT`].
+    /// Above [`Money::MAX_AMOUNT`] (a balance: above [`Money::MAX_BALANCE`]).
     #[error("amount must not exceed 1000000000000")]
     TooLarge,
+    /// A negative balance (balances are zero or more).
+    #[error("a balance must not be negative")]
+    Negative,
 }
 
 impl Money {
@@ -86,6 +89,21 @@ impl Money {
             return Err(AmountError::NotPositive);
         }
         if cents > i128::from(Money::MAX_AMOUNT.0) {
+            return Err(AmountError::TooLarge);
+        }
+        Ok(Money(cents as i64))
+    }
+}
+
+impl Money {
+    /// Parses a balance from the exact text of a JSON number (`12.5`, `0`): zero or more, at most
+    /// two decimals, at most [`Money::MAX_BALANCE`]. What the bank's clients read balances with.
+    pub fn parse_balance(text: &str) -> Result<Money, AmountError> {
+        let cents = parse_decimal_cents(text.trim())?;
+        if cents < 0 {
+            return Err(AmountError::Negative);
+        }
+        if cents > i128::from(Money::MAX_BALANCE.0) {
             return Err(AmountError::TooLarge);
         }
         Ok(Money(cents as i64))
@@ -249,6 +267,26 @@ mod tests {
         assert_eq!(cents("12.500"), Ok(1250));
         assert_eq!(cents("0.1"), Ok(10));
         assert_eq!(cents("0.2"), Ok(20));
+    }
+
+    #[test]
+    fn balances_parse_exactly_from_zero_to_the_limit() {
+        assert_eq!(Money::parse_balance("0"), Ok(Money::ZERO));
+        assert_eq!(Money::parse_balance("12.5"), Ok(Money::from_cents(1250)));
+        assert_eq!(
+            Money::parse_balance("100000000000000"),
+            Ok(Money::MAX_BALANCE)
+        );
+        assert_eq!(
+            Money::parse_balance("100000000000000.01"),
+            Err(AmountError::TooLarge)
+        );
+        assert_eq!(Money::parse_balance("-0.01"), Err(AmountError::Negative));
+        assert_eq!(
+            Money::parse_balance("0.001"),
+            Err(AmountError::TooManyDecimals)
+        );
+        assert_eq!(Money::parse_balance("\"1\""), Err(AmountError::NotANumber));
     }
 
     #[test]

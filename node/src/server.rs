@@ -1,7 +1,6 @@
 //! The node process: open the store, start the log, serve both ports, stop gracefully.
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,47 +20,16 @@ pub const TOKEN_FILE_NAME: &str = "cluster-token";
 /// Finds the cluster token: `BANK_CLUSTER_TOKEN`, else `--cluster-token-file`, else a token
 /// generated into `<data-dir>/cluster-token` (created with mode 0600, reused on restart).
 pub fn resolve_token(config: &Config, env_token: Option<String>) -> anyhow::Result<String> {
-    if let Some(token) = env_token.filter(|t| !t.trim().is_empty()) {
-        return Ok(token.trim().to_owned());
+    let env_token = env_token.filter(|t| !t.trim().is_empty());
+    if env_token.is_some() || config.cluster_token_file.is_some() {
+        return plumbing::read_cluster_token(env_token, config.cluster_token_file.as_deref());
     }
-    let (path, generate) = match &config.cluster_token_file {
-        Some(path) => (path.clone(), false),
-        None => (config.data_dir.join(TOKEN_FILE_NAME), true),
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
-        Ok(_) => anyhow::bail!("cluster token file {} is empty", path.display()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound && generate => {
-            let token = format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            );
-            write_private(&path, &token)?;
-            tracing::info!(path = %path.display(), "generated a cluster token");
-            Ok(token)
-        }
-        Err(err) => {
-            Err(err).with_context(|| format!("reading cluster token file {}", path.display()))
-        }
+    let path = config.data_dir.join(TOKEN_FILE_NAME);
+    let (token, generated) = plumbing::read_or_generate_token(&path)?;
+    if generated {
+        tracing::info!(path = %path.display(), "generated a cluster token");
     }
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    Ok(())
+    Ok(token)
 }
 
 /// How long requests in flight may take to finish after a fatal error before the node exits.
@@ -116,7 +84,7 @@ pub async fn run(
         Some(paxos_url) => {
             let options = ClusterOptions {
                 node_id: config.node_id,
-                leader_mode: config.mode == "leader",
+                mode: config.mode,
                 paxos_url: paxos_url.clone(),
                 peers_public: config.peers_public.clone(),
                 token: token.clone(),
@@ -141,11 +109,13 @@ pub async fn run(
     };
     let internal_state = InternalState {
         app: app.clone(),
-        token: token.into(),
-        metrics_token: match &config.metrics_token_file {
-            Some(path) => Some(paxos::runtime::read_token_file(path)?.into()),
-            None => None,
-        },
+        tokens: plumbing::Tokens::new(
+            token,
+            match &config.metrics_token_file {
+                Some(path) => Some(plumbing::read_token_file(path)?),
+                None => None,
+            },
+        ),
         shutdown: stop.clone(),
         metrics,
     };
@@ -211,7 +181,7 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
     let identity = telemetry::Identity::new("node", mode, &config.node_id.to_string());
     let telemetry = telemetry::init(&identity, config.log_format);
     config.validate()?;
-    let token = resolve_token(&config, std::env::var("BANK_CLUSTER_TOKEN").ok())?;
+    let token = resolve_token(&config, plumbing::token_from_env())?;
     let public = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding --listen {}", config.listen))?;
@@ -222,7 +192,8 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
     let internal_addr = internal.local_addr()?;
     telemetry::install_prometheus();
     telemetry::set_build_info("node", &identity.mode, &identity.node);
-    api::describe_metrics();
+    crate::metrics::describe();
+    crate::metrics::register(config.store);
     let render: api::metrics_render::Render = Arc::new(telemetry::render);
     println!(
         "bank node ready: open http://{public_addr}/ (API docs: http://{public_addr}/openapi.json)"
@@ -244,11 +215,6 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    plumbing::shutdown_signal().await;
     tracing::info!("signal received; shutting down");
 }

@@ -12,10 +12,6 @@ use tower::ServiceExt as _;
 const ACCOUNTS: usize = 5;
 const START_CENTS: i64 = 1_000;
 
-fn cents(value: &serde_json::Value) -> i64 {
-    (value.as_f64().unwrap() * 100.0).round() as i64
-}
-
 async fn run(transfers: Vec<(usize, usize, i64)>) {
     let node = TestNode::start().await;
     let mut ids = Vec::new();
@@ -59,7 +55,7 @@ async fn run(transfers: Vec<(usize, usize, i64)>) {
     }
     let mut total = 0;
     for (i, id) in ids.iter().enumerate() {
-        let balance = cents(&node.balance(id).await);
+        let balance = node.balance_money(id).await.cents();
         assert!(balance >= 0, "negative balance {balance}");
         assert_eq!(
             balance, expected[i],

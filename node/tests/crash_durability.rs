@@ -91,18 +91,12 @@ async fn every_acknowledged_deposit_survives_kill_9() {
         acked_per_account[*slot] += 1;
     }
     for (slot, account) in accounts.iter().enumerate() {
-        let body: Value = client
-            .get(format!(
-                "{}/check_account?account_id={account}",
-                node.public_url
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let cents = (body["balance"].as_f64().unwrap() * 100.0).round() as u64;
+        let bank = node::client::BankClient::new(&node.public_url).unwrap();
+        let id: node::command::AccountId = account.parse().unwrap();
+        let balance = bank
+            .balance(id, node::client::Consistency::Linearizable)
+            .await;
+        let cents = balance.unwrap().cents() as u64;
         assert!(
             cents >= acked_per_account[slot] && cents <= attempted[slot],
             "account {slot}: balance {cents} cents, acknowledged {}, attempted {}",

@@ -20,7 +20,7 @@ use node::log::Log;
 use node::money::Money;
 use node::store::{EmbeddedStore, Snapshot, Store, StoreError, StoreOptions, Summary};
 use paxos::Value;
-use paxos::runtime::EntriesReply;
+use paxos::wire::EntriesReply;
 use tokio_util::sync::CancellationToken;
 
 /// An embedded store whose writes fail, as a broken disk's would.
@@ -99,7 +99,7 @@ async fn a_store_that_fails_its_writes_fails_healthz_and_signals_the_exit() {
     let _stop = shutdown.clone().drop_guard();
     let options = ClusterOptions {
         node_id: 0,
-        leader_mode: false,
+        mode: paxos::Mode::Leaderless,
         paxos_url: paxos_with_one_entry().await,
         peers_public: vec!["http://127.0.0.1:1".into()],
         token: common::TOKEN.into(),

@@ -500,10 +500,10 @@ async fn internal_port_needs_the_token_and_shutdown_stops_the_node() {
 
 #[test]
 fn token_comparison_rejects_prefixes_and_empty_tokens() {
-    assert!(node::api::token_matches("abc", "abc"));
-    assert!(!node::api::token_matches("ab", "abc"));
-    assert!(!node::api::token_matches("abcd", "abc"));
-    assert!(!node::api::token_matches("", ""));
+    assert!(plumbing::token_matches("abc", "abc"));
+    assert!(!plumbing::token_matches("ab", "abc"));
+    assert!(!plumbing::token_matches("abcd", "abc"));
+    assert!(!plumbing::token_matches("", ""));
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use node::cluster::{ClusterLog, ClusterOptions};
 use node::command::{AccountId, Command, Operation, Outcome};
 use node::log::{Log, Route, SubmitError};
 use node::store::{EmbeddedStore, Store, StoreOptions};
-use paxos::runtime::{EntriesReply, ProposeReply};
+use paxos::wire::{EntriesReply, ProposeReply};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -90,7 +90,7 @@ async fn submit_via(paxos: SocketAddr) -> Result<Outcome, SubmitError> {
     let shutdown = CancellationToken::new();
     let options = ClusterOptions {
         node_id: 0,
-        leader_mode: false,
+        mode: paxos::Mode::Leaderless,
         paxos_url: format!("http://{paxos}"),
         peers_public: vec!["http://127.0.0.1:1".into()],
         token: common::TOKEN.into(),

@@ -8,6 +8,8 @@
 //! - [`storage`]: durable acceptor state ([`storage::Storage`]), in memory and in a redb file;
 //! - [`sim`]: the deterministic simulator that checks safety on every step;
 //! - [`model`]: a bounded exhaustive search of few-round schedules (rejoin, read index);
+//! - [`wire`]: the types of the process's local HTTP API; [`client`]: the typed client of it;
+//! - [`runtime`]: the `paxos` process (driver, HTTP routes, flags); [`metrics`]: its metrics;
 //! - [`transfer`]: the transport between processes (byte-bounded queues and bodies, chunked
 //!   resumable snapshot transfer).
 //!
@@ -44,13 +46,20 @@
 #![deny(missing_docs)]
 
 pub mod ballot;
+#[cfg(feature = "runtime")]
+pub mod client;
 pub mod core;
 pub mod messages;
+#[cfg(feature = "runtime")]
+pub mod metrics;
 pub mod model;
+#[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod sim;
 pub mod storage;
+#[cfg(feature = "runtime")]
 pub mod transfer;
+pub mod wire;
 
 pub use ballot::{Ballot, NodeId, Slot};
 pub use core::{Config, Mode, Ready, Replica};

@@ -98,6 +98,22 @@ pub enum Message {
 }
 
 impl Message {
+    /// Every [`Message::kind`], for metrics that must exist before the first message.
+    pub const KINDS: [&'static str; 12] = [
+        "prepare",
+        "promise",
+        "accept",
+        "accepted",
+        "nack",
+        "decide",
+        "heartbeat",
+        "heartbeat_ack",
+        "catch_up",
+        "catch_up_reply",
+        "recovery_query",
+        "recovery_reply",
+    ];
+
     /// The message's name, a low-cardinality metric label.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -103,13 +103,9 @@ impl SimConfig {
     }
 
     fn replay_command(&self) -> String {
-        let mode = match self.mode {
-            Mode::Leader => "leader",
-            Mode::Leaderless => "leaderless",
-        };
         format!(
-            "PAXOS_SIM_SEED={} PAXOS_SIM_NODES={} PAXOS_SIM_MODE={mode} cargo test -p paxos --test simulation replay -- --nocapture",
-            self.seed, self.nodes
+            "PAXOS_SIM_SEED={} PAXOS_SIM_NODES={} PAXOS_SIM_MODE={} cargo test -p paxos --test simulation replay -- --nocapture",
+            self.seed, self.nodes, self.mode
         )
     }
 }

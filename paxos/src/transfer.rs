@@ -166,14 +166,14 @@ impl Peer {
         }
         let size = approx_bytes(&envelope.msg);
         if self.queued_bytes.load(Ordering::Relaxed) + size > self.max_queued_bytes {
-            metrics::counter!("paxos_messages_dropped_total", "reason" => "outbound_bytes_full")
+            metrics::counter!(crate::metrics::MESSAGES_DROPPED, "reason" => "outbound_bytes_full")
                 .increment(1);
             return false;
         }
         self.queued_bytes.fetch_add(size, Ordering::Relaxed);
         if self.queue.try_send((envelope, trace)).is_err() {
             self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            metrics::counter!("paxos_messages_dropped_total", "reason" => "outbound_full")
+            metrics::counter!(crate::metrics::MESSAGES_DROPPED, "reason" => "outbound_full")
                 .increment(1);
             return false;
         }
@@ -237,7 +237,8 @@ async fn send_messages(
         }
         if body.len() > limits.max_body_bytes {
             // One message larger than a body: it cannot be sent (it would be refused).
-            metrics::counter!("paxos_messages_dropped_total", "reason" => "too_large").increment(1);
+            metrics::counter!(crate::metrics::MESSAGES_DROPPED, "reason" => "too_large")
+                .increment(1);
             continue;
         }
         let span = telemetry::trace::batch_span("paxos.peer_send", traces.iter());
@@ -259,13 +260,13 @@ async fn send_messages(
         match sent {
             Ok(response) if response.status().is_success() => {
                 failures = 0;
-                metrics::histogram!("paxos_peer_rpc_duration_seconds")
+                metrics::histogram!(crate::metrics::PEER_RPC_DURATION)
                     .record(started.elapsed().as_secs_f64());
             }
             _ => {
                 // The peer is down or slow: drop this batch and what queued meanwhile (Paxos
                 // resends what matters) and back off so a dead peer costs little.
-                metrics::counter!("paxos_messages_dropped_total", "reason" => "peer_unreachable")
+                metrics::counter!(crate::metrics::MESSAGES_DROPPED, "reason" => "peer_unreachable")
                     .increment(count as u64);
                 failures = failures.saturating_add(1);
                 let backoff = Duration::from_millis((10u64 << failures.min(6)).min(500));
@@ -349,9 +350,9 @@ async fn send_snapshots(
             match next {
                 Some(next) => {
                     failures = 0;
-                    metrics::counter!("paxos_snapshot_bytes_sent_total")
+                    metrics::counter!(crate::metrics::SNAPSHOT_BYTES_SENT)
                         .increment((end - offset) as u64);
-                    metrics::histogram!("paxos_peer_rpc_duration_seconds")
+                    metrics::histogram!(crate::metrics::PEER_RPC_DURATION)
                         .record(started.elapsed().as_secs_f64());
                     if next >= total {
                         break Some(true);
@@ -370,7 +371,7 @@ async fn send_snapshots(
         };
         if let Some(finished) = outcome {
             let label = if finished { "sent" } else { "given_up" };
-            metrics::counter!("paxos_snapshot_transfers_total", "outcome" => label).increment(1);
+            metrics::counter!(crate::metrics::SNAPSHOT_TRANSFERS, "outcome" => label).increment(1);
             // Clear it unless a newer one arrived meanwhile.
             wanted.send_if_modified(|current| {
                 if current.as_ref().is_some_and(|c| c.slot == job.slot) {

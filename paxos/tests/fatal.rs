@@ -47,7 +47,7 @@ fn single_replica_config(url: &str, dir: &std::path::Path) -> paxos::runtime::Ru
     cli.into_config(TOKEN.to_owned()).expect("paxos config")
 }
 
-async fn status(client: &reqwest::Client, url: &str) -> Option<paxos::runtime::StatusReply> {
+async fn status(client: &reqwest::Client, url: &str) -> Option<paxos::wire::StatusReply> {
     let reply = client
         .get(format!("{url}/status"))
         .bearer_auth(TOKEN)

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use paxos::runtime::{EntriesReply, ProposeReply, StatusReply};
+use paxos::wire::{EntriesReply, ProposeReply, StatusReply};
 
 const TOKEN: &str = "large-snapshot-test-token";
 const SNAPSHOT_BYTES: usize = 80 << 20;

@@ -78,10 +78,10 @@ fn replay() {
     };
     let seed: u64 = seed.parse().expect("PAXOS_SIM_SEED is a number");
     let nodes = env_u64("PAXOS_SIM_NODES", 3) as u32;
-    let mode = match std::env::var("PAXOS_SIM_MODE").as_deref() {
-        Ok("leaderless") => Mode::Leaderless,
-        _ => Mode::Leader,
-    };
+    let mode: Mode = std::env::var("PAXOS_SIM_MODE").map_or(Mode::Leader, |mode| {
+        mode.parse()
+            .expect("PAXOS_SIM_MODE is leader or leaderless")
+    });
     match run(SimConfig::standard(seed, nodes, mode)) {
         Ok(report) => println!("1 seeds: seed {seed} passed: {report:?}"),
         Err(failure) => panic!("{failure}"),

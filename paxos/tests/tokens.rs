@@ -70,5 +70,9 @@ async fn the_metrics_token_reads_metrics_only() {
             401,
             "{method} {path} with the metrics token"
         );
+        // The one 401 of every process: the bank's error body, code `unauthorized`.
+        let body: serde_json::Value = reply.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized", "{body}");
+        assert_eq!(body["error"], plumbing::auth::UNAUTHORIZED_TEXT);
     }
 }

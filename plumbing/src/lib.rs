@@ -8,12 +8,43 @@
 //!   kernel's backlog).
 //! - [`reject_oversized`]: a 413 that a client which sends its whole body before reading the
 //!   answer (Python's urllib, many HTTP/1.1 clients) can read, instead of a connection reset.
+//! - [`auth`]: the cluster token: reading it ([`read_cluster_token`], [`read_token_file`]),
+//!   checking it in constant time, and the one middleware ([`require_token`]) with the one 401.
+//! - [`process`]: the shutdown signal ([`shutdown_signal`]) and children that die with their
+//!   parent ([`DieWithParent`]).
+//! - [`metrics_response`]: the `/metrics` answer of every process.
 #![deny(missing_docs)]
 
+pub mod auth;
+pub mod process;
 mod serve;
 
+pub use auth::{
+    TOKEN_ENV, Tokens, bearer_matches, read_cluster_token, read_or_generate_token, read_token_file,
+    require_token, token_from_env, token_matches, unauthorized,
+};
+pub use process::{DieWithParent, shutdown_signal};
 pub use serve::{LINGER_BYTES, LINGER_TIME, Limits, Oversized, reject_oversized, serve};
 
 /// How long the bank's HTTP clients keep an idle pooled connection: below the servers'
 /// [`Limits::header_read_timeout`], so a server never closes a connection a client reuses.
 pub const CLIENT_POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The `/metrics` answer of every process: Prometheus text (`text/plain; version=0.0.4`), or 404
+/// when metrics are off (`render` is `None`).
+pub fn metrics_response(
+    render: Option<&(dyn Fn() -> String + Send + Sync)>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match render {
+        Some(render) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            render(),
+        )
+            .into_response(),
+        None => (axum::http::StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}

@@ -8,6 +8,7 @@
 //! helpers; [`install_prometheus`] installs the global recorder once and [`render`] produces the
 //! text.
 
+pub mod catalog;
 pub mod trace;
 
 use std::sync::OnceLock;
@@ -33,6 +34,15 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line, for log pipelines.
     Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        })
+    }
 }
 
 impl std::str::FromStr for LogFormat {

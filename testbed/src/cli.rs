@@ -27,11 +27,11 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 3)]
     pub nodes: u32,
     /// leader (one elected leader serves and proposes) or leaderless (every node proposes).
-    #[arg(long, default_value = "leader")]
-    pub mode: String,
+    #[arg(long, value_enum, default_value_t = paxos::Mode::Leader)]
+    pub mode: paxos::Mode,
     /// Storage backend of the nodes: embedded (a redb file per node) or firestore.
-    #[arg(long, default_value = "embedded")]
-    pub store: String,
+    #[arg(long, value_enum, default_value_t = node::store::StoreKind::Embedded)]
+    pub store: node::store::StoreKind,
     /// Firestore project. Without it and without FIRESTORE_EMULATOR_HOST, `--store firestore`
     /// starts a Firestore emulator (gcloud) for the cluster.
     #[arg(long, env = "GOOGLE_CLOUD_PROJECT")]
@@ -78,16 +78,6 @@ impl UpArgs {
             (1..=7).contains(&self.nodes),
             "--nodes must be 1 to 7, got {}",
             self.nodes
-        );
-        anyhow::ensure!(
-            self.mode == "leader" || self.mode == "leaderless",
-            "--mode must be leader or leaderless, got {:?}",
-            self.mode
-        );
-        anyhow::ensure!(
-            self.store == "embedded" || self.store == "firestore",
-            "--store must be embedded or firestore, got {:?}",
-            self.store
         );
         anyhow::ensure!(
             (1..=1_000).contains(&self.tick_ms),

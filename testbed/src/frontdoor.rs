@@ -47,8 +47,8 @@ pub struct NodeHandle {
 
 /// Shared state of the front door.
 pub struct FrontDoor {
-    /// `leader` or `leaderless`.
-    pub mode: String,
+    /// Leader or leaderless.
+    pub mode: paxos::Mode,
     /// The nodes.
     pub nodes: Vec<NodeHandle>,
     /// Leader mode: index of the target node.
@@ -71,11 +71,13 @@ pub struct FrontDoor {
     pub client: reqwest::Client,
 }
 
-/// `GET /_testbed/cluster`.
+/// `GET /_testbed/cluster` (and `<data-dir>/cluster.json`).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ClusterInfo {
     /// `leader` or `leaderless`.
-    pub mode: String,
+    pub mode: paxos::Mode,
+    /// Every node answers `/readyz` and, in leader mode, a leader is known: the cluster serves.
+    pub ready: bool,
     /// Leader node id (leader mode, when known).
     pub leader: Option<u32>,
     /// Node the front door sends traffic to (leader mode).
@@ -116,12 +118,44 @@ pub struct NodeInfo {
 }
 
 impl FrontDoor {
+    /// True once every node answers `/readyz` and, in leader mode, a leader is known.
+    pub fn is_ready(&self) -> bool {
+        let all_ready = self.nodes.iter().all(|n| n.ready.load(Ordering::SeqCst));
+        let leader_known =
+            self.mode != paxos::Mode::Leader || self.leader.load(Ordering::SeqCst) != usize::MAX;
+        all_ready && leader_known
+    }
+
+    /// A lost disk: both processes of node `index` down, both data folders deleted, then back.
+    /// The paxos process rejoins: it learns what it may have promised and the log from a
+    /// majority before it votes again, and the node installs a snapshot from it.
+    pub async fn wipe(&self, index: usize) {
+        let node = &self.nodes[index];
+        node.node.stop();
+        node.paxos.stop();
+        for _ in 0..100 {
+            if node.node.pid().is_none() && node.paxos.pid().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for dir in &node.data_dirs {
+            if let Err(err) = std::fs::remove_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), %err, "wipe: could not delete");
+            }
+        }
+        node.paxos.add_arg("--initial-cluster-state=existing");
+        node.paxos.start();
+        node.node.start();
+    }
+
     /// The cluster description.
     pub fn info(&self) -> ClusterInfo {
         let leader = self.leader.load(Ordering::SeqCst);
-        let leader_mode = self.mode == "leader";
+        let leader_mode = self.mode == paxos::Mode::Leader;
         ClusterInfo {
-            mode: self.mode.clone(),
+            mode: self.mode,
+            ready: self.is_ready(),
             leader: (leader_mode && leader != usize::MAX).then_some(leader as u32),
             target: leader_mode.then(|| self.target.load(Ordering::SeqCst) as u32),
             front_door: self.url.lock().expect("url lock").clone(),
@@ -156,17 +190,15 @@ impl FrontDoor {
             }
             let mut leader = usize::MAX;
             for (i, node) in self.nodes.iter().enumerate() {
-                let status = self
-                    .client
-                    .get(format!("{}/status", node.paxos_url))
-                    .bearer_auth(&self.token)
-                    .timeout(Duration::from_millis(300))
-                    .send()
-                    .await;
-                let status: Option<paxos::runtime::StatusReply> = match status {
-                    Ok(r) if r.status().is_success() => r.json().await.ok(),
-                    _ => None,
-                };
+                let paxos = paxos::client::PaxosClient::with_http(
+                    self.client.clone(),
+                    &node.paxos_url,
+                    self.token.as_str(),
+                );
+                let status = tokio::time::timeout(Duration::from_millis(300), paxos.status())
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
                 let ready = self
                     .client
                     .get(format!("{}/readyz", node.public_url))
@@ -175,15 +207,17 @@ impl FrontDoor {
                     .await
                     .is_ok_and(|r| r.status().is_success());
                 node.ready.store(ready, Ordering::SeqCst);
-                let role = match (&status, self.mode.as_str()) {
+                let role = match (&status, self.mode) {
                     (None, _) => "down",
-                    (Some(s), "leader") if s.status.is_leader => {
+                    (Some(s), paxos::Mode::Leader) if s.status.is_leader => {
                         leader = i;
                         "leader"
                     }
-                    (Some(s), "leader") if s.status.leader == Some(node.id) => "candidate",
-                    (Some(_), "leader") => "follower",
-                    (Some(_), _) => "replica",
+                    (Some(s), paxos::Mode::Leader) if s.status.leader == Some(node.id) => {
+                        "candidate"
+                    }
+                    (Some(_), paxos::Mode::Leader) => "follower",
+                    (Some(_), paxos::Mode::Leaderless) => "replica",
                 };
                 *node.role.lock().expect("role lock") = role.to_owned();
             }
@@ -197,7 +231,7 @@ impl FrontDoor {
     /// Candidate nodes for one request, best first.
     fn candidates(&self) -> Vec<usize> {
         let n = self.nodes.len();
-        let first = if self.mode == "leader" {
+        let first = if self.mode == paxos::Mode::Leader {
             self.target.load(Ordering::SeqCst) % n
         } else {
             // Round robin over ready nodes; if none looks ready, try them all.
@@ -241,7 +275,7 @@ async fn cluster(State(door): State<Arc<FrontDoor>>) -> Json<ClusterInfo> {
 }
 
 fn authorized(door: &FrontDoor, headers: &HeaderMap) -> bool {
-    paxos::runtime::bearer_matches(headers, &door.token)
+    plumbing::bearer_matches(headers, &door.token)
 }
 
 #[derive(Deserialize)]
@@ -258,7 +292,7 @@ async fn set_target(
     Json(req): Json<TargetRequest>,
 ) -> Response {
     if !authorized(&door, &headers) {
-        return (StatusCode::UNAUTHORIZED, "cluster token required").into_response();
+        return plumbing::unauthorized();
     }
     if req.node as usize >= door.nodes.len() {
         return (
@@ -278,7 +312,7 @@ async fn node_action(
     Path((id, action)): Path<(u32, String)>,
 ) -> Response {
     if !authorized(&door, &headers) {
-        return (StatusCode::UNAUTHORIZED, "cluster token required").into_response();
+        return plumbing::unauthorized();
     }
     let Some(node) = door.nodes.get(id as usize) else {
         return (StatusCode::NOT_FOUND, format!("no node {id}")).into_response();
@@ -292,29 +326,7 @@ async fn node_action(
             node.paxos.start();
             node.node.start();
         }
-        "wipe" => {
-            // A lost disk: both processes down, both data folders gone, then back. The paxos
-            // process rejoins: it learns what it may have promised and the log from a majority
-            // before it votes again, and the node installs a snapshot from it.
-            node.node.stop();
-            node.paxos.stop();
-            for _ in 0..100 {
-                if node.node.pid.load(Ordering::SeqCst) == 0
-                    && node.paxos.pid.load(Ordering::SeqCst) == 0
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            for dir in &node.data_dirs {
-                if let Err(err) = std::fs::remove_dir_all(dir) {
-                    tracing::warn!(dir = %dir.display(), %err, "wipe: could not delete");
-                }
-            }
-            node.paxos.add_arg("--initial-cluster-state=existing");
-            node.paxos.start();
-            node.node.start();
-        }
+        "wipe" => door.wipe(id as usize).await,
         other => {
             return (
                 StatusCode::NOT_FOUND,
@@ -444,6 +456,7 @@ mod tests {
                 name.into(),
                 "/bin/false".into(),
                 Vec::new(),
+                Vec::new(),
                 "/dev/null".into(),
                 false,
             )
@@ -464,7 +477,7 @@ mod tests {
     /// A front door over `nodes`, served as `testbed up` serves it.
     async fn front_door(nodes: Vec<SocketAddr>) -> SocketAddr {
         let door = Arc::new(FrontDoor {
-            mode: "leaderless".into(),
+            mode: paxos::Mode::Leaderless,
             nodes: nodes
                 .into_iter()
                 .enumerate()

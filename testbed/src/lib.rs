@@ -7,12 +7,14 @@
 //! found by polling; `POST /_testbed/target` retargets it), in leaderless mode it spreads requests
 //! over the nodes that are ready.
 //!
-//! Layout: [`cli`] (arguments), [`supervisor`] (child processes), [`frontdoor`] (the proxy and
-//! the `/_testbed` API), [`prometheus`] (scrape config, `--prometheus`), [`up`] (wiring, ports,
-//! `cluster.json`, the printed URLs).
+//! Layout: [`cluster`] (the cluster API: a spec, a running cluster and a handle to it, used by
+//! `up`, the tests and the load test), [`supervisor`] (child processes), [`frontdoor`] (the proxy
+//! and the `/_testbed` API), [`prometheus`] (scrape config, `--prometheus`), [`cli`] and [`up`]
+//! (`testbed up`: the arguments and the printed URLs).
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod cluster;
 pub mod frontdoor;
 pub mod prometheus;
 pub mod supervisor;
@@ -34,7 +36,8 @@ pub fn main_with_args(args: Vec<String>) -> std::process::ExitCode {
             Err(err) => err.exit(),
             Ok(cli) => match cli.command {
                 cli::Command::Up(up) => runtime.block_on(async {
-                    let identity = telemetry::Identity::new("testbed", &up.mode, "front-door");
+                    let identity =
+                        telemetry::Identity::new("testbed", up.mode.as_str(), "front-door");
                     let telemetry = telemetry::init(&identity, telemetry::LogFormat::Human);
                     let result = up::up(up).await;
                     telemetry.shutdown().await;

@@ -15,6 +15,7 @@ pub struct Child {
     pub name: String,
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     extra_args: std::sync::Mutex<Vec<String>>,
     log: PathBuf,
     restart: bool,
@@ -29,11 +30,13 @@ pub struct Child {
 }
 
 impl Child {
-    /// A child that is not started yet.
+    /// A child that is not started yet; `env` is added to the environment it inherits (the
+    /// cluster token travels this way, never through this process's own environment).
     pub fn new(
         name: String,
         program: PathBuf,
         args: Vec<String>,
+        env: Vec<(String, String)>,
         log: PathBuf,
         restart: bool,
     ) -> Arc<Child> {
@@ -41,6 +44,7 @@ impl Child {
             name,
             program,
             args,
+            env,
             extra_args: std::sync::Mutex::new(Vec::new()),
             log,
             restart,
@@ -56,6 +60,21 @@ impl Child {
     pub fn stop(&self) {
         self.held.store(true, Ordering::SeqCst);
         self.kill_now.notify_one();
+    }
+
+    /// The running process's PID.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.pid.load(Ordering::SeqCst)).filter(|pid| *pid != 0)
+    }
+
+    /// `kill -9` of the running process, as a crash: the supervisor restarts it (unless
+    /// restarts are off). Returns false if it was not running.
+    pub fn kill(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        // SAFETY: kill(2) of a process this supervisor started and still tracks.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) == 0 }
     }
 
     /// Adds an argument for every later start.
@@ -137,20 +156,13 @@ impl Child {
         command
             .args(&self.args)
             .args(self.extra_args.lock().expect("args lock").iter())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
         // If the testbed itself dies (even by SIGKILL), the kernel kills its children: no orphans.
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        plumbing::DieWithParent::die_with_parent(&mut command);
         command.spawn()
     }
 }

@@ -255,27 +255,19 @@ async fn every_process_exports_the_contract_metrics_as_valid_prometheus_text() {
     assert_eq!(balance(client, &tb.url, &account, false).await.status, 200);
     let cluster = tb.cluster().await;
     let leader = cluster["leader"].as_u64().unwrap() as usize;
-    let scrape = |url: String| async move {
-        reqwest::Client::new()
-            .get(url)
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    // The sum over every series of `name` (labelled series exist at zero from the start).
     let value = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} missing"))
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(!values.is_empty(), "metric {name} missing");
+        values.iter().sum()
     };
     let mut texts = Vec::new();
     for (i, node) in cluster["nodes"].as_array().unwrap().iter().enumerate() {
-        let paxos = scrape(format!("{}/metrics", node["paxos_url"].as_str().unwrap())).await;
+        let paxos = scrape(&format!("{}/metrics", node["paxos_url"].as_str().unwrap())).await;
         assert!(
             value(&paxos, "paxos_decided_index") >= 6.0,
             "decided index advances on every replica"
@@ -300,7 +292,7 @@ async fn every_process_exports_the_contract_metrics_as_valid_prometheus_text() {
                     >= 6.0
             );
         }
-        let bank = scrape(format!(
+        let bank = scrape(&format!(
             "{}/metrics",
             node["internal_url"].as_str().unwrap()
         ))
@@ -314,7 +306,7 @@ async fn every_process_exports_the_contract_metrics_as_valid_prometheus_text() {
         texts.push(paxos);
         texts.push(bank);
     }
-    let door = scrape(format!("{}/_testbed/metrics", tb.url)).await;
+    let door = scrape(&format!("{}/_testbed/metrics", tb.url)).await;
     assert!(value(&door, "http_requests_total") >= 1.0);
     texts.push(door);
 
@@ -376,7 +368,7 @@ async fn testbed_prometheus_scrapes_every_process() {
         );
         return;
     }
-    let tb = Testbed::up("leader", &["--prometheus", "--prometheus-port", "0"]);
+    let tb = Testbed::up_binary("leader", &["--prometheus", "--prometheus-port", "0"], &[]);
     let prometheus = tb
         .printed
         .iter()

@@ -10,12 +10,18 @@ use std::time::{Duration, Instant};
 use common::*;
 use node::store::firestore_emulator;
 
+/// Leader mode runs the real `testbed up` (its printed Firestore line is checked), leaderless
+/// mode the cluster API.
 fn firestore_testbed(mode: &str, host: &str) -> Testbed {
-    Testbed::up_with_env(
-        mode,
-        &["--store", "firestore"],
-        &[("FIRESTORE_EMULATOR_HOST", host)],
-    )
+    let (extra, env) = (
+        ["--store", "firestore"],
+        [("FIRESTORE_EMULATOR_HOST", host)],
+    );
+    if mode == "leader" {
+        Testbed::up_binary(mode, &extra, &env)
+    } else {
+        Testbed::up_with_env(mode, &extra, &env)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,14 +143,14 @@ async fn firestore_outage_gives_503_then_recovers_without_loss() {
     .await
     .expect("the retried write succeeds once Firestore is back");
     assert_eq!(after.status, 200, "{after:?}");
-    assert_eq!(cents(&after.body["balance"]), 1525, "applied exactly once");
+    assert_eq!(after.cents("balance"), 1525, "applied exactly once");
     assert_eq!(deposit(&client, &tb.url, &account, "1").await.status, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let answer = balance(&client, &tb.url, &account, false).await;
         if answer.status == 200 {
             assert_eq!(
-                cents(&answer.body["balance"]),
+                answer.cents("balance"),
                 1625,
                 "totals right after the outage"
             );

@@ -61,7 +61,7 @@ async fn every_process_exports_its_spans_over_otlp_as_one_trace() {
             .add_service(TraceServiceServer::new(Sink(received.clone())))
             .serve_with_incoming(incoming),
     );
-    let tb = Testbed::up_with_env(
+    let tb = Testbed::up_binary(
         "leader",
         &[],
         &[

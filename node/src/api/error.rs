@@ -62,9 +62,6 @@ pub enum AppError {
     /// Known path, other method.
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
-    /// Missing or wrong cluster token.
-    #[error("a valid cluster token is required (Authorization: Bearer ...)")]
-    Unauthorized,
     /// Too many queued commands.
     #[error("the node is overloaded; retry later")]
     Overloaded,
@@ -124,7 +121,6 @@ impl AppError {
             },
             AppError::NotFound => (S::NOT_FOUND, "not_found"),
             AppError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            AppError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
             AppError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
             AppError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
             AppError::NoLeader => (S::SERVICE_UNAVAILABLE, "no_leader"),
@@ -179,18 +175,10 @@ impl IntoResponse for AppError {
             result: self.original_text(),
         };
         let mut response = (status, Json(body)).into_response();
-        match status {
-            StatusCode::SERVICE_UNAVAILABLE => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            StatusCode::UNAUTHORIZED => {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ => {}
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -49,10 +49,8 @@ pub struct AppState {
 pub struct InternalState {
     /// The public state (for readiness).
     pub app: AppState,
-    /// The cluster token every internal request must carry.
-    pub token: Arc<str>,
-    /// A read-only token that reads `/metrics` and nothing else.
-    pub metrics_token: Option<Arc<str>>,
+    /// The cluster token every internal request must carry, and the read-only metrics token.
+    pub tokens: plumbing::Tokens,
     /// Cancelled by `POST /shutdown`.
     pub shutdown: CancellationToken,
     /// Renders `/metrics`.
@@ -108,6 +106,14 @@ pub const API_ROUTES: [&str; 9] = [
     "/readyz",
     "/openapi.json",
 ];
+
+/// The method of a bank route (the writes are POSTs, the rest GETs), for metric labels.
+pub fn route_method(route: &str) -> &'static str {
+    match route {
+        "/open_account" | "/deposit_money" | "/withdraw_money" | "/move_money" => "POST",
+        _ => "GET",
+    }
+}
 
 /// Marks a request forwarded by a follower, so it is never forwarded twice.
 pub const FORWARDED_HEADER: &str = "x-bank-forwarded-by";
@@ -242,47 +248,12 @@ pub fn internal_router(state: InternalState) -> Router {
         .route("/readyz", get(internal_readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            plumbing::require_token,
+        ))
         .layer(middleware::from_fn(track_internal_http))
         .with_state(state)
-}
-
-/// HELP texts of the metrics the node exports (HTTP RED, the store, the applied index).
-pub fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "http_requests_total",
-        "HTTP requests by route, method and status"
-    );
-    describe_histogram!(
-        "http_request_duration_seconds",
-        Unit::Seconds,
-        "HTTP request duration by route and method"
-    );
-    describe_histogram!(
-        "store_operation_duration_seconds",
-        Unit::Seconds,
-        "Store operation latency by backend and op"
-    );
-    describe_histogram!(
-        "store_commit_batch_size",
-        "Commands applied per store transaction"
-    );
-    describe_gauge!("bank_applied_index", "Last log index applied to the store");
-    describe_gauge!(
-        "bank_snapshot_records",
-        "Accounts and idempotency records in the last snapshot handed to paxos"
-    );
-    describe_gauge!(
-        "bank_snapshot_bytes",
-        Unit::Bytes,
-        "Size of the last snapshot handed to paxos"
-    );
-    describe_histogram!(
-        "bank_compaction_duration_seconds",
-        Unit::Seconds,
-        "Building, encoding and handing paxos one snapshot"
-    );
 }
 
 /// HTTP RED metrics (requests by route, method and status, and their durations) and the
@@ -321,31 +292,11 @@ async fn track(mut request: Request, next: Next, always_trace: bool) -> Response
     if let Some(span) = span {
         span.record("http.response.status_code", status);
     }
-    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
         .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "route" => route, "method" => method)
+    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response
-}
-
-async fn require_token(
-    State(state): State<InternalState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, AppError> {
-    let scrape = request.uri().path() == "/metrics"
-        && (state.metrics_token.as_deref())
-            .is_some_and(|metrics| paxos::runtime::bearer_matches(request.headers(), metrics));
-    if scrape || paxos::runtime::bearer_matches(request.headers(), &state.token) {
-        Ok(next.run(request).await)
-    } else {
-        Err(AppError::Unauthorized)
-    }
-}
-
-/// Constant-time comparison: the time taken does not reveal how much of the token matched.
-pub fn token_matches(presented: &str, expected: &str) -> bool {
-    paxos::runtime::token_matches(presented, expected)
 }
 
 async fn not_found() -> AppError {
@@ -829,7 +780,7 @@ async fn shutdown(State(state): State<InternalState>) -> &'static str {
 }
 
 async fn metrics_text(State(state): State<InternalState>) -> Response {
-    paxos::runtime::metrics_response(state.metrics.as_deref())
+    plumbing::metrics_response(state.metrics.as_deref())
 }
 
 /// The OpenAPI description of the public API, generated from the handlers above.

@@ -171,10 +171,10 @@ impl EmbeddedStore {
         // commit returns after the fsync.
         txn.commit().map_err(fatal)?;
         let labels = [("backend", "embedded"), ("op", "apply")];
-        metrics::histogram!("store_operation_duration_seconds", &labels)
+        metrics::histogram!(crate::metrics::STORE_OPERATION_DURATION, &labels)
             .record(started.elapsed().as_secs_f64());
         let commands: usize = entries.iter().map(|e| e.commands.len()).sum();
-        metrics::histogram!("store_commit_batch_size", "backend" => "embedded")
+        metrics::histogram!(crate::metrics::STORE_COMMIT_BATCH_SIZE, "backend" => "embedded")
             .record(commands as f64);
         Ok(outcomes)
     }

@@ -182,7 +182,7 @@ fn op_span(op: &'static str) -> tracing::Span {
 }
 
 fn observe(op: &'static str, started: Instant) {
-    metrics::histogram!("store_operation_duration_seconds", "backend" => "firestore", "op" => op)
+    metrics::histogram!(crate::metrics::STORE_OPERATION_DURATION, "backend" => "firestore", "op" => op)
         .record(started.elapsed().as_secs_f64());
 }
 
@@ -265,11 +265,11 @@ impl FirestoreStore {
                 if self.healthy.swap(false, Ordering::Relaxed) {
                     tracing::warn!(error = %text, "firestore unavailable: circuit open");
                 }
-                metrics::counter!("store_errors_total", "backend" => "firestore", "kind" => "unavailable")
+                metrics::counter!(crate::metrics::STORE_ERRORS, "backend" => "firestore", "kind" => "unavailable")
                     .increment(1);
             }
             Err(_) => {
-                metrics::counter!("store_errors_total", "backend" => "firestore", "kind" => "fatal")
+                metrics::counter!(crate::metrics::STORE_ERRORS, "backend" => "firestore", "kind" => "fatal")
                     .increment(1);
             }
         }
@@ -303,7 +303,7 @@ impl FirestoreStore {
             match self.try_apply(entries).instrument(op_span("apply")).await {
                 Err(Attempt::Conflict(text)) if attempt < MAX_APPLY_ATTEMPTS => {
                     attempt += 1;
-                    metrics::counter!("store_transaction_retries_total", "backend" => "firestore")
+                    metrics::counter!(crate::metrics::STORE_TRANSACTION_RETRIES, "backend" => "firestore")
                         .increment(1);
                     tracing::debug!(attempt, %text, "another writer committed first; retrying");
                     let backoff = Duration::from_millis(10u64 << attempt.min(6));
@@ -445,7 +445,7 @@ impl FirestoreStore {
         }
         observe("commit", started);
         let commands: usize = pending.iter().map(|e| e.commands.len()).sum();
-        metrics::histogram!("store_commit_batch_size", "backend" => "firestore")
+        metrics::histogram!(crate::metrics::STORE_COMMIT_BATCH_SIZE, "backend" => "firestore")
             .record(commands as f64);
         Ok(outcomes)
     }

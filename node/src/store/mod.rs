@@ -20,6 +20,35 @@ use crate::money::Money;
 pub use embedded::EmbeddedStore;
 pub use firestore::{FirestoreConfig, FirestoreStore};
 
+/// Which store a node keeps its state in: the one type every binary, flag, file and label names
+/// a store with (`embedded` and `firestore` on the command line, in JSON and in metric labels).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A redb file in the node's data directory.
+    Embedded,
+    /// Google Firestore (or its emulator).
+    Firestore,
+}
+
+impl StoreKind {
+    /// `embedded` or `firestore`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Embedded => "embedded",
+            StoreKind::Firestore => "firestore",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A storage failure. Business outcomes are never errors (see [`Outcome`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -55,8 +55,7 @@ impl TestNode {
         let shutdown = CancellationToken::new();
         let internal = api::internal_router(InternalState {
             app: app.clone(),
-            token: TOKEN.into(),
-            metrics_token: Some(METRICS_TOKEN.into()),
+            tokens: plumbing::Tokens::new(TOKEN, Some(METRICS_TOKEN)),
             shutdown: shutdown.clone(),
             metrics: Some(Arc::new(|| "bank_test_metric 1\n".to_owned())),
         });
@@ -100,6 +99,15 @@ impl TestNode {
         .await
     }
 
+    /// The balance, read exactly from the answer's text (never through a float).
+    pub async fn balance_money(&self, account: &str) -> node::money::Money {
+        let request = get(&format!("/check_account?account_id={account}"));
+        let response = self.public.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        balance_field(&bytes, "balance")
+    }
+
     pub async fn balance(&self, account: &str) -> Value {
         let (status, body) = self
             .call(get(&format!("/check_account?account_id={account}")))
@@ -107,6 +115,13 @@ impl TestNode {
         assert_eq!(status, StatusCode::OK, "{body}");
         body["balance"].clone()
     }
+}
+
+/// The money in `field` of a JSON answer, parsed from its exact text.
+pub fn balance_field(body: &[u8], field: &str) -> node::money::Money {
+    let fields: std::collections::HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_slice(body).unwrap();
+    node::money::Money::parse_balance(fields[field].get()).unwrap()
 }
 
 pub fn json_post(path: &str, body: &str, key: Option<&str>) -> Request<Body> {

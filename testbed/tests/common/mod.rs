@@ -1,8 +1,11 @@
 //! A testbed cluster of real processes for end-to-end tests, and a retrying bank client.
 #![allow(dead_code)]
 
-use std::io::BufRead as _;
 use std::time::{Duration, Instant};
+
+use plumbing::DieWithParent as _;
+use testbed::cli::UpArgs;
+use testbed::cluster::{ClusterHandle, ClusterSpec, ClusterThread};
 
 use std::sync::{Arc, Mutex};
 
@@ -14,16 +17,24 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub struct Testbed {
     _serial: std::sync::MutexGuard<'static, ()>,
-    child: std::process::Child,
+    runner: Runner,
     pub url: String,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
-    /// What `testbed up` printed up to its `ready` line.
+    /// What `testbed up` printed up to the moment it was ready (the binary runner only).
     pub printed: Vec<String>,
 }
 
+enum Runner {
+    /// The cluster API, in this process (on a thread of its own).
+    Api(ClusterThread),
+    /// The real `testbed up` binary.
+    Binary(std::process::Child),
+}
+
 impl Testbed {
-    /// `testbed up` with `extra` arguments; returns once it printed `ready`.
+    /// A 3-node cluster in `mode` with `testbed up`'s `extra` arguments, through the cluster
+    /// API; returns once it is ready.
     pub fn up(mode: &str, extra: &[&str]) -> Testbed {
         Testbed::up_with_env(mode, extra, &[])
     }
@@ -40,23 +51,35 @@ impl Testbed {
         env: &[(&str, &str)],
         data_dir: Option<&std::path::Path>,
     ) -> Testbed {
-        // One cluster at a time: seven processes each on a 2-core machine, and a test's timing
-        // should not depend on how many other clusters the harness runs beside it.
-        let serial = SERIAL
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let serial = serial();
         let dir = tempfile::tempdir().unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"));
-        // If this test process dies abruptly, the kernel stops its cluster too.
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+        let mut args = up_args(mode, extra);
+        args.data_dir = Some(data_dir.map_or_else(|| dir.path().join("data"), |d| d.to_owned()));
+        let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_testbed"));
+        let mut spec = ClusterSpec::from_up_args(&args, exe, Some(TOKEN.to_owned())).unwrap();
+        spec.env.push(("RUST_LOG".to_owned(), "warn".to_owned()));
+        spec.env
+            .extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let cluster = ClusterThread::start(spec, Duration::from_secs(90)).expect("a ready cluster");
+        Testbed {
+            _serial: serial,
+            url: cluster.handle().front_door().to_owned(),
+            runner: Runner::Api(cluster),
+            dir,
+            client: client(),
+            printed: Vec::new(),
         }
-        let mut child = command
+    }
+
+    /// The real `testbed up` binary with `extra` arguments and `env`; returns once its
+    /// `cluster.json` says `"ready": true`, with what it printed until then.
+    pub fn up_binary(mode: &str, extra: &[&str], env: &[(&str, &str)]) -> Testbed {
+        let serial = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let log = dir.path().join("testbed.out");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+            .die_with_parent()
             .args([
                 "up",
                 "--port",
@@ -67,50 +90,55 @@ impl Testbed {
                 mode,
                 "--data-dir",
             ])
-            .arg(data_dir.map_or_else(|| dir.path().join("data"), |d| d.to_owned()))
+            .arg(&data)
             .args(extra)
             .env("BANK_CLUSTER_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
-            .stdout(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("starting testbed");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let mut url = None;
-        let mut printed = Vec::new();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            printed.push(line.clone());
-            if let Some(rest) = line.strip_prefix("front door: ") {
-                url = Some(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap()
-                        .trim_end_matches('/')
-                        .to_owned(),
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let info = loop {
+            let info = std::fs::read(data.join("cluster.json"))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+            if let Some(info) = info.filter(|i| i["ready"] == json!(true)) {
+                break info;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "testbed up exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
-            if line.starts_with("ready") {
-                break;
-            }
             assert!(
-                !line.starts_with("not ready"),
-                "testbed did not become ready"
+                Instant::now() < deadline,
+                "testbed up was not ready in 120 s: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
-        }
-        std::thread::spawn(move || for _ in lines {});
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let printed = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
         Testbed {
             _serial: serial,
-            child,
-            url: url.expect("front door line"),
+            url: info["front_door"].as_str().unwrap().to_owned(),
+            runner: Runner::Binary(child),
             dir,
-            client,
+            client: client(),
             printed,
+        }
+    }
+
+    /// Typed access to the cluster (the cluster API runner only).
+    pub fn handle(&self) -> &ClusterHandle {
+        match &self.runner {
+            Runner::Api(cluster) => cluster.handle(),
+            Runner::Binary(_) => panic!("a `testbed up` process has no in-process handle"),
         }
     }
 
@@ -186,20 +214,66 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        let Runner::Binary(child) = &mut self.runner else {
+            // The cluster thread stops its cluster when dropped.
+            return;
+        };
         // SIGTERM: the testbed stops its children; the kernel kills them too if it dies.
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+            libc::kill(child.id() as i32, libc::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
+}
+
+/// One cluster at a time: seven processes each on a 2-core machine, and a test's timing should
+/// not depend on how many other clusters the harness runs beside it.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `testbed up --nodes 3 --mode <mode> --port 0 <extra>`, parsed as the binary parses it.
+fn up_args(mode: &str, extra: &[&str]) -> UpArgs {
+    use clap::Parser as _;
+    let args = [
+        "testbed", "up", "--nodes", "3", "--port", "0", "--mode", mode,
+    ];
+    let cli = testbed::cli::Cli::try_parse_from(args.iter().chain(extra)).unwrap();
+    let testbed::cli::Command::Up(up) = cli.command;
+    up
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// `GET url` with the cluster token: a process's `/metrics` text.
+pub async fn scrape(url: &str) -> String {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    response.text().await.unwrap()
 }
 
 /// The answer to one request.
@@ -207,6 +281,15 @@ impl Drop for Testbed {
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+    /// The body's text, for reading money exactly.
+    pub text: String,
+}
+
+impl Answer {
+    /// The money in `field`, in cents, read from the answer's exact text (never a float).
+    pub fn cents(&self, field: &str) -> i64 {
+        cents_in(self.text.as_bytes(), field)
+    }
 }
 
 /// Sends a request; on 503 or a connection error retries with the same idempotency key until
@@ -230,8 +313,9 @@ pub async fn send_retrying(
         match request.send().await {
             Ok(response) if response.status().as_u16() != 503 => {
                 let status = response.status().as_u16();
-                let body = response.json().await.unwrap_or(Value::Null);
-                return Some(Answer { status, body });
+                let text = response.text().await.unwrap_or_default();
+                let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+                return Some(Answer { status, body, text });
             }
             _ => {}
         }
@@ -288,11 +372,16 @@ pub fn uuid_key() -> String {
     format!("k-{}", uuid::Uuid::new_v4().simple())
 }
 
-pub fn cents(value: &Value) -> i64 {
-    match value {
-        Value::Number(n) => (n.as_f64().unwrap() * 100.0).round() as i64,
-        other => panic!("not a number: {other}"),
-    }
+/// The money in `field` of a JSON body, in cents, parsed from its exact text.
+pub fn cents_in(body: &[u8], field: &str) -> i64 {
+    let fields: std::collections::HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_slice(body).unwrap_or_else(|err| panic!("{err}: {body:?}"));
+    let raw = fields
+        .get(field)
+        .unwrap_or_else(|| panic!("no {field} in {body:?}"));
+    node::money::Money::parse_balance(raw.get())
+        .unwrap()
+        .cents()
 }
 
 /// Polls every node's local replica until all of them report the same balances for `accounts`.
@@ -313,7 +402,7 @@ pub async fn converged_balances(tb: &Testbed, accounts: &[String], limit: Durati
                     .await;
                 let value = match response {
                     Ok(r) if r.status().is_success() => {
-                        r.json::<Value>().await.ok().map(|b| cents(&b["balance"]))
+                        r.bytes().await.ok().map(|b| cents_in(&b, "balance"))
                     }
                     _ => None,
                 };

@@ -1,0 +1,281 @@
+//! The one way to call a `paxos` process: its node-facing calls (propose, entries, read index,
+//! compact) and its operator calls (status, elect, shutdown, metrics), over the wire types of
+//! [`crate::wire`]. Used by the node, the testbed's front door, the load test and the tests.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), paxos::client::ClientError> {
+//! use paxos::client::PaxosClient;
+//!
+//! let paxos = PaxosClient::new("http://127.0.0.1:7001", "the-cluster-token-0123")?;
+//! let status = paxos.status().await?;
+//! println!("replica {} of a {} cluster: leader {:?}", status.status.id, status.mode, status.status.leader);
+//! if !status.status.is_leader {
+//!     let after = paxos.elect().await?; // leader mode: start an election here
+//!     println!("ballot now {}", after.status.ballot);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::ballot::Slot;
+use crate::wire::{EntriesReply, ProposeReply, ReadIndexReply, StatusReply};
+
+/// How a call failed. The three kinds matter to a caller that proposed something: only
+/// [`ClientError::NotSent`] and [`ClientError::Refused`] mean the process did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request never left (no connection, a bad URL): the process did nothing.
+    #[error("paxos at {url} is unreachable: {reason}")]
+    NotSent {
+        /// The URL called.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The process answered with an error status before acting on the request (every route
+    /// checks the token and the body before it proposes anything).
+    #[error("paxos at {url} answered {status}: {body}")]
+    Refused {
+        /// The URL called.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The start of the answer's body.
+        body: String,
+    },
+    /// The request may have been handled, but its answer was lost, cut short or garbled.
+    #[error("paxos at {url}: the answer was lost: {detail}")]
+    AnswerLost {
+        /// The URL called.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// True if the process certainly did nothing with the request.
+    pub fn nothing_happened(&self) -> bool {
+        !matches!(self, ClientError::AnswerLost { .. })
+    }
+}
+
+/// A client of one paxos process. Cheap to clone (the connection pool is shared).
+#[derive(Clone, Debug)]
+pub struct PaxosClient {
+    http: reqwest::Client,
+    base: Arc<str>,
+    token: Arc<str>,
+}
+
+/// The longest any call waits unless the caller bounds it (a long poll of entries waits at most
+/// its `wait_ms` on the server, well below this).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl PaxosClient {
+    /// A client of the process at `base` (`http://host:port`), carrying the cluster `token`,
+    /// with its own connection pool.
+    pub fn new(base: &str, token: impl Into<Arc<str>>) -> Result<PaxosClient, ClientError> {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
+            .pool_max_idle_per_host(64)
+            .timeout(DEFAULT_TIMEOUT)
+            .build()
+            .map_err(|err| ClientError::NotSent {
+                url: base.to_owned(),
+                reason: err.to_string(),
+            })?;
+        Ok(PaxosClient::with_http(http, base, token))
+    }
+
+    /// A client sharing an existing connection pool.
+    pub fn with_http(http: reqwest::Client, base: &str, token: impl Into<Arc<str>>) -> PaxosClient {
+        PaxosClient {
+            http,
+            base: base.trim_end_matches('/').into(),
+            token: token.into(),
+        }
+    }
+
+    /// The process's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /status`: role, leader, ballot, decided index and counters.
+    pub async fn status(&self) -> Result<StatusReply, ClientError> {
+        let url = self.url("/status");
+        self.json(self.http.get(&url), &url).await
+    }
+
+    /// `POST /elect`: leader mode, start an election at this replica now (what the prober does
+    /// when the leader is sick); answers the status right after.
+    pub async fn elect(&self) -> Result<StatusReply, ClientError> {
+        let url = self.url("/elect");
+        self.json(self.http.post(&url), &url).await
+    }
+
+    /// `POST /shutdown`: the process stops gracefully.
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        let url = self.url("/shutdown");
+        self.bytes(self.http.post(&url), &url).await.map(drop)
+    }
+
+    /// `GET /healthz`: true while the replica's driver runs.
+    pub async fn healthz(&self) -> Result<bool, ClientError> {
+        let url = self.url("/healthz");
+        let response = self.send(self.http.get(&url), &url).await?;
+        Ok(response.status().is_success())
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let url = self.url("/metrics");
+        let bytes = self.bytes(self.http.get(&url), &url).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// `POST /local/propose`: proposes `commands` (opaque bytes) and answers one
+    /// [`ProposeReply`] each, once every one is decided here, handed back or refused. Carries
+    /// the current trace.
+    pub async fn propose(&self, commands: &[Bytes]) -> Result<Vec<ProposeReply>, ClientError> {
+        let body = encode(&self.url("/local/propose"), &commands)?;
+        self.postcard_call("/local/propose", body).await
+    }
+
+    /// `GET /local/entries`: up to `max` decided entries from slot `from`, waiting up to `wait`
+    /// for the first one; or the snapshot that replaced those slots.
+    pub async fn entries(
+        &self,
+        from: Slot,
+        max: usize,
+        wait: Duration,
+    ) -> Result<EntriesReply, ClientError> {
+        let url = self.url(&format!(
+            "/local/entries?from={from}&max={max}&wait_ms={}",
+            wait.as_millis()
+        ));
+        let bytes = self.bytes(self.http.get(&url), &url).await?;
+        decode(&url, &bytes)
+    }
+
+    /// `POST /local/read_index`: a linearizable read point (leader mode, at the leader).
+    pub async fn read_index(&self) -> Result<ReadIndexReply, ClientError> {
+        self.postcard_call("/local/read_index", Vec::new()).await
+    }
+
+    /// `POST /local/compact` with a body made by [`encode_compact`]: every slot up to the
+    /// body's slot is replaced by the application snapshot it carries.
+    pub async fn compact(&self, body: Vec<u8>) -> Result<(), ClientError> {
+        let url = self.url("/local/compact");
+        let request = self
+            .http
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        self.bytes(request, &url).await.map(drop)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn postcard_call<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let request = self
+            .http
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .headers(telemetry::trace::current_headers())
+            .body(body);
+        let bytes = self.bytes(request, &url).await?;
+        decode(&url, &bytes)
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        let bytes = self.bytes(request, url).await?;
+        serde_json::from_slice(&bytes).map_err(|err| ClientError::AnswerLost {
+            url: url.to_owned(),
+            detail: err.to_string(),
+        })
+    }
+
+    async fn bytes(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<Bytes, ClientError> {
+        let response = self.send(request, url).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(ClientError::Refused {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                body: body.chars().take(200).collect(),
+            });
+        }
+        response
+            .bytes()
+            .await
+            .map_err(|err| ClientError::AnswerLost {
+                url: url.to_owned(),
+                detail: err.to_string(),
+            })
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|err| {
+                let (url, reason) = (url.to_owned(), err.to_string());
+                if err.is_connect() || err.is_builder() {
+                    ClientError::NotSent { url, reason }
+                } else {
+                    ClientError::AnswerLost {
+                        url,
+                        detail: reason,
+                    }
+                }
+            })
+    }
+}
+
+/// The body of `POST /local/compact`: the last slot the snapshot covers and the application's
+/// bytes. Encoding a large snapshot is CPU work: call it off the async workers.
+pub fn encode_compact(slot: Slot, data: &Bytes) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(&(slot, data))
+}
+
+fn encode<T: serde::Serialize>(url: &str, value: &T) -> Result<Vec<u8>, ClientError> {
+    postcard::to_stdvec(value).map_err(|err| ClientError::NotSent {
+        url: url.to_owned(),
+        reason: format!("encoding the request: {err}"),
+    })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(url: &str, bytes: &[u8]) -> Result<T, ClientError> {
+    postcard::from_bytes(bytes).map_err(|err| ClientError::AnswerLost {
+        url: url.to_owned(),
+        detail: format!("decoding the answer: {err}"),
+    })
+}

@@ -1,0 +1,183 @@
+//! Every metric the paxos process exports: its name, kind, unit and HELP text, in one table
+//! ([`METRICS`]). [`describe`] gives Prometheus the HELP texts; [`register`] creates every series
+//! at zero at start-up, so a dashboard or an alert never sees a missing series where there were
+//! simply no events yet (an election that never happened is `0`, not "no data").
+
+use metrics::Unit;
+use telemetry::catalog::{Metric, counter, describe_all, gauge, histogram, register_all};
+
+use crate::messages::{Envelope, Message};
+
+/// `paxos_commands_proposed_total`.
+pub const COMMANDS_PROPOSED: &str = "paxos_commands_proposed_total";
+/// `paxos_slots_proposed_total`.
+pub const SLOTS_PROPOSED: &str = "paxos_slots_proposed_total";
+/// `paxos_noops_proposed_total`.
+pub const NOOPS_PROPOSED: &str = "paxos_noops_proposed_total";
+/// `paxos_phase1_rounds_total`.
+pub const PHASE1_ROUNDS: &str = "paxos_phase1_rounds_total";
+/// `paxos_phase2_messages_total`.
+pub const PHASE2_MESSAGES: &str = "paxos_phase2_messages_total";
+/// `paxos_elections_started_total`.
+pub const ELECTIONS_STARTED: &str = "paxos_elections_started_total";
+/// `paxos_elections_won_total`.
+pub const ELECTIONS_WON: &str = "paxos_elections_won_total";
+/// `paxos_leader_changes_total`.
+pub const LEADER_CHANGES: &str = "paxos_leader_changes_total";
+/// `paxos_slots_decided_total`.
+pub const SLOTS_DECIDED: &str = "paxos_slots_decided_total";
+/// `paxos_messages_total{direction,type}`.
+pub const MESSAGES: &str = "paxos_messages_total";
+/// `paxos_messages_dropped_total{reason}`.
+pub const MESSAGES_DROPPED: &str = "paxos_messages_dropped_total";
+/// `paxos_snapshots_received_total`.
+pub const SNAPSHOTS_RECEIVED: &str = "paxos_snapshots_received_total";
+/// `paxos_snapshot_bytes_sent_total`.
+pub const SNAPSHOT_BYTES_SENT: &str = "paxos_snapshot_bytes_sent_total";
+/// `paxos_snapshot_transfers_total{outcome}`.
+pub const SNAPSHOT_TRANSFERS: &str = "paxos_snapshot_transfers_total";
+/// `paxos_decided_index`.
+pub const DECIDED_INDEX: &str = "paxos_decided_index";
+/// `paxos_frontier_slot`.
+pub const FRONTIER_SLOT: &str = "paxos_frontier_slot";
+/// `paxos_compacted_index`.
+pub const COMPACTED_INDEX: &str = "paxos_compacted_index";
+/// `paxos_ballot_round`.
+pub const BALLOT_ROUND: &str = "paxos_ballot_round";
+/// `paxos_pending_commands`.
+pub const PENDING_COMMANDS: &str = "paxos_pending_commands";
+/// `paxos_is_leader`.
+pub const IS_LEADER: &str = "paxos_is_leader";
+/// `paxos_lanes_led`.
+pub const LANES_LED: &str = "paxos_lanes_led";
+/// `paxos_leader_id`.
+pub const LEADER_ID: &str = "paxos_leader_id";
+/// `paxos_recovering`.
+pub const RECOVERING: &str = "paxos_recovering";
+/// `paxos_batch_size`.
+pub const BATCH_SIZE: &str = "paxos_batch_size";
+/// `paxos_commit_latency_seconds`.
+pub const COMMIT_LATENCY: &str = "paxos_commit_latency_seconds";
+/// `paxos_phase1_duration_seconds`.
+pub const PHASE1_DURATION: &str = "paxos_phase1_duration_seconds";
+/// `paxos_slot_commit_ticks`.
+pub const SLOT_COMMIT_TICKS: &str = "paxos_slot_commit_ticks";
+/// `paxos_persist_duration_seconds`.
+pub const PERSIST_DURATION: &str = "paxos_persist_duration_seconds";
+/// `paxos_peer_rpc_duration_seconds`.
+pub const PEER_RPC_DURATION: &str = "paxos_peer_rpc_duration_seconds";
+
+/// Why a message was dropped: the values of `paxos_messages_dropped_total{reason}`.
+pub const DROP_REASONS: [&str; 5] = [
+    "inbound_full",
+    "outbound_full",
+    "outbound_bytes_full",
+    "too_large",
+    "peer_unreachable",
+];
+
+/// How a snapshot transfer to a peer ended: the values of
+/// `paxos_snapshot_transfers_total{outcome}`.
+pub const TRANSFER_OUTCOMES: [&str; 2] = ["sent", "given_up"];
+
+/// Every metric of the paxos process.
+pub const METRICS: &[Metric] = &[
+    counter(COMMANDS_PROPOSED, "Client commands accepted by propose"),
+    counter(
+        SLOTS_PROPOSED,
+        "Slots this replica proposed (phase 2 instances it led), no-ops included",
+    ),
+    counter(NOOPS_PROPOSED, "No-op slots proposed (skips and recovery)"),
+    counter(
+        PHASE1_ROUNDS,
+        "Phase 1 rounds started (elections, lane takeovers)",
+    ),
+    counter(PHASE2_MESSAGES, "Phase 2 (accept) messages sent"),
+    counter(ELECTIONS_STARTED, "Elections or lane takeovers started"),
+    counter(ELECTIONS_WON, "Elections or lane takeovers won"),
+    counter(
+        LEADER_CHANGES,
+        "Times the believed holder of a lane changed",
+    ),
+    counter(SLOTS_DECIDED, "Slots learned decided"),
+    counter(MESSAGES, "Protocol messages by direction and type"),
+    counter(
+        MESSAGES_DROPPED,
+        "Messages dropped, by reason (full queues, unreachable peers)",
+    ),
+    counter(
+        SNAPSHOTS_RECEIVED,
+        "Snapshots received from a peer and installed",
+    ),
+    counter(SNAPSHOT_BYTES_SENT, "Snapshot bytes sent to lagging peers"),
+    counter(
+        SNAPSHOT_TRANSFERS,
+        "Snapshot transfers to a peer, by outcome (sent, given_up)",
+    ),
+    gauge(DECIDED_INDEX, "Contiguous decided index"),
+    gauge(FRONTIER_SLOT, "Highest slot seen proposed"),
+    gauge(COMPACTED_INDEX, "Last slot covered by the snapshot"),
+    gauge(BALLOT_ROUND, "Round of the highest promised ballot"),
+    gauge(PENDING_COMMANDS, "Commands waiting for a slot"),
+    gauge(IS_LEADER, "1 if this replica leads (leader mode)"),
+    gauge(LANES_LED, "Lanes this replica leads"),
+    gauge(LEADER_ID, "Believed leader (leader mode; -1: none)"),
+    gauge(RECOVERING, "1 while a rejoining replica recovers its state"),
+    histogram(BATCH_SIZE, None, "Commands per slot this replica proposed"),
+    histogram(
+        COMMIT_LATENCY,
+        Some(Unit::Seconds),
+        "Wall-clock time from a node's propose call to every command of it decided (the Paxos round, phase 2)",
+    ),
+    histogram(
+        PHASE1_DURATION,
+        Some(Unit::Seconds),
+        "Wall-clock time from starting an election (phase 1) to winning it",
+    ),
+    histogram(
+        SLOT_COMMIT_TICKS,
+        None,
+        "Ticks from proposing a slot to learning it decided, as the core counts them",
+    ),
+    histogram(
+        PERSIST_DURATION,
+        Some(Unit::Seconds),
+        "Write and fsync of one burst of acceptor state",
+    ),
+    histogram(
+        PEER_RPC_DURATION,
+        Some(Unit::Seconds),
+        "One batch of messages to a peer",
+    ),
+];
+
+/// HELP texts of every metric the paxos process exports.
+pub fn describe() {
+    describe_all(METRICS);
+}
+
+/// Every series of the paxos process at zero, labelled ones with each of their known labels.
+pub fn register() {
+    let labelled = [MESSAGES, MESSAGES_DROPPED, SNAPSHOT_TRANSFERS];
+    let plain: Vec<Metric> = (METRICS.iter())
+        .filter(|m| !labelled.contains(&m.name))
+        .copied()
+        .collect();
+    register_all(&plain);
+    for direction in ["received", "sent"] {
+        for kind in Message::KINDS {
+            metrics::counter!(MESSAGES, "direction" => direction, "type" => kind).increment(0);
+        }
+    }
+    for reason in DROP_REASONS {
+        metrics::counter!(MESSAGES_DROPPED, "reason" => reason).increment(0);
+    }
+    for outcome in TRANSFER_OUTCOMES {
+        metrics::counter!(SNAPSHOT_TRANSFERS, "outcome" => outcome).increment(0);
+    }
+}
+
+pub(crate) fn count_message(direction: &'static str, envelope: &Envelope) {
+    metrics::counter!(MESSAGES, "direction" => direction, "type" => envelope.msg.kind())
+        .increment(1);
+}

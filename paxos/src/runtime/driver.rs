@@ -1,0 +1,461 @@
+//! The driver task: owns the [`Replica`], and after every burst of inputs persists, syncs,
+//! sends and answers, in the order the crate docs' driver contract requires.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::ballot::Slot;
+use crate::core::{Metrics, Mode, Observation, ProposeError, ReadResult, Replica};
+use crate::messages::Envelope;
+use crate::metrics::count_message;
+use crate::storage::Storage;
+use crate::transfer::Peer;
+use crate::wire::{EntriesReply, ProposeReply, ReadIndexReply, StatusReply, answers};
+
+pub(super) enum LocalRequest {
+    Propose {
+        commands: Vec<Bytes>,
+        /// The proposing request's trace, when sampled.
+        trace: Option<telemetry::trace::Context>,
+        reply: oneshot::Sender<Vec<ProposeReply>>,
+    },
+    Entries {
+        from: Slot,
+        max: usize,
+        wait: bool,
+        reply: oneshot::Sender<EntriesReply>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<ReadIndexReply>,
+    },
+    Compact {
+        slot: Slot,
+        data: Bytes,
+    },
+    Status {
+        reply: oneshot::Sender<StatusReply>,
+    },
+    Elect {
+        reply: oneshot::Sender<StatusReply>,
+    },
+}
+
+/// Most long polls of `/local/entries` waiting at once (one node normally keeps one open).
+const MAX_ENTRY_WAITERS: usize = 64;
+
+struct BatchWaiter {
+    replies: Vec<Option<ProposeReply>>,
+    remaining: usize,
+    reply: oneshot::Sender<Vec<ProposeReply>>,
+    /// `paxos.commit`, open from propose until every command is decided (or handed back), when
+    /// the proposing request is sampled: the Paxos round of that request's trace.
+    span: Option<tracing::Span>,
+    /// When the node proposed it (for `paxos_commit_latency_seconds`).
+    proposed_at: std::time::Instant,
+}
+
+pub(super) struct Driver {
+    /// Counters already exported (the core's are cumulative).
+    exported: Metrics,
+    replica: Replica,
+    storage: Box<dyn Storage + Send>,
+    outbound: Vec<Option<Peer>>,
+    /// Shared with the HTTP handlers: the contiguous decided index.
+    decided: Arc<std::sync::atomic::AtomicU64>,
+    mode: Mode,
+    /// Batches whose `span` is set (accepts for their commands carry the trace to peers).
+    traced_batches: usize,
+    /// When the election in progress started (for `paxos_phase1_duration_seconds`).
+    election_started: Option<std::time::Instant>,
+    /// Command -> (batch, position in it).
+    proposals: HashMap<Bytes, (u64, usize)>,
+    batches: HashMap<u64, BatchWaiter>,
+    next_batch: u64,
+    entry_waiters: Vec<(Slot, usize, oneshot::Sender<EntriesReply>)>,
+    read_waiters: HashMap<u64, oneshot::Sender<ReadIndexReply>>,
+    next_read: u64,
+}
+
+impl Driver {
+    /// A driver for `replica` on `storage`, sending through `outbound` (one entry a replica,
+    /// `None` for this one) and publishing its decided index in `decided`.
+    pub(super) fn new(
+        replica: Replica,
+        storage: Box<dyn Storage + Send>,
+        outbound: Vec<Option<Peer>>,
+        decided: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Driver {
+        Driver {
+            decided,
+            exported: Metrics::default(),
+            mode: replica.config().mode,
+            replica,
+            storage,
+            outbound,
+            traced_batches: 0,
+            election_started: None,
+            proposals: HashMap::new(),
+            batches: HashMap::new(),
+            next_batch: 0,
+            entry_waiters: Vec::new(),
+            read_waiters: HashMap::new(),
+            next_read: 1,
+        }
+    }
+
+    pub(super) async fn run(
+        mut self,
+        tick_ms: u64,
+        mut requests: mpsc::Receiver<LocalRequest>,
+        mut inbound: mpsc::Receiver<Vec<Envelope>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut ticker = tokio::time::interval(Duration::from_millis(tick_ms.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        self.after_inputs().await?;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = ticker.tick() => {
+                    self.replica.tick();
+                    ticks += 1;
+                    if ticks.is_multiple_of(100) {
+                        self.batches.retain(|_, batch| !batch.reply.is_closed());
+                        self.traced_batches =
+                            self.batches.values().filter(|b| b.span.is_some()).count();
+                        self.read_waiters.retain(|_, reply| !reply.is_closed());
+                        let batches = &self.batches;
+                        self.proposals.retain(|_, (batch, _)| batches.contains_key(batch));
+                        self.entry_waiters.retain(|(_, _, reply)| !reply.is_closed());
+                    }
+                }
+                Some(envelopes) = inbound.recv() => {
+                    for envelope in envelopes {
+                        count_message("received", &envelope);
+                        self.replica.handle(envelope);
+                    }
+                }
+                Some(request) = requests.recv() => self.local(request),
+            }
+            // Take whatever else is already waiting, so one fsync covers the whole burst.
+            for _ in 0..64 {
+                match inbound.try_recv() {
+                    Ok(envelopes) => envelopes.into_iter().for_each(|e| {
+                        count_message("received", &e);
+                        self.replica.handle(e);
+                    }),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..1_024 {
+                match requests.try_recv() {
+                    Ok(request) => self.local(request),
+                    Err(_) => break,
+                }
+            }
+            self.after_inputs().await?;
+        }
+    }
+
+    fn local(&mut self, request: LocalRequest) {
+        match request {
+            LocalRequest::Propose {
+                commands,
+                trace,
+                reply,
+            } => {
+                let count = commands.len();
+                match self.replica.propose(commands.clone()) {
+                    Ok(()) => {
+                        let batch = self.next_batch;
+                        self.next_batch += 1;
+                        for (position, command) in commands.into_iter().enumerate() {
+                            self.proposals.insert(command, (batch, position));
+                        }
+                        let span = trace
+                            .and_then(|cx| telemetry::trace::batch_span("paxos.commit", [&cx]));
+                        self.traced_batches += usize::from(span.is_some());
+                        let waiter = BatchWaiter {
+                            replies: vec![None; count],
+                            remaining: count,
+                            reply,
+                            span,
+                            proposed_at: std::time::Instant::now(),
+                        };
+                        self.batches.insert(batch, waiter);
+                    }
+                    Err(ProposeError::NotLeader { leader }) => {
+                        let _ = reply.send(vec![ProposeReply::NotLeader { leader }; count]);
+                    }
+                    Err(ProposeError::Overloaded) => {
+                        let _ = reply.send(vec![ProposeReply::Overloaded; count]);
+                    }
+                }
+            }
+            LocalRequest::Entries {
+                from,
+                max,
+                wait,
+                reply,
+            } => {
+                if let Some(answer) = self.entries_for(from, max) {
+                    let _ = reply.send(answer);
+                } else if wait && self.entry_waiters.len() < MAX_ENTRY_WAITERS {
+                    self.entry_waiters.push((from, max, reply));
+                } else {
+                    // Nothing yet (or too many long polls already waiting): answer empty now.
+                    let _ = reply.send(EntriesReply::Entries(Vec::new()));
+                }
+            }
+            LocalRequest::ReadIndex { reply } => {
+                let id = self.next_read;
+                self.next_read += 1;
+                match self.replica.read_index(id) {
+                    Ok(()) => {
+                        self.read_waiters.insert(id, reply);
+                    }
+                    Err(ProposeError::NotLeader { leader }) => {
+                        let _ = reply.send(ReadIndexReply::NotLeader { leader });
+                    }
+                    Err(ProposeError::Overloaded) => {
+                        let _ = reply.send(ReadIndexReply::NotLeader { leader: None });
+                    }
+                }
+            }
+            LocalRequest::Compact { slot, data } => self.replica.compact(slot, data),
+            LocalRequest::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            LocalRequest::Elect { reply } => {
+                self.replica.start_election();
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn resolve(&mut self, command: &Bytes, answer: ProposeReply) {
+        let Some((batch, position)) = self.proposals.remove(command) else {
+            return;
+        };
+        let Some(waiter) = self.batches.get_mut(&batch) else {
+            return;
+        };
+        if waiter.replies[position].is_none() {
+            waiter.replies[position] = Some(answer);
+            waiter.remaining -= 1;
+        }
+        if waiter.remaining == 0 {
+            let waiter = self.batches.remove(&batch).expect("present");
+            if waiter
+                .replies
+                .iter()
+                .all(|r| matches!(r, Some(ProposeReply::Decided { .. })))
+            {
+                metrics::histogram!(crate::metrics::COMMIT_LATENCY)
+                    .record(waiter.proposed_at.elapsed().as_secs_f64());
+            }
+            if waiter.span.is_some() {
+                self.traced_batches -= 1;
+            }
+            let replies = waiter
+                .replies
+                .into_iter()
+                .map(|r| r.expect("all resolved"))
+                .collect();
+            let _ = waiter.reply.send(replies);
+        }
+    }
+
+    /// The trace of a traced proposal whose commands this accept carries. Only looked for while
+    /// some proposal is traced, so unsampled traffic pays one comparison.
+    fn trace_of(&self, envelope: &Envelope) -> Option<telemetry::trace::Context> {
+        if self.traced_batches == 0 {
+            return None;
+        }
+        let crate::messages::Message::Accept(accept) = &envelope.msg else {
+            return None;
+        };
+        accept
+            .entries
+            .iter()
+            .flat_map(|(_, value)| value.commands())
+            .find_map(|command| {
+                let (batch, _) = self.proposals.get(command)?;
+                let span = self.batches.get(batch)?.span.as_ref()?;
+                telemetry::trace::sampled_context(span)
+            })
+    }
+
+    fn status(&self) -> StatusReply {
+        StatusReply {
+            mode: self.mode,
+            status: self.replica.status(),
+            metrics: self.replica.metrics().clone(),
+        }
+    }
+
+    /// Entries from `from`, the snapshot if they were compacted, or `None` if nothing yet.
+    fn entries_for(&self, from: Slot, max: usize) -> Option<EntriesReply> {
+        if let Some((slot, data)) = self.replica.snapshot()
+            && from <= slot
+        {
+            return Some(EntriesReply::Snapshot { slot, data });
+        }
+        let entries = self.replica.decided_entries(from, max);
+        (!entries.is_empty()).then_some(EntriesReply::Entries(entries))
+    }
+
+    async fn after_inputs(&mut self) -> anyhow::Result<()> {
+        let mut ready = self.replica.take_ready();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        // 1-2: persist and sync before anything leaves. A storage error is fatal.
+        if !ready.persist.is_empty() {
+            let started = std::time::Instant::now();
+            tokio::task::block_in_place(|| self.storage.write(&ready.persist))
+                .context("paxos storage failed; stopping")?;
+            metrics::histogram!(crate::metrics::PERSIST_DURATION)
+                .record(started.elapsed().as_secs_f64());
+        }
+        // 3: send.
+        for envelope in std::mem::take(&mut ready.messages) {
+            count_message("sent", &envelope);
+            let trace = self.trace_of(&envelope);
+            if let Some(Some(peer)) = self.outbound.get(envelope.to as usize) {
+                peer.send(envelope, trace);
+            }
+        }
+        // 4-6: tell the local node.
+        if !self.proposals.is_empty() {
+            for (command, answer) in answers(&ready) {
+                self.resolve(command, answer);
+            }
+        }
+        for read in ready.reads {
+            match read {
+                ReadResult::Ready { id, index } => {
+                    if let Some(reply) = self.read_waiters.remove(&id) {
+                        let _ = reply.send(ReadIndexReply::Ready { index });
+                    }
+                }
+                ReadResult::Failed { id } => {
+                    if let Some(reply) = self.read_waiters.remove(&id) {
+                        let _ = reply.send(ReadIndexReply::NotLeader { leader: None });
+                    }
+                }
+            }
+        }
+        if !self.entry_waiters.is_empty() && (!ready.decided.is_empty() || ready.snapshot.is_some())
+        {
+            let waiters = std::mem::take(&mut self.entry_waiters);
+            for (from, max, reply) in waiters {
+                match self.entries_for(from, max) {
+                    Some(answer) => {
+                        let _ = reply.send(answer);
+                    }
+                    None => self.entry_waiters.push((from, max, reply)),
+                }
+            }
+        }
+        for observation in &ready.observations {
+            match observation {
+                Observation::BatchSize(n) => {
+                    metrics::histogram!(crate::metrics::BATCH_SIZE).record(*n as f64)
+                }
+                Observation::CommitTicks(t) => {
+                    metrics::histogram!(crate::metrics::SLOT_COMMIT_TICKS).record(*t as f64)
+                }
+            }
+        }
+        self.export_metrics();
+        Ok(())
+    }
+
+    /// Exports the core's counters (as deltas) and its view as gauges.
+    fn export_metrics(&mut self) {
+        let now = self.replica.metrics().clone();
+        let before = std::mem::replace(&mut self.exported, now.clone());
+        if now.elections_started > before.elections_started {
+            self.election_started = Some(std::time::Instant::now());
+        }
+        if now.elections_won > before.elections_won
+            && let Some(started) = self.election_started.take()
+        {
+            metrics::histogram!(crate::metrics::PHASE1_DURATION)
+                .record(started.elapsed().as_secs_f64());
+        }
+        // Incremented even by 0, so every counter exists from the first scrape on.
+        let add = |name: &'static str, new: u64, old: u64| {
+            metrics::counter!(name).increment(new.saturating_sub(old));
+        };
+        add(
+            crate::metrics::COMMANDS_PROPOSED,
+            now.commands_proposed,
+            before.commands_proposed,
+        );
+        add(
+            crate::metrics::SLOTS_PROPOSED,
+            now.slots_proposed,
+            before.slots_proposed,
+        );
+        add(
+            crate::metrics::NOOPS_PROPOSED,
+            now.noops_proposed,
+            before.noops_proposed,
+        );
+        add(
+            crate::metrics::PHASE1_ROUNDS,
+            now.phase1_rounds,
+            before.phase1_rounds,
+        );
+        add(
+            crate::metrics::PHASE2_MESSAGES,
+            now.phase2_messages,
+            before.phase2_messages,
+        );
+        add(
+            crate::metrics::ELECTIONS_STARTED,
+            now.elections_started,
+            before.elections_started,
+        );
+        add(
+            crate::metrics::ELECTIONS_WON,
+            now.elections_won,
+            before.elections_won,
+        );
+        add(
+            crate::metrics::LEADER_CHANGES,
+            now.leader_changes,
+            before.leader_changes,
+        );
+        add(
+            crate::metrics::SLOTS_DECIDED,
+            now.slots_decided,
+            before.slots_decided,
+        );
+        let status = self.replica.status();
+        self.decided
+            .store(status.decided, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::DECIDED_INDEX).set(status.decided as f64);
+        metrics::gauge!(crate::metrics::FRONTIER_SLOT).set(status.frontier as f64);
+        metrics::gauge!(crate::metrics::COMPACTED_INDEX).set(status.compacted as f64);
+        metrics::gauge!(crate::metrics::BALLOT_ROUND).set(status.ballot.round as f64);
+        metrics::gauge!(crate::metrics::PENDING_COMMANDS).set(status.pending as f64);
+        metrics::gauge!(crate::metrics::IS_LEADER).set(if status.is_leader { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::metrics::LANES_LED).set(status.leading.len() as f64);
+        metrics::gauge!(crate::metrics::LEADER_ID).set(status.leader.map_or(-1.0, f64::from));
+        metrics::gauge!(crate::metrics::RECOVERING).set(if self.replica.is_recovering() {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}

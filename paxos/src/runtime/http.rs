@@ -1,0 +1,302 @@
+//! The paxos process's HTTP routes: peers' messages and snapshots, the node's local calls, and
+//! status, elect, shutdown, metrics and health.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes as BodyBytes;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::MAX_BODY_BYTES;
+use super::driver::LocalRequest;
+use crate::ballot::{NodeId, Slot};
+use crate::messages::{Envelope, Message};
+use crate::transfer::{Chunk, Received};
+use crate::wire::{EntriesReply, ProposeReply};
+
+#[derive(Clone)]
+pub(super) struct HttpState {
+    pub(super) requests: mpsc::Sender<LocalRequest>,
+    pub(super) inbound: mpsc::Sender<Vec<Envelope>>,
+    pub(super) tokens: plumbing::Tokens,
+    pub(super) shutdown: CancellationToken,
+    pub(super) metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Where snapshots are staged before the driver records them.
+    pub(super) snapshots: Arc<std::path::Path>,
+    /// Cancelled the moment the driver task ends: `/healthz` fails from then on.
+    pub(super) driver_gone: CancellationToken,
+    /// This replica.
+    pub(super) me: NodeId,
+    /// The replica's contiguous decided index, as of the driver's last step.
+    pub(super) decided: Arc<std::sync::atomic::AtomicU64>,
+    /// Where snapshot chunks from peers are assembled.
+    pub(super) incoming: Arc<std::path::Path>,
+}
+
+/// Liveness: false from the moment the driver is gone (the process is exiting).
+async fn healthz(State(state): State<HttpState>) -> Response {
+    if state.driver_gone.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the paxos driver stopped").into_response();
+    }
+    "ok".into_response()
+}
+
+pub(super) fn router(state: HttpState, peer_body: usize) -> Router {
+    Router::new()
+        .route(
+            "/peer/messages",
+            post(peer_messages).layer(axum::extract::DefaultBodyLimit::max(peer_body)),
+        )
+        .route(
+            "/peer/snapshot",
+            post(peer_snapshot).layer(axum::extract::DefaultBodyLimit::max(peer_body)),
+        )
+        .route("/local/propose", post(propose))
+        .route("/local/entries", get(entries))
+        .route("/local/read_index", post(read_index))
+        .route("/local/compact", post(compact))
+        .route("/status", get(status))
+        .route("/elect", post(elect))
+        .route("/shutdown", post(shutdown))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            plumbing::require_token,
+        ))
+        .layer(middleware::from_fn(trace_http))
+        .with_state(state)
+}
+
+/// A server span for requests that are part of a trace (they carry `traceparent`): the node's
+/// proposals and reads, a peer's messages for a traced slot. Polls and peer traffic of untraced
+/// work start no traces of their own.
+async fn trace_http(mut request: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    if !request.headers().contains_key("traceparent") {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || request.uri().path().to_owned(),
+            |p| p.as_str().to_owned(),
+        );
+    let method = request.method().as_str().to_owned();
+    let span = telemetry::trace::http_server_span(&method, &route, request.headers_mut());
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+fn postcard_response<T: Serialize>(value: &T) -> Response {
+    match postcard::to_stdvec(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the paxos driver is not running",
+    )
+        .into_response()
+}
+
+async fn ask<T>(
+    state: &HttpState,
+    make: impl FnOnce(oneshot::Sender<T>) -> LocalRequest,
+) -> Option<oneshot::Receiver<T>> {
+    let (tx, rx) = oneshot::channel();
+    state.requests.send(make(tx)).await.ok()?;
+    Some(rx)
+}
+
+/// A chunk of a snapshot a peer sends this lagging replica (see [`crate::transfer`]): answers
+/// the offset to send next; the last chunk hands the whole snapshot to the driver.
+async fn peer_snapshot(
+    State(state): State<HttpState>,
+    headers: axum::http::HeaderMap,
+    body: BodyBytes,
+) -> Response {
+    let Some(chunk) = Chunk::from_headers(&headers) else {
+        return (StatusCode::BAD_REQUEST, "missing snapshot chunk headers").into_response();
+    };
+    if chunk.slot <= state.decided.load(std::sync::atomic::Ordering::Relaxed) {
+        // Already past it (another peer's copy arrived first): the sender may stop.
+        return chunk.total.to_string().into_response();
+    }
+    let (dir, me) = (state.incoming.clone(), state.me);
+    let received =
+        tokio::task::spawn_blocking(move || crate::transfer::receive(&dir, me, &chunk, &body))
+            .await;
+    match received {
+        Ok(Ok(Received::Next(offset))) => offset.to_string().into_response(),
+        Ok(Ok(Received::Complete(envelope))) => {
+            let Message::CatchUpReply(reply) = &envelope.msg else {
+                unreachable!("receive completes a catch-up reply")
+            };
+            let total = reply.snapshot.as_ref().map_or(0, |(_, d)| d.len());
+            // Unlike ordinary messages this one is not dropped when the driver is busy: it is
+            // the end of a long transfer.
+            if state.inbound.send(vec![envelope]).await.is_err() {
+                return unavailable();
+            }
+            metrics::counter!(crate::metrics::SNAPSHOTS_RECEIVED).increment(1);
+            total.to_string().into_response()
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %format!("{err:#}"), "snapshot chunk refused");
+            (StatusCode::BAD_REQUEST, err.to_string()).into_response()
+        }
+        Err(_) => unavailable(),
+    }
+}
+
+async fn peer_messages(State(state): State<HttpState>, body: BodyBytes) -> Response {
+    let Ok(envelopes) = postcard::from_bytes::<Vec<Envelope>>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not a postcard Vec<Envelope>").into_response();
+    };
+    // Paxos tolerates loss: when the driver is behind, drop rather than queue without bound.
+    if state.inbound.try_send(envelopes).is_err() {
+        metrics::counter!(crate::metrics::MESSAGES_DROPPED, "reason" => "inbound_full")
+            .increment(1);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn propose(State(state): State<HttpState>, body: BodyBytes) -> Response {
+    let Ok(commands) = postcard::from_bytes::<Vec<Bytes>>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not a postcard Vec<Bytes>").into_response();
+    };
+    if commands.is_empty() || commands.len() > 4_096 {
+        return (StatusCode::BAD_REQUEST, "1 to 4096 commands per call").into_response();
+    }
+    let count = commands.len();
+    let trace = telemetry::trace::current_sampled();
+    let Some(rx) = ask(&state, |reply| LocalRequest::Propose {
+        commands,
+        trace,
+        reply,
+    })
+    .await
+    else {
+        return unavailable();
+    };
+    // Error statuses mean "not proposed" to the node (safe to retry); once the driver holds the
+    // commands, every answer is a reply, and a lost one is an unknown outcome.
+    let replies = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(replies)) => replies,
+        Ok(Err(_)) => vec![ProposeReply::OutcomeUnknown; count],
+        Err(_) => vec![ProposeReply::Timeout; count],
+    };
+    postcard_response(&replies)
+}
+
+#[derive(Deserialize)]
+struct EntriesQuery {
+    from: Slot,
+    max: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+async fn entries(State(state): State<HttpState>, Query(q): Query<EntriesQuery>) -> Response {
+    let max = q.max.unwrap_or(1_024).clamp(1, 16_384);
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
+    let from = q.from.max(1);
+    let Some(rx) = ask(&state, |reply| LocalRequest::Entries {
+        from,
+        max,
+        wait: !wait.is_zero(),
+        reply,
+    })
+    .await
+    else {
+        return unavailable();
+    };
+    let reply = match tokio::time::timeout(wait.max(Duration::from_millis(1)), rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => return unavailable(),
+        Err(_) => EntriesReply::Entries(Vec::new()),
+    };
+    postcard_response(&reply)
+}
+
+async fn read_index(State(state): State<HttpState>) -> Response {
+    let Some(rx) = ask(&state, |reply| LocalRequest::ReadIndex { reply }).await else {
+        return unavailable();
+    };
+    match tokio::time::timeout(Duration::from_secs(2), rx).await {
+        Ok(Ok(reply)) => postcard_response(&reply),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "no read point in time").into_response(),
+    }
+}
+
+async fn compact(State(state): State<HttpState>, body: BodyBytes) -> Response {
+    let Ok((slot, data)) = postcard::from_bytes::<(Slot, Bytes)>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not a postcard (Slot, Bytes)").into_response();
+    };
+    // Write and sync the snapshot here, beside the driver: the driver then only records it.
+    let dir = state.snapshots.clone();
+    let staged = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || crate::storage::stage_snapshot(&dir, slot, &data)).await
+    };
+    match staged {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(slot, error = %e, "staging a snapshot failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        }
+        Err(_) => return unavailable(),
+    }
+    match state
+        .requests
+        .send(LocalRequest::Compact { slot, data })
+        .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn status(State(state): State<HttpState>) -> Response {
+    let Some(rx) = ask(&state, |reply| LocalRequest::Status { reply }).await else {
+        return unavailable();
+    };
+    match rx.await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn elect(State(state): State<HttpState>) -> Response {
+    let Some(rx) = ask(&state, |reply| LocalRequest::Elect { reply }).await else {
+        return unavailable();
+    };
+    match rx.await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(_) => unavailable(),
+    }
+}
+
+async fn shutdown(State(state): State<HttpState>) -> &'static str {
+    state.shutdown.cancel();
+    "Server shut down..."
+}
+
+async fn metrics_text(State(state): State<HttpState>) -> Response {
+    plumbing::metrics_response(state.metrics.as_deref())
+}

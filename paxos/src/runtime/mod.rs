@@ -1,0 +1,241 @@
+//! The `paxos` process: drives a [`Replica`] with real time, durable storage and HTTP.
+//!
+//! One driver task owns the replica and runs a `tokio::select!` loop over the tick interval,
+//! inbound peer messages and requests from the local `node`. After every burst of inputs it
+//! follows the driver contract of the crate docs: persist and fsync (one redb transaction for
+//! everything the burst produced, so many messages share one sync), then hand messages to the
+//! per-peer senders, then answer whoever waits for decided entries.
+//!
+//! HTTP routes (one port; every route needs `Authorization: Bearer <cluster token>`):
+//! - `POST /peer/messages`: postcard `Vec<Envelope>` from a peer;
+//! - `POST /local/propose`: postcard `Vec<Bytes>` commands -> one [`ProposeReply`] each, once
+//!   all are decided here, handed back, or refused;
+//! - `GET /local/entries?from=&max=&wait_ms=`: decided entries from a slot -> [`EntriesReply`]
+//!   (long poll), or the snapshot when those slots were compacted;
+//! - `POST /local/read_index` -> [`ReadIndexReply`]; `POST /local/compact`: postcard
+//!   `(Slot, Bytes)`;
+//! - `GET /status`, `POST /elect` (JSON [`StatusReply`]), `POST /shutdown`, `GET /metrics`,
+//!   `GET /healthz`.
+//!
+//! Files: `driver` (the task that owns the replica), `http` (the routes), `cli` (flags and
+//! `main`); the transport to peers is [`crate::transfer`], the wire types [`crate::wire`].
+
+mod cli;
+mod driver;
+mod http;
+
+pub use cli::{Cli, InitialClusterState, main_with_args};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::driver::Driver;
+use self::http::{HttpState, router};
+use crate::ballot::NodeId;
+use crate::core::{Config, Replica};
+use crate::storage::{RedbStorage, Storage};
+use crate::transfer::{Peer, PeerLimits};
+use crate::wire::StatusReply;
+
+/// Everything the process needs.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// This replica and the cluster shape.
+    pub core: Config,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Base URLs of every replica's paxos process, indexed by id (own entry unused).
+    pub peers: Vec<String>,
+    /// Where the acceptor state lives (`paxos.redb`).
+    pub data_dir: PathBuf,
+    /// The cluster token.
+    pub token: String,
+    /// Milliseconds per tick.
+    pub tick_ms: u64,
+    /// Most messages queued for one peer before new ones are dropped.
+    pub peer_queue: usize,
+    /// Byte limits of the transport between paxos processes.
+    pub peer_limits: PeerLimits,
+    /// How to start with an empty data dir (`None`: refuse to).
+    pub initial_cluster_state: Option<InitialClusterState>,
+    /// A read-only credential: it reads `/metrics` and nothing else (Prometheus scrapes with it;
+    /// the cluster token still reads `/metrics` too).
+    pub metrics_token: Option<String>,
+}
+
+/// Largest request body: a snapshot (every account and retained idempotency record of the bank:
+/// about 270 bytes per record, so a million retained keys make ~270 MB) travels whole in
+/// `/local/compact` and in a peer's catch-up reply. Every route checks the cluster token before
+/// reading a body.
+pub const MAX_BODY_BYTES: usize = 1 << 30;
+
+/// Time allowed for one call carrying `bytes` to a peer: 2 s, plus 1 s per 16 MiB (a snapshot
+/// of hundreds of megabytes over a real network).
+pub(crate) fn peer_timeout(bytes: usize) -> Duration {
+    Duration::from_secs(2) + Duration::from_secs((bytes >> 24) as u64)
+}
+
+/// Runs the paxos process until `shutdown` is cancelled (or `POST /shutdown`), on the redb
+/// storage in `cfg.data_dir`. Returns an error, at once, if the driver stops for any other
+/// reason (a storage error, a failed assertion): the process must then exit non-zero so that
+/// its supervisor restarts it, rather than go on answering with nobody deciding anything.
+pub async fn run(
+    cfg: RuntimeConfig,
+    listener: tokio::net::TcpListener,
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let path = cfg.data_dir.join("paxos.redb");
+    let storage =
+        RedbStorage::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    run_with_storage(cfg, Box::new(storage), listener, metrics, shutdown).await
+}
+
+/// [`run`] over any storage (tests use one that fails on purpose).
+pub async fn run_with_storage(
+    cfg: RuntimeConfig,
+    storage: Box<dyn Storage + Send>,
+    listener: tokio::net::TcpListener,
+    metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    cfg.core.validate().map_err(anyhow::Error::msg)?;
+    let path = cfg.data_dir.join("paxos.redb");
+    let state = storage.load()?;
+    if state.is_empty() {
+        match cfg.initial_cluster_state {
+            None => anyhow::bail!(
+                "{} holds no paxos state: pass --initial-cluster-state new for the first start \
+                 of a new cluster, or existing if this replica lost its data (it then recovers \
+                 from a majority of the others before it votes)",
+                cfg.data_dir.display()
+            ),
+            Some(InitialClusterState::Existing) => {}
+            Some(InitialClusterState::New) => refuse_if_the_cluster_exists(&cfg).await?,
+        }
+    }
+    let replica = Replica::new(cfg.core.clone(), state);
+    let (requests_tx, requests_rx) = mpsc::channel(4_096);
+    let (inbound_tx, inbound_rx) = mpsc::channel(1_024);
+    let client = reqwest::Client::builder()
+        .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
+        .timeout(Duration::from_secs(2))
+        .pool_max_idle_per_host(4)
+        .build()?;
+    let mut outbound = Vec::new();
+    for (id, url) in cfg.peers.iter().enumerate() {
+        if id as NodeId == cfg.core.id {
+            outbound.push(None);
+            continue;
+        }
+        outbound.push(Some(Peer::spawn(
+            client.clone(),
+            url,
+            &cfg.token,
+            cfg.peer_limits,
+            cfg.peer_queue,
+            shutdown.clone(),
+        )));
+    }
+    let decided = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let driver = Driver::new(replica, storage, outbound, decided.clone());
+    let driver_gone = CancellationToken::new();
+    let mut driver_task = {
+        let (gone, driver) = (driver_gone.clone(), driver);
+        let run = driver.run(cfg.tick_ms, requests_rx, inbound_rx, shutdown.clone());
+        tokio::spawn(async move {
+            let _gone = gone.drop_guard();
+            run.await
+        })
+    };
+    let state = HttpState {
+        snapshots: crate::storage::snapshot_dir(&path).into(),
+        requests: requests_tx,
+        inbound: inbound_tx,
+        tokens: plumbing::Tokens::new(cfg.token.as_str(), cfg.metrics_token.as_deref()),
+        shutdown: shutdown.clone(),
+        metrics,
+        driver_gone,
+        me: cfg.core.id,
+        decided: decided.clone(),
+        incoming: cfg.data_dir.join("paxos.incoming").into(),
+    };
+    let app = router(state, cfg.peer_limits.max_body_bytes);
+    let server = plumbing::serve(
+        listener,
+        app,
+        plumbing::Limits::DEFAULT,
+        shutdown.clone().cancelled_owned(),
+    );
+    tokio::select! {
+        served = server => {
+            served?;
+            shutdown.cancel();
+            driver_task.await.context("driver task")??;
+            Ok(())
+        }
+        ended = &mut driver_task => {
+            let stopping = shutdown.is_cancelled();
+            shutdown.cancel();
+            let err = match ended {
+                Ok(Ok(())) if stopping => return Ok(()),
+                Ok(Ok(())) => anyhow::anyhow!("the driver stopped without a shutdown"),
+                Ok(Err(err)) => err,
+                Err(join) => anyhow::anyhow!("the driver panicked: {join}"),
+            };
+            tracing::error!(error = %format!("{err:#}"), "paxos driver failed; the process exits");
+            Err(err.context("paxos driver failed"))
+        }
+    }
+}
+
+/// A replica told `new` with an empty data dir must not vote as new in a cluster that already
+/// decided something: its disk was lost, and voting with forgotten promises breaks safety. It
+/// asks every peer it can reach (1 s each); any that decided a slot proves the cluster exists.
+/// Best effort: peers that do not answer are taken for peers still starting.
+async fn refuse_if_the_cluster_exists(cfg: &RuntimeConfig) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, url) in cfg.peers.iter().enumerate() {
+        if id as NodeId == cfg.core.id {
+            continue;
+        }
+        let request = client
+            .get(format!("{}/status", url.trim_end_matches('/')))
+            .bearer_auth(&cfg.token);
+        let url = url.clone();
+        asks.spawn(async move {
+            let status = request
+                .send()
+                .await
+                .ok()?
+                .json::<StatusReply>()
+                .await
+                .ok()?;
+            Some((id, url, status.status.decided))
+        });
+    }
+    while let Some(answer) = asks.join_next().await {
+        let Ok(Some((id, url, decided))) = answer else {
+            continue;
+        };
+        anyhow::ensure!(
+            decided == 0,
+            "--initial-cluster-state new, but replica {id} ({url}) has decided {decided} slots: \
+             this cluster exists and this replica's data dir is empty (its data was lost?). \
+             Start it with --initial-cluster-state existing to rejoin safely"
+        );
+    }
+    Ok(())
+}
