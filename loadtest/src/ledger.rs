@@ -153,6 +153,8 @@ pub struct Report {
     pub violations: Vec<String>,
 }
 
+/// The balance of `account` in cents read with the typed client (exact: never through a float),
+/// `None` if the bank says it does not exist; retried until `deadline`.
 async fn read_balance(
     client: &reqwest::Client,
     base: &str,
@@ -160,24 +162,22 @@ async fn read_balance(
     local: bool,
     deadline: Instant,
 ) -> Result<Option<i64>, String> {
-    let url = format!(
-        "{base}/check_account?account_id={account}{}",
-        if local { "&consistency=local" } else { "" }
-    );
+    let id: node::command::AccountId = account
+        .parse()
+        .map_err(|_| format!("{account} is not an account id"))?;
+    let bank = node::client::BankClient::with_http(client.clone(), base);
+    let consistency = if local {
+        node::client::Consistency::Local
+    } else {
+        node::client::Consistency::Linearizable
+    };
     loop {
-        match client.get(&url).send().await {
-            Ok(r) if r.status().as_u16() == 200 => {
-                let body: Value = r.json().await.map_err(|e| e.to_string())?;
-                return cents(&body["balance"])
-                    .map(Some)
-                    .ok_or_else(|| format!("balance is not an amount: {body}"));
-            }
-            Ok(r) if r.status().as_u16() == 404 => return Ok(None),
-            Ok(r) if Instant::now() > deadline => {
-                return Err(format!("{url} answered {}", r.status()));
-            }
-            Err(e) if Instant::now() > deadline => return Err(format!("{url}: {e}")),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        match bank.balance(id, consistency).await {
+            Ok(balance) => return Ok(Some(balance.cents())),
+            Err(err) if err.code() == Some("account_not_found") => return Ok(None),
+            Err(err @ node::client::BankError::Malformed { .. }) => return Err(err.to_string()),
+            Err(err) if Instant::now() > deadline => return Err(err.to_string()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }

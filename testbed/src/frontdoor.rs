@@ -199,13 +199,11 @@ impl FrontDoor {
                     .await
                     .ok()
                     .and_then(Result::ok);
-                let ready = self
-                    .client
-                    .get(format!("{}/readyz", node.public_url))
-                    .timeout(Duration::from_millis(300))
-                    .send()
+                let bank =
+                    node::client::BankClient::with_http(self.client.clone(), &node.public_url);
+                let ready = tokio::time::timeout(Duration::from_millis(300), bank.ready())
                     .await
-                    .is_ok_and(|r| r.status().is_success());
+                    .is_ok_and(|ready| ready.unwrap_or(false));
                 node.ready.store(ready, Ordering::SeqCst);
                 let role = match (&status, self.mode) {
                     (None, _) => "down",

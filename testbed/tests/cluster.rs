@@ -1,4 +1,5 @@
-//! End to end: real `node` and `paxos` processes started by `testbed up` on 127.0.0.1.
+//! End to end: real `node` and `paxos` processes on 127.0.0.1, started through the cluster API
+//! (`testbed::cluster`; the `--prometheus` test runs the real `testbed up`).
 
 mod common;
 
@@ -456,4 +457,64 @@ async fn testbed_prometheus_scrapes_every_process() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// What the prober will do, through the typed clients and the cluster API: an election started
+/// at a follower (`PaxosClient::elect`) makes it the leader, the front door follows it, the bank
+/// serves through it; `ClusterHandle::kill` is a crash the supervisor restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_at_a_follower_moves_the_leader_and_the_front_door_follows() {
+    use node::client::{Consistency, IdempotencyKey};
+    use testbed::cluster::Process;
+    let tb = Testbed::up("leader", &[]);
+    let handle = tb.handle();
+    let old = handle
+        .leader()
+        .expect("a ready leader-mode cluster has a leader");
+    let follower = (old + 1) % 3;
+    let status = handle.paxos(follower).status().await.unwrap();
+    assert_eq!(status.mode, paxos::Mode::Leader);
+    assert!(
+        !status.status.is_leader && status.status.leader == Some(old),
+        "{status:?}"
+    );
+    let elected = handle.paxos(follower).elect().await.unwrap();
+    assert!(
+        elected.status.ballot > status.status.ballot,
+        "the election runs at a higher ballot: {elected:?}"
+    );
+    let new = handle
+        .wait_leader(Some(old), Duration::from_secs(10))
+        .await
+        .expect("a new leader");
+    assert_eq!(new, follower, "the replica that started the election leads");
+    let bank = handle.bank();
+    let account = bank.open_account(&IdempotencyKey::random()).await.unwrap();
+    let amount = node::money::Money::from_cents(1_05);
+    bank.deposit(account, amount, &IdempotencyKey::random())
+        .await
+        .unwrap();
+    assert_eq!(
+        bank.balance(account, Consistency::Linearizable)
+            .await
+            .unwrap(),
+        amount
+    );
+    assert_eq!(
+        handle.info().target,
+        Some(new),
+        "the front door follows the leader"
+    );
+
+    let pid = handle.pid(old, Process::Paxos).expect("running");
+    assert!(handle.kill(old, Process::Paxos));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while handle.pid(old, Process::Paxos).is_none_or(|p| p == pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the killed process was not restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(handle.info().nodes[old as usize].paxos_restarts, 1);
 }

@@ -392,21 +392,11 @@ pub async fn converged_balances(tb: &Testbed, accounts: &[String], limit: Durati
         let mut views = Vec::new();
         for url in &urls {
             let mut view = Vec::new();
+            let bank = node::client::BankClient::with_http(tb.client.clone(), url);
             for account in accounts {
-                let response = tb
-                    .client
-                    .get(format!(
-                        "{url}/check_account?account_id={account}&consistency=local"
-                    ))
-                    .send()
-                    .await;
-                let value = match response {
-                    Ok(r) if r.status().is_success() => {
-                        r.bytes().await.ok().map(|b| cents_in(&b, "balance"))
-                    }
-                    _ => None,
-                };
-                view.push(value);
+                let id = account.parse().expect("an account id");
+                let local = bank.balance(id, node::client::Consistency::Local).await;
+                view.push(local.ok().map(|balance| balance.cents()));
             }
             views.push(view);
         }
