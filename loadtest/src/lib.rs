@@ -3,11 +3,12 @@
 //! Layout: [`workload`] (the goose scenarios and what each operation records), [`ledger`] (the
 //! record of acknowledged operations and the invariant check), [`stats`] (latency percentiles
 //! and throughput from the load test's own samples), [`compare`] (leader vs leaderless on fresh
-//! testbed clusters, and the reports). The binary (`src/main.rs`) also plays the testbed and its
+//! testbed clusters, and the reports), [`metrics`] (the load generator's own metrics). The binary (`src/main.rs`) also plays the testbed and its
 //! children, so `--compare` needs nothing else built.
 
 pub mod compare;
 pub mod ledger;
+pub mod metrics;
 pub mod stats;
 pub mod workload;
 
@@ -154,6 +155,7 @@ pub async fn prepare(cli: &Cli, host: &str, mode: &str) -> anyhow::Result<Arc<Ru
         cli.initial_balance,
         started.elapsed().as_secs_f64()
     );
+    crate::metrics::register(mode);
     Ok(Arc::new(Run {
         pool,
         ledger: Mutex::new(ledger),

@@ -70,6 +70,7 @@ async fn check(cli: CheckCli) -> anyhow::Result<()> {
 
 async fn serve_metrics(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     telemetry::install_prometheus();
+    loadtest::metrics::describe();
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!(
         "load generator metrics: http://{}/metrics",

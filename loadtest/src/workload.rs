@@ -188,9 +188,9 @@ async fn write(
 
 fn sample(run: &Run, op: &'static str, started: Instant, ok: bool) {
     let outcome = if ok { "served" } else { "error" };
-    metrics::counter!("loadtest_operations_total", "mode" => run.mode.clone(), "op" => op, "outcome" => outcome)
+    metrics::counter!(crate::metrics::OPERATIONS, "mode" => run.mode.clone(), "op" => op, "outcome" => outcome)
         .increment(1);
-    metrics::histogram!("loadtest_operation_duration_seconds", "mode" => run.mode.clone(), "op" => op)
+    metrics::histogram!(crate::metrics::OPERATION_DURATION, "mode" => run.mode.clone(), "op" => op)
         .record(started.elapsed().as_secs_f64());
     let mut samples = run.samples.lock().expect("samples lock");
     if samples.len() < MAX_SAMPLES {

@@ -329,6 +329,40 @@ impl ClusterHandle {
         self.child(id, process).kill()
     }
 
+    /// Stops one process of node `id` (SIGKILL) and keeps it down until
+    /// [`ClusterHandle::start_process`].
+    pub fn stop_process(&self, id: u32, process: Process) {
+        self.child(id, process).stop();
+    }
+
+    /// Lets a stopped process of node `id` run again.
+    pub fn start_process(&self, id: u32, process: Process) {
+        self.child(id, process).start();
+    }
+
+    /// Stops one process of node `id`, waits until it is gone (at most 10 s), and starts it
+    /// again: a restart by the operator, not a crash (it does not count as a restart in
+    /// [`ClusterHandle::info`]). Returns the new PID once it runs (at most 10 s more).
+    pub async fn restart(&self, id: u32, process: Process) -> Option<u32> {
+        let child = self.child(id, process);
+        child.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.pid().is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.start();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = child.pid() {
+                return Some(pid);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops both processes of node `id` and keeps them down until [`ClusterHandle::start`].
     pub fn stop(&self, id: u32) {
         let node = &self.door.nodes[id as usize];

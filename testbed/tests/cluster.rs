@@ -517,4 +517,14 @@ async fn an_election_at_a_follower_moves_the_leader_and_the_front_door_follows()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(handle.info().nodes[old as usize].paxos_restarts, 1);
+
+    // An operator's restart of one process: a new PID, not counted as a crash.
+    let before = handle.pid(follower, Process::Node).expect("running");
+    let after = handle
+        .restart(follower, Process::Node)
+        .await
+        .expect("restarted");
+    assert_ne!(before, after);
+    assert_eq!(handle.info().nodes[follower as usize].node_restarts, 0);
+    assert!(handle.wait_ready(Duration::from_secs(30)).await);
 }
