@@ -26,7 +26,7 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// File holding the cluster token. The token can also come from BANK_CLUSTER_TOKEN; with
-    /// neither, the node generates one into <data-dir>/cluster-token (mode 0600).
+    /// neither, the node generates one into `<data-dir>/cluster-token` (mode 0600).
     #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
 

@@ -76,7 +76,7 @@ pub struct Config {
     pub seed: u64,
     /// This replica lost its durable state and rejoins an existing cluster: with empty storage it
     /// does not vote until it has learned, from a majority of the others, every ballot it may
-    /// have promised and every slot it may have accepted (see [`Replica`]). Never set it for the
+    /// have promised and every slot it may have accepted (see [`Replica`](super::Replica)). Never set it for the
     /// first start of a new cluster.
     pub rejoin: bool,
 }

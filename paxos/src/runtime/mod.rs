@@ -8,11 +8,11 @@
 //!
 //! HTTP routes (one port; every route needs `Authorization: Bearer <cluster token>`):
 //! - `POST /peer/messages`: postcard `Vec<Envelope>` from a peer;
-//! - `POST /local/propose`: postcard `Vec<Bytes>` commands -> one [`ProposeReply`] each, once
+//! - `POST /local/propose`: postcard `Vec<Bytes>` commands -> one [`ProposeReply`](crate::wire::ProposeReply) each, once
 //!   all are decided here, handed back, or refused;
-//! - `GET /local/entries?from=&max=&wait_ms=`: decided entries from a slot -> [`EntriesReply`]
+//! - `GET /local/entries?from=&max=&wait_ms=`: decided entries from a slot -> [`EntriesReply`](crate::wire::EntriesReply)
 //!   (long poll), or the snapshot when those slots were compacted;
-//! - `POST /local/read_index` -> [`ReadIndexReply`]; `POST /local/compact`: postcard
+//! - `POST /local/read_index` -> [`ReadIndexReply`](crate::wire::ReadIndexReply); `POST /local/compact`: postcard
 //!   `(Slot, Bytes)`;
 //! - `GET /status`, `POST /elect` (JSON [`StatusReply`]), `POST /shutdown`, `GET /metrics`,
 //!   `GET /healthz`.
