@@ -56,6 +56,8 @@ impl Cluster {
         up.mode = mode;
         up.nodes = nodes;
         up.port = 0;
+        // Measurements without the prober's writes (`--testbed-args` cannot turn it back on).
+        up.no_prober = true;
         up.data_dir = Some(dir.path().join("data"));
         let mut spec = testbed::cluster::ClusterSpec::from_up_args(&up, exe.to_owned(), None)?;
         spec.env.push(("RUST_LOG".to_owned(), "warn".to_owned()));

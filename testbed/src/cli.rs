@@ -52,6 +52,17 @@ pub struct UpArgs {
     /// Do not restart processes that die.
     #[arg(long)]
     pub no_restart: bool,
+    /// Do not start the prober (by default it probes the front door every second, computes the
+    /// availability SLOs and, in leader mode, elects a healthy replica when the leader's node
+    /// stops answering).
+    #[arg(long)]
+    pub no_prober: bool,
+    /// Port of the prober's `/status` and `/metrics` on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub prober_port: u16,
+    /// Milliseconds between the prober's probe rounds.
+    #[arg(long, default_value_t = 1_000)]
+    pub prober_interval_ms: u64,
     /// Leader mode: keep the front door on its target even when another node leads (the
     /// prober retargets it); by default the front door follows the leader itself.
     #[arg(long)]

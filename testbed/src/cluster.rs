@@ -73,6 +73,8 @@ pub struct ClusterSpec {
     pub firestore_collection_prefix: Option<String>,
     /// Start a Prometheus (the binary at this path) on this port (0: any free port).
     pub prometheus: Option<(PathBuf, u16)>,
+    /// Start the prober.
+    pub prober: Option<ProberSpec>,
     /// Environment added to every child (`RUST_LOG`, `OTEL_*`, ...).
     pub env: Vec<(String, String)>,
 }
@@ -97,6 +99,7 @@ impl ClusterSpec {
             firestore_project: None,
             firestore_collection_prefix: None,
             prometheus: None,
+            prober: None,
             env: Vec::new(),
         }
     }
@@ -132,6 +135,10 @@ impl ClusterSpec {
             firestore_project: args.firestore_project.clone(),
             firestore_collection_prefix: args.firestore_collection_prefix.clone(),
             prometheus,
+            prober: (!args.no_prober).then_some(ProberSpec {
+                port: args.prober_port,
+                interval_ms: args.prober_interval_ms,
+            }),
             env: Vec::new(),
         })
     }
@@ -152,6 +159,19 @@ impl ClusterSpec {
         cli.metrics_token_file = Some(layout.metrics_token_file());
         cli.cluster_token_file = None;
         cli
+    }
+
+    /// The prober, probing the front door at `front` and serving on `port`.
+    pub fn prober_config(&self, front: &str, port: u16) -> prober::Config {
+        use clap::Parser as _;
+        let mut config = prober::Config::parse_from(["prober", "--target=http://x"]);
+        config.target = front.to_owned();
+        config.testbed = Some(front.to_owned());
+        config.listen = ([127, 0, 0, 1], port).into();
+        if let Some(spec) = &self.prober {
+            config.interval_ms = spec.interval_ms;
+        }
+        config
     }
 
     /// The `node` process of node `id`, as the `node` binary parses it.
@@ -176,6 +196,15 @@ impl ClusterSpec {
         }
         config
     }
+}
+
+/// The prober a cluster runs.
+#[derive(Clone, Debug)]
+pub struct ProberSpec {
+    /// Port of its `/status` and `/metrics` on 127.0.0.1 (0: any free port).
+    pub port: u16,
+    /// Milliseconds between probe rounds.
+    pub interval_ms: u64,
 }
 
 /// The ports of one node's three listeners.
@@ -522,6 +551,7 @@ impl Cluster {
                 .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
                 .pool_max_idle_per_host(128)
                 .build()?,
+            prober: std::sync::OnceLock::new(),
         });
         // The front door's own metrics (`/_testbed/metrics`), at zero from the start.
         telemetry::install_prometheus();
@@ -544,12 +574,37 @@ impl Cluster {
             })?;
         let front = format!("http://{}", listener.local_addr()?);
         *door.url.lock().expect("url lock") = front.clone();
+        let prober_url = match &spec.prober {
+            Some(prober) => {
+                let port = match prober.port {
+                    0 => free_port(&mut taken)?,
+                    port => port,
+                };
+                let cli = spec.prober_config(&front, port);
+                let child = Child::new(
+                    "prober".to_owned(),
+                    spec.exe.clone(),
+                    std::iter::once("prober".to_owned())
+                        .chain(cli.to_args())
+                        .collect(),
+                    env.clone(),
+                    data_dir.join("prober.log"),
+                    spec.restart,
+                );
+                tasks.push(tokio::spawn(child.clone().supervise(shutdown.clone())));
+                let url = format!("http://127.0.0.1:{port}");
+                let _ = door.prober.set((url.clone(), child));
+                Some(url)
+            }
+            None => None,
+        };
         let prometheus_config = data_dir.join("prometheus.yml");
         std::fs::write(
             &prometheus_config,
             crate::prometheus::scrape_config(
                 &door.nodes,
                 &front,
+                prober_url.as_deref(),
                 spec.mode.as_str(),
                 &metrics_token_file,
             ),

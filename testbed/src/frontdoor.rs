@@ -69,6 +69,8 @@ pub struct FrontDoor {
     pub url: std::sync::Mutex<String>,
     /// HTTP client for proxying and polling.
     pub client: reqwest::Client,
+    /// The prober's base URL and process, when the cluster runs one.
+    pub prober: std::sync::OnceLock<(String, Arc<Child>)>,
 }
 
 /// `GET /_testbed/cluster` (and `<data-dir>/cluster.json`).
@@ -90,6 +92,18 @@ pub struct ClusterInfo {
     pub token_file: Option<String>,
     /// Every node.
     pub nodes: Vec<NodeInfo>,
+    /// The prober, when the cluster runs one.
+    #[serde(default)]
+    pub prober: Option<ProberInfo>,
+}
+
+/// The prober in [`ClusterInfo`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProberInfo {
+    /// Its base URL: `/status` (JSON) and `/metrics`.
+    pub url: String,
+    /// Its PID (0: not running).
+    pub pid: u32,
 }
 
 /// One node in [`ClusterInfo`].
@@ -177,6 +191,10 @@ impl FrontDoor {
                     ready: n.ready.load(Ordering::SeqCst),
                 })
                 .collect(),
+            prober: self.prober.get().map(|(url, child)| ProberInfo {
+                url: url.clone(),
+                pid: child.pid().unwrap_or(0),
+            }),
         }
     }
 
@@ -490,6 +508,7 @@ mod tests {
             token_file: None,
             url: std::sync::Mutex::new(String::new()),
             client: reqwest::Client::new(),
+            prober: std::sync::OnceLock::new(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

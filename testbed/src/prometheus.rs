@@ -22,6 +22,7 @@ fn host_port(url: &str) -> &str {
 pub fn scrape_config(
     nodes: &[NodeHandle],
     front_door: &str,
+    prober: Option<&str>,
     mode: &str,
     token_file: &Path,
 ) -> String {
@@ -70,6 +71,14 @@ pub fn scrape_config(
         "/_testbed/metrics",
         vec![(host_port(front_door).to_owned(), "front-door".to_owned())],
     );
+    if let Some(prober) = prober {
+        job(
+            &mut yaml,
+            "prober",
+            "/metrics",
+            vec![(host_port(prober).to_owned(), "prober".to_owned())],
+        );
+    }
     yaml
 }
 

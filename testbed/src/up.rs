@@ -54,6 +54,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         "cluster status: {front}/_testbed/cluster (also {}/cluster.json)",
         data_dir.display()
     );
+    if let Some(prober) = handle.info().prober {
+        println!(
+            "prober: {}/status (availability SLOs, failures, recoveries; metrics at {}/metrics)",
+            prober.url, prober.url
+        );
+    }
     println!(
         "metrics: {front}/_testbed/metrics and every process's /metrics (bearer token); \
          scrape config {}",

@@ -91,7 +91,7 @@ impl Testbed {
                 "--data-dir",
             ])
             .arg(&data)
-            .args(extra)
+            .args(with_or_without_prober(extra))
             .env("BANK_CLUSTER_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
@@ -242,15 +242,32 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// `testbed up --nodes 3 --mode <mode> --port 0 <extra>`, parsed as the binary parses it.
+/// `testbed up --nodes 3 --mode <mode> --port 0 <extra>`, parsed as the binary parses it;
+/// without the prober unless `extra` says `--with-prober`.
 fn up_args(mode: &str, extra: &[&str]) -> UpArgs {
     use clap::Parser as _;
     let args = [
         "testbed", "up", "--nodes", "3", "--port", "0", "--mode", mode,
     ];
-    let cli = testbed::cli::Cli::try_parse_from(args.iter().chain(extra)).unwrap();
+    let extra = with_or_without_prober(extra);
+    let cli = testbed::cli::Cli::try_parse_from(args.iter().chain(&extra)).unwrap();
     let testbed::cli::Command::Up(up) = cli.command;
     up
+}
+
+/// Tests run their clusters without the prober (its probes write to the log) unless they ask
+/// for it with the test-only word `--with-prober`.
+fn with_or_without_prober<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let with = extra.contains(&"--with-prober");
+    let mut args: Vec<&str> = extra
+        .iter()
+        .copied()
+        .filter(|a| *a != "--with-prober")
+        .collect();
+    if !with {
+        args.push("--no-prober");
+    }
+    args
 }
 
 fn client() -> reqwest::Client {

@@ -1,0 +1,424 @@
+//! The prober: measures the bank as a client sees it, computes its availability SLIs and SLOs,
+//! and in leader mode recovers from failures the cluster does not see by itself (a hung `node`
+//! process whose `paxos` process still leads: a gray failure) by electing a healthy replica and
+//! retargeting the load balancer.
+//!
+//! Layout: [`probe`] (one probe of the entry point, one of a node), [`slo`] (availability,
+//! error budget and burn rate, pure), [`control`] (the cluster's nodes and leader, elections, the
+//! load balancer's target), [`recovery`] (when and how to recover), [`metrics`], and here the
+//! loop, `/status` and `/metrics`.
+#![deny(missing_docs)]
+
+pub mod control;
+pub mod metrics;
+pub mod probe;
+pub mod recovery;
+pub mod slo;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use node::client::BankClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{ClusterView, TestbedControl};
+use crate::probe::{EntryProbe, Outcome};
+use crate::recovery::{Recovery, RecoveryRecord};
+use crate::slo::Slo;
+
+/// The name of the entry point's target in metrics and `/status`.
+pub const ENTRY: &str = "entry";
+
+/// Command-line options of the `prober`.
+#[derive(Clone, Debug, PartialEq, clap::Parser)]
+#[command(
+    name = "prober",
+    about = "Availability probes, SLOs and leader recovery for the paxos bank"
+)]
+pub struct Config {
+    /// The entry point clients use (the testbed's front door, or the LoadBalancer Service).
+    #[arg(long, env = "PROBER_TARGET")]
+    pub target: String,
+    /// The testbed's front door, for the cluster's nodes and leader and the load balancer's
+    /// target (default: --target).
+    #[arg(long, env = "PROBER_TESTBED")]
+    pub testbed: Option<String>,
+    /// Address of the prober's own `/metrics` and `/status`.
+    #[arg(long, env = "PROBER_LISTEN", default_value = "127.0.0.1:9100")]
+    pub listen: SocketAddr,
+    /// Milliseconds between probe rounds (jittered by up to a tenth).
+    #[arg(long, env = "PROBER_INTERVAL_MS", default_value_t = 1_000)]
+    pub interval_ms: u64,
+    /// Milliseconds one probe may take before it counts as failed.
+    #[arg(long, env = "PROBER_TIMEOUT_MS", default_value_t = 500)]
+    pub timeout_ms: u64,
+    /// Leader mode: consecutive failed probes of the entry point before a recovery.
+    #[arg(long, env = "PROBER_FAILURES_BEFORE_RECOVERY", default_value_t = 2)]
+    pub failures_before_recovery: u32,
+    /// Milliseconds at least between two recoveries.
+    #[arg(
+        long,
+        env = "PROBER_MIN_RECOVERY_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    pub min_recovery_interval_ms: u64,
+    /// Do not recover (measure only).
+    #[arg(long, env = "PROBER_NO_RECOVERY")]
+    pub no_recovery: bool,
+    /// The availability objective.
+    #[arg(long, env = "PROBER_OBJECTIVE", default_value_t = 0.999)]
+    pub objective: f64,
+    /// The SLO period, in days.
+    #[arg(long, env = "PROBER_SLO_DAYS", default_value_t = 30)]
+    pub slo_days: u64,
+    /// File holding the cluster token (else BANK_CLUSTER_TOKEN).
+    #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<std::path::PathBuf>,
+    /// Log lines: human or json.
+    #[arg(long, env = "BANK_LOG_FORMAT", default_value = "human")]
+    pub log_format: telemetry::LogFormat,
+}
+
+impl Config {
+    /// The command line that parses back into `self` (without the program name): how the testbed
+    /// starts the prober from a typed value. Every option is written out.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--target={}", self.target),
+            format!("--listen={}", self.listen),
+            format!("--interval-ms={}", self.interval_ms),
+            format!("--timeout-ms={}", self.timeout_ms),
+            format!(
+                "--failures-before-recovery={}",
+                self.failures_before_recovery
+            ),
+            format!(
+                "--min-recovery-interval-ms={}",
+                self.min_recovery_interval_ms
+            ),
+            format!("--objective={}", self.objective),
+            format!("--slo-days={}", self.slo_days),
+            format!("--log-format={}", self.log_format),
+        ];
+        if let Some(testbed) = &self.testbed {
+            args.push(format!("--testbed={testbed}"));
+        }
+        if let Some(file) = &self.cluster_token_file {
+            args.push(format!("--cluster-token-file={}", file.display()));
+        }
+        if self.no_recovery {
+            args.push("--no-recovery".to_owned());
+        }
+        args
+    }
+
+    /// Checks ranges; the message names the flag and the value.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (10..=3_600_000).contains(&self.interval_ms),
+            "--interval-ms must be 10..=3600000, got {}",
+            self.interval_ms
+        );
+        anyhow::ensure!(
+            (10..=60_000).contains(&self.timeout_ms),
+            "--timeout-ms must be 10..=60000, got {}",
+            self.timeout_ms
+        );
+        anyhow::ensure!(
+            self.failures_before_recovery >= 1,
+            "--failures-before-recovery must be at least 1"
+        );
+        anyhow::ensure!(
+            self.objective > 0.0 && self.objective < 1.0,
+            "--objective must be between 0 and 1 (0.999 is 99.9%), got {}",
+            self.objective
+        );
+        anyhow::ensure!(
+            (1..=366).contains(&self.slo_days),
+            "--slo-days must be 1..=366, got {}",
+            self.slo_days
+        );
+        Ok(())
+    }
+}
+
+/// The last outcome and the SLO of one target.
+#[derive(Debug)]
+struct Target {
+    slo: Slo,
+    last: Option<Outcome>,
+    consecutive_failures: u32,
+}
+
+/// What `/status` shows, kept by the loop.
+#[derive(Debug)]
+pub struct State {
+    started: SystemTime,
+    objective: f64,
+    view: Option<ClusterView>,
+    targets: BTreeMap<String, Target>,
+    failures: VecDeque<serde_json::Value>,
+    recoveries: VecDeque<RecoveryRecord>,
+}
+
+/// How many failures and recoveries `/status` remembers.
+const HISTORY: usize = 20;
+
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl State {
+    fn new(objective: f64) -> State {
+        State {
+            started: SystemTime::now(),
+            objective,
+            view: None,
+            targets: BTreeMap::new(),
+            failures: VecDeque::new(),
+            recoveries: VecDeque::new(),
+        }
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        let now = SystemTime::now();
+        let seconds = now
+            .duration_since(self.started)
+            .unwrap_or_default()
+            .as_secs();
+        let targets: Vec<serde_json::Value> = self
+            .targets
+            .iter()
+            .map(|(name, target)| {
+                serde_json::json!({
+                    "target": name,
+                    "ok": target.last.as_ref().map(|o| o.failure.is_none()),
+                    "last_latency_ms": target.last.as_ref().map(|o| o.latency.as_secs_f64() * 1e3),
+                    "last_failure": target.last.as_ref().and_then(|o| o.failure.map(|f| f.as_str())),
+                    "consecutive_failures": target.consecutive_failures,
+                    "windows": target.slo.report(seconds),
+                    "error_budget_remaining": target.slo.budget_remaining(seconds),
+                })
+            })
+            .collect();
+        let nodes: Vec<serde_json::Value> = (self.view.iter())
+            .flat_map(|view| &view.nodes)
+            .map(|node| {
+                let target = self.targets.get(&format!("node-{}", node.id));
+                serde_json::json!({
+                    "id": node.id,
+                    "public_url": node.public_url,
+                    "leader": self.view.as_ref().is_some_and(|v| v.leader == Some(node.id)),
+                    "healthy": target.and_then(|t| t.last.as_ref()).map(|o| o.failure.is_none()),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "objective": self.objective,
+            "started": unix_seconds(self.started),
+            "mode": self.view.as_ref().map(|v| v.mode),
+            "leader": self.view.as_ref().and_then(|v| v.leader),
+            "nodes": nodes,
+            "targets": targets,
+            "failures": self.failures,
+            "recoveries": self.recoveries,
+        })
+    }
+}
+
+/// Runs the prober until `shutdown`.
+pub async fn run(
+    config: Config,
+    token: String,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let http = reqwest::Client::builder()
+        .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
+        .build()
+        .context("building the HTTP client")?;
+    let timeout = Duration::from_millis(config.timeout_ms);
+    let control = TestbedControl::new(
+        http.clone(),
+        config.testbed.as_deref().unwrap_or(&config.target),
+        token,
+    );
+    let state = Arc::new(Mutex::new(State::new(config.objective)));
+    let period = Duration::from_secs(config.slo_days * 24 * 60 * 60);
+    crate::metrics::describe();
+    crate::metrics::register();
+    ::metrics::gauge!(crate::metrics::OBJECTIVE).set(config.objective);
+    let app = axum::Router::new()
+        .route(
+            "/status",
+            axum::routing::get({
+                let state = state.clone();
+                move || async move { axum::Json(state.lock().expect("state lock").status()) }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { telemetry::render() }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let server = tokio::spawn(plumbing::serve(
+        listener,
+        app,
+        plumbing::Limits::DEFAULT,
+        shutdown.clone().cancelled_owned(),
+    ));
+    let mut entry = EntryProbe::new(BankClient::with_http(http.clone(), &config.target), timeout);
+    let mut recovery = Recovery::new(
+        config.failures_before_recovery,
+        Duration::from_millis(config.min_recovery_interval_ms),
+        !config.no_recovery,
+    );
+    let started = Instant::now();
+    // A cluster still starting is not an outage: nothing counts until the entry point has
+    // answered a probe once.
+    let mut warm = false;
+    let mut jitter = (std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    while !shutdown.is_cancelled() {
+        let round = Instant::now();
+        let view = control.view().await.ok();
+        let mut node_outcomes = Vec::new();
+        if let Some(view) = &view {
+            let probes = view.nodes.iter().map(|node| {
+                let bank = BankClient::with_http(http.clone(), &node.public_url);
+                async move { (node.id, probe::probe_node(&bank, timeout).await) }
+            });
+            node_outcomes = futures::future::join_all(probes).await;
+        }
+        let outcome = entry.probe().await;
+        let seconds = started.elapsed().as_secs();
+        if !warm && outcome.failure.is_some() {
+            tracing::debug!(detail = ?outcome.detail, "the entry point does not answer yet");
+        }
+        warm |= outcome.failure.is_none();
+        if warm {
+            let mut state = state.lock().expect("state lock");
+            state.view.clone_from(&view);
+            for (id, node_outcome) in &node_outcomes {
+                state.observe(&format!("node-{id}"), node_outcome, seconds, period);
+            }
+            state.observe(ENTRY, &outcome, seconds, period);
+        }
+        if let (true, Some(view)) = (warm, &view) {
+            let record = recovery
+                .after_probe(&outcome, view, &node_outcomes, &control)
+                .await;
+            if let Some(record) = record {
+                let mut state = state.lock().expect("state lock");
+                if state.recoveries.len() == HISTORY {
+                    state.recoveries.pop_front();
+                }
+                state.recoveries.push_back(record);
+            }
+        }
+        jitter = jitter.rotate_left(17).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let interval = Duration::from_millis(config.interval_ms);
+        let spread = interval.as_millis() as u64 / 10;
+        let pause = interval
+            .saturating_sub(Duration::from_millis(jitter % (spread + 1)))
+            .saturating_sub(round.elapsed());
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+impl State {
+    /// Records one outcome of `target` at `seconds` since start: metrics, SLO, history.
+    fn observe(&mut self, target: &str, outcome: &Outcome, seconds: u64, period: Duration) {
+        let objective = self.objective;
+        let entry = self.targets.entry(target.to_owned()).or_insert_with(|| {
+            crate::metrics::register_target(target);
+            Target {
+                slo: Slo::new(objective, period),
+                last: None,
+                consecutive_failures: 0,
+            }
+        });
+        let label = target.to_owned();
+        ::metrics::counter!(crate::metrics::PROBES, "target" => label.clone()).increment(1);
+        ::metrics::histogram!(crate::metrics::DURATION, "target" => label.clone())
+            .record(outcome.latency.as_secs_f64());
+        match outcome.failure {
+            None => {
+                entry.consecutive_failures = 0;
+                ::metrics::counter!(crate::metrics::SUCCESSES, "target" => label.clone())
+                    .increment(1);
+                ::metrics::gauge!(crate::metrics::LAST_SUCCESS, "target" => label.clone())
+                    .set(unix_seconds(SystemTime::now()));
+            }
+            Some(failure) => {
+                entry.consecutive_failures += 1;
+                ::metrics::counter!(crate::metrics::FAILURES, "target" => label.clone(), "reason" => failure.as_str())
+                    .increment(1);
+                if self.failures.len() == HISTORY {
+                    self.failures.pop_front();
+                }
+                self.failures.push_back(serde_json::json!({
+                    "at": unix_seconds(SystemTime::now()),
+                    "target": target,
+                    "reason": failure.as_str(),
+                    "detail": outcome.detail,
+                }));
+            }
+        }
+        entry.slo.record(seconds, outcome.failure.is_none());
+        for report in entry.slo.report(seconds) {
+            if let (Some(availability), Some(burn)) = (report.availability, report.burn_rate) {
+                ::metrics::gauge!(crate::metrics::AVAILABILITY, "target" => label.clone(), "window" => report.window)
+                    .set(availability);
+                ::metrics::gauge!(crate::metrics::BURN_RATE, "target" => label.clone(), "window" => report.window)
+                    .set(burn);
+            }
+        }
+        ::metrics::gauge!(crate::metrics::BUDGET_REMAINING, "target" => label)
+            .set(entry.slo.budget_remaining(seconds));
+        entry.last = Some(outcome.clone());
+    }
+}
+
+/// The `prober` binary's main (the testbed runs it as `testbed prober ...`).
+pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
+    use clap::Parser as _;
+    let config = Config::try_parse_from(args)?;
+    let identity = telemetry::Identity::new("prober", "any", "prober");
+    let telemetry = telemetry::init(&identity, config.log_format);
+    config.validate()?;
+    let token = plumbing::read_cluster_token(
+        plumbing::token_from_env(),
+        config.cluster_token_file.as_deref(),
+    )?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", config.listen))?;
+    telemetry::install_prometheus();
+    telemetry::set_build_info("prober", "any", "prober");
+    println!(
+        "prober: probing {} every {} ms; status http://{}/status",
+        config.target,
+        config.interval_ms,
+        listener.local_addr()?
+    );
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        plumbing::shutdown_signal().await;
+        signal.cancel();
+    });
+    let result = run(config, token, listener, shutdown).await;
+    telemetry.shutdown().await;
+    result
+}

@@ -1,0 +1,210 @@
+//! Leader recovery. After `threshold` consecutive failed probes of the entry point (leader mode),
+//! while some node answers its direct probe and the leader's node does not, the prober asks a
+//! healthy replica to start an election, waits for the new leader and points the load balancer
+//! at it. At most one election per outage, and at least `min_interval` between two elections
+//! (until then, each failed probe looks again: the leader's node may answer again, or a healthy
+//! node appear). Every outage
+//! ends in a [`RecoveryRecord`]: first failure, election started, new leader, retargeted, first
+//! probe that passed again.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use paxos::Mode;
+
+use crate::control::{ClusterView, TestbedControl};
+use crate::probe::Outcome;
+
+/// How long a recovery waits for the election it started to produce a leader.
+pub const ELECTION_WAIT: Duration = Duration::from_secs(3);
+
+/// One outage, from its first failed probe to the first probe that passed again.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RecoveryRecord {
+    /// Unix time of the first failed probe.
+    pub first_failure: f64,
+    /// Failed probes in a row.
+    pub failed_probes: u32,
+    /// The leader when it began.
+    pub leader_before: Option<u32>,
+    /// What the prober did: `retargeted`, `no_healthy_node`, `leader_healthy`, `failed`, or
+    /// `None` (it did not act: too short, leaderless mode, recovery off, too soon after the last).
+    pub action: Option<&'static str>,
+    /// Unix time the prober asked for an election.
+    pub election_started: Option<f64>,
+    /// The leader the election produced.
+    pub new_leader: Option<u32>,
+    /// Unix time the new leader was known.
+    pub leader_known: Option<f64>,
+    /// Unix time the load balancer was pointed at it.
+    pub retargeted: Option<f64>,
+    /// Unix time of the first probe that passed again.
+    pub first_success: Option<f64>,
+    /// `prober` (its election), `cluster` (the leader changed without it) or `none`.
+    pub elected_by: &'static str,
+    /// What went wrong in the recovery, if anything.
+    pub error: Option<String>,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The recovery state of the probe loop.
+#[derive(Debug)]
+pub struct Recovery {
+    threshold: u32,
+    min_interval: Duration,
+    enabled: bool,
+    outage: Option<(Instant, RecoveryRecord)>,
+    last_election: Option<Instant>,
+}
+
+impl Recovery {
+    /// Recovers after `threshold` consecutive failures, at most once per `min_interval`; with
+    /// `enabled` false it only records outages.
+    pub fn new(threshold: u32, min_interval: Duration, enabled: bool) -> Recovery {
+        Recovery {
+            threshold,
+            min_interval,
+            enabled,
+            outage: None,
+            last_election: None,
+        }
+    }
+
+    /// True while an outage is open (the last probe of the entry point failed).
+    pub fn in_outage(&self) -> bool {
+        self.outage.is_some()
+    }
+
+    /// After each probe of the entry point: opens, extends or closes the outage, and recovers
+    /// when it is time. Returns the record of an outage that just ended.
+    pub async fn after_probe(
+        &mut self,
+        entry: &Outcome,
+        view: &ClusterView,
+        nodes: &[(u32, Outcome)],
+        control: &TestbedControl,
+    ) -> Option<RecoveryRecord> {
+        if entry.failure.is_none() {
+            let (started, mut record) = self.outage.take()?;
+            record.first_success = Some(now());
+            if record.elected_by == "none" && view.leader != record.leader_before {
+                record.elected_by = "cluster";
+            }
+            if record.elected_by != "none" {
+                ::metrics::histogram!(crate::metrics::FAILOVER_DURATION, "elected_by" => record.elected_by)
+                    .record(started.elapsed().as_secs_f64());
+            }
+            tracing::info!(
+                outage_ms = started.elapsed().as_millis() as u64,
+                failed_probes = record.failed_probes,
+                elected_by = record.elected_by,
+                action = record.action,
+                "probes pass again"
+            );
+            return Some(record);
+        }
+        let (_, record) = self.outage.get_or_insert_with(|| {
+            tracing::warn!(detail = ?entry.detail, "a probe of the entry point failed");
+            (
+                Instant::now(),
+                RecoveryRecord {
+                    first_failure: now(),
+                    leader_before: view.leader,
+                    elected_by: "none",
+                    ..RecoveryRecord::default()
+                },
+            )
+        });
+        record.failed_probes += 1;
+        let due = self.enabled
+            && view.mode == Mode::Leader
+            && record.election_started.is_none()
+            && record.failed_probes >= self.threshold
+            && self
+                .last_election
+                .is_none_or(|at| at.elapsed() >= self.min_interval);
+        if !due {
+            return None;
+        }
+        let action = recover(record, view, nodes, control).await;
+        if record.election_started.is_some() {
+            self.last_election = Some(Instant::now());
+        }
+        // A decision not to elect is counted once per outage, each time it changes.
+        if record.action != Some(action) {
+            ::metrics::counter!(crate::metrics::RECOVERIES, "outcome" => action).increment(1);
+        }
+        record.action = Some(action);
+        None
+    }
+}
+
+/// Elects a healthy replica and retargets the load balancer; fills in `record`.
+async fn recover(
+    record: &mut RecoveryRecord,
+    view: &ClusterView,
+    nodes: &[(u32, Outcome)],
+    control: &TestbedControl,
+) -> &'static str {
+    let healthy: Vec<u32> = (nodes.iter())
+        .filter(|(_, outcome)| outcome.failure.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    if healthy.is_empty() {
+        tracing::warn!("the entry point fails and no node answers: nothing to elect");
+        return "no_healthy_node";
+    }
+    if let Some(leader) = view.leader
+        && healthy.contains(&leader)
+    {
+        tracing::warn!(
+            leader,
+            "the entry point fails but the leader's node answers"
+        );
+        return "leader_healthy";
+    }
+    let candidate = healthy[0];
+    let Some(node) = view.nodes.iter().find(|n| n.id == candidate) else {
+        return "failed";
+    };
+    tracing::warn!(
+        old_leader = ?view.leader,
+        candidate,
+        "the leader's node does not answer: electing a healthy replica"
+    );
+    record.election_started = Some(now());
+    if let Err(err) = control.elect(node).await {
+        record.error = Some(format!("elect at node {candidate}: {err:#}"));
+        return "failed";
+    }
+    let deadline = Instant::now() + ELECTION_WAIT;
+    let leader = loop {
+        if let Ok(view) = control.view().await
+            && let Some(leader) = view.leader.filter(|l| healthy.contains(l))
+        {
+            break Some(leader);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let Some(leader) = leader else {
+        record.error = Some(format!("no healthy leader within {ELECTION_WAIT:?}"));
+        return "failed";
+    };
+    record.new_leader = Some(leader);
+    record.leader_known = Some(now());
+    record.elected_by = "prober";
+    if let Err(err) = control.retarget(leader).await {
+        record.error = Some(format!("retarget to node {leader}: {err:#}"));
+        return "failed";
+    }
+    record.retargeted = Some(now());
+    tracing::info!(leader, "retargeted the load balancer at the new leader");
+    "retargeted"
+}
