@@ -185,3 +185,41 @@ async fn a_killed_leader_is_an_outage_the_prober_records() {
     );
     assert!(handle.info().prober.unwrap().pid > 0);
 }
+
+/// Leaderless mode: a node whose process hangs answers no readiness poll, and the front door
+/// sends it no new requests (as a load balancer's outlier detection would); the other nodes keep
+/// serving every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaderless_front_door_stops_sending_to_a_paused_node() {
+    let tb = Testbed::up("leaderless", &[]);
+    let handle = tb.handle();
+    let bank = handle.bank();
+    let account = bank.open_account(&IdempotencyKey::random()).await.unwrap();
+    let pid = handle.pid(1, Process::Node).unwrap();
+    // SAFETY: signals to a process of this test's own cluster.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle.info().nodes[1].ready {
+        assert!(
+            Instant::now() < deadline,
+            "the paused node still looks ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut served = 0;
+    for _ in 0..30 {
+        let key = IdempotencyKey::random();
+        let deposit = bank.deposit(account, node::money::Money::from_cents(1), &key);
+        let answer = tokio::time::timeout(Duration::from_secs(2), deposit).await;
+        assert!(
+            matches!(answer, Ok(Ok(_))),
+            "a request went to the paused node or failed: {answer:?}"
+        );
+        served += 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert!(handle.wait_ready(Duration::from_secs(30)).await);
+    let balances = converged_balances(&tb, &[account.0.to_string()], Duration::from_secs(30)).await;
+    assert_eq!(balances, vec![served]);
+}
