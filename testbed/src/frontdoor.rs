@@ -6,7 +6,8 @@
 //! If the chosen node refuses the connection (the request was never sent, so retrying cannot
 //! apply anything twice), the next node is tried.
 //!
-//! `/_testbed/cluster` (GET) describes the cluster; `POST /_testbed/target`, and
+//! `/_testbed/` (GET) is the status page ([`crate::status_page`]), `/_testbed/prober/status` the
+//! prober's `/status` relayed; `/_testbed/cluster` (GET) describes the cluster; `POST /_testbed/target`, and
 //! `POST /_testbed/nodes/{id}/{stop|start|wipe}` need the cluster token.
 
 use std::sync::Arc;
@@ -264,6 +265,11 @@ impl FrontDoor {
 /// The front door's router.
 pub fn router(door: Arc<FrontDoor>) -> Router {
     Router::new()
+        .route("/_testbed/", get(crate::status_page::page))
+        .route(
+            "/_testbed/prober/status",
+            get(crate::status_page::prober_status),
+        )
         .route("/_testbed/cluster", get(cluster))
         .route("/_testbed/target", post(set_target))
         .route("/_testbed/nodes/{id}/{action}", post(node_action))

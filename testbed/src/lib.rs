@@ -9,7 +9,8 @@
 //!
 //! Layout: [`cluster`] (the cluster API: a spec, a running cluster and a handle to it, used by
 //! `up`, the tests and the load test), [`supervisor`] (child processes), [`frontdoor`] (the proxy
-//! and the `/_testbed` API), [`prometheus`] (scrape config, `--prometheus`), [`cli`] and [`up`]
+//! and the `/_testbed` API), [`status_page`] (`/_testbed/`), [`prometheus`] (scrape config,
+//! `--prometheus`), [`cli`] and [`up`]
 //! (`testbed up`: the arguments and the printed URLs).
 #![deny(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod cluster;
 pub mod frontdoor;
 pub mod prometheus;
+pub mod status_page;
 pub mod supervisor;
 pub mod up;
 

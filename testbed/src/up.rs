@@ -51,7 +51,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         "front door: {front}/ (the web page of all accounts; the banking API is on the same address)"
     );
     println!(
-        "cluster status: {front}/_testbed/cluster (also {}/cluster.json)",
+        "cluster status: {front}/_testbed/ (a page) and {front}/_testbed/cluster (JSON, also {}/cluster.json)",
         data_dir.display()
     );
     if let Some(prober) = handle.info().prober {

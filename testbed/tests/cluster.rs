@@ -488,12 +488,14 @@ async fn an_election_at_a_follower_moves_the_leader_and_the_front_door_follows()
         .await
         .expect("a new leader");
     assert_eq!(new, follower, "the replica that started the election leads");
+    // The nodes learn the new leader within their 50 ms status poll: until then a request may be
+    // answered 503 `no_leader`, which a client retries (with the same key).
     let bank = handle.bank();
-    let account = bank.open_account(&IdempotencyKey::random()).await.unwrap();
+    let key = IdempotencyKey::random();
+    let account = retried(|| bank.open_account(&key)).await;
     let amount = node::money::Money::from_cents(1_05);
-    bank.deposit(account, amount, &IdempotencyKey::random())
-        .await
-        .unwrap();
+    let key = IdempotencyKey::random();
+    retried(|| bank.deposit(account, amount, &key)).await;
     assert_eq!(
         bank.balance(account, Consistency::Linearizable)
             .await
@@ -527,4 +529,22 @@ async fn an_election_at_a_follower_moves_the_leader_and_the_front_door_follows()
     assert_ne!(before, after);
     assert_eq!(handle.info().nodes[follower as usize].node_restarts, 0);
     assert!(handle.wait_ready(Duration::from_secs(30)).await);
+}
+
+/// Calls `call` until it succeeds, retrying what the client says is retryable, for at most 10 s.
+async fn retried<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, node::client::BankError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(err) if err.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
 }

@@ -223,3 +223,103 @@ async fn leaderless_front_door_stops_sending_to_a_paused_node() {
     let balances = converged_balances(&tb, &[account.0.to_string()], Duration::from_secs(30)).await;
     assert_eq!(balances, vec![served]);
 }
+
+fn chromium() -> Option<std::path::PathBuf> {
+    if let Ok(path) = std::env::var("CHROMIUM") {
+        return Some(path.into());
+    }
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            let found = std::process::Command::new("which")
+                .arg(name)
+                .output()
+                .ok()?;
+            found
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&found.stdout).trim().into())
+        })
+}
+
+/// The status page at `/_testbed/`, rendered by headless Chromium after its scripts ran: every
+/// node with its role, the prober's targets with their availability, the objective.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_renders_nodes_and_slos_in_headless_chromium() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but chromium is not installed: .ci/run must apt-get install chromium"
+        );
+        eprintln!(
+            "\n*** SKIPPED the_status_page_renders_nodes_and_slos_in_headless_chromium: chromium not found (apt-get install chromium) ***\n"
+        );
+        return;
+    };
+    let tb = Testbed::up("leader", &["--with-prober"]);
+    let handle = tb.handle();
+    let prober = handle.info().prober.expect("the cluster runs a prober").url;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&prober).await["targets"]
+        .as_array()
+        .is_none_or(|t| t.len() < 4 || !t.iter().all(|t| t["ok"] == true))
+    {
+        assert!(Instant::now() < deadline, "the prober never succeeded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = handle.leader().unwrap();
+    let relayed: Value = reqwest::get(format!("{}/_testbed/prober/status", tb.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(relayed["objective"], 0.999);
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("{}/_testbed/", tb.url))
+        .output()
+        .expect("running chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<title>paxos bank: cluster status</title>"),
+        "{dom}"
+    );
+    for id in 0..3 {
+        assert!(
+            dom.contains(&format!("<td>node-{id}</td>")),
+            "node {id}: {dom}"
+        );
+    }
+    let nodes = dom.split(r#"<table id="nodes">"#).nth(1).unwrap();
+    let nodes = nodes.split("</table>").next().unwrap();
+    assert_eq!(nodes.matches("<td>leader</td>").count(), 1, "{nodes}");
+    assert!(
+        nodes.contains(&format!("<tr><td>node-{leader}</td><td>leader</td>")),
+        "{nodes}"
+    );
+    let slo = dom.split(r#"<table id="slo">"#).nth(1).unwrap();
+    let slo = slo.split("</table>").next().unwrap();
+    assert!(slo.contains("<td>entry</td>"), "{slo}");
+    assert!(slo.contains(r#"<td class="good">ok</td>"#), "{slo}");
+    assert!(slo.contains("<td>100.00%</td>"), "{slo}");
+    assert!(dom.contains("objective 99.900%"), "{dom}");
+    assert!(dom.contains("ready: true"), "{dom}");
+}
