@@ -1,5 +1,5 @@
 //! The one way to call a `paxos` process: its node-facing calls (propose, entries, read index,
-//! compact) and its operator calls (status, elect, shutdown, metrics), over the wire types of
+//! compact) and its operator calls (status, elect, metrics), over the wire types of
 //! [`crate::wire`]. Used by the node, the testbed's front door, the load test and the tests.
 //!
 //! ```no_run
@@ -118,19 +118,6 @@ impl PaxosClient {
     pub async fn elect(&self) -> Result<StatusReply, ClientError> {
         let url = self.url("/elect");
         self.json(self.http.post(&url), &url).await
-    }
-
-    /// `POST /shutdown`: the process stops gracefully.
-    pub async fn shutdown(&self) -> Result<(), ClientError> {
-        let url = self.url("/shutdown");
-        self.bytes(self.http.post(&url), &url).await.map(drop)
-    }
-
-    /// `GET /healthz`: true while the replica's driver runs.
-    pub async fn healthz(&self) -> Result<bool, ClientError> {
-        let url = self.url("/healthz");
-        let response = self.send(self.http.get(&url), &url).await?;
-        Ok(response.status().is_success())
     }
 
     /// `GET /metrics`: the Prometheus text.

@@ -422,3 +422,36 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
     telemetry.shutdown().await;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    /// The testbed starts the prober from `to_args`: what it sets comes back through the parser.
+    #[test]
+    fn to_args_parses_back_into_the_same_config() {
+        let mut config = Config::parse_from(["prober", "--target=http://127.0.0.1:1"]);
+        config.testbed = Some("http://127.0.0.1:2".into());
+        config.listen = "127.0.0.1:3".parse().unwrap();
+        config.interval_ms = 100;
+        config.timeout_ms = 50;
+        config.failures_before_recovery = 3;
+        config.min_recovery_interval_ms = 7;
+        config.no_recovery = true;
+        config.objective = 0.995;
+        config.slo_days = 7;
+        config.cluster_token_file = Some("/tmp/token".into());
+        config.log_format = telemetry::LogFormat::Json;
+        let args = std::iter::once("prober".to_owned()).chain(config.to_args());
+        assert_eq!(Config::parse_from(args), config);
+        config.validate().unwrap();
+        config.objective = 1.0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--objective") && err.contains("got 1"),
+            "{err}"
+        );
+    }
+}

@@ -16,7 +16,8 @@ use node::money::Money;
 pub enum Failure {
     /// No answer within the probe's timeout.
     Timeout,
-    /// No connection, or the connection broke.
+    /// No connection, or the connection broke (a slow answer is a timeout: the probe's own
+    /// deadline is far below the client's).
     Connection,
     /// An error status (503 unavailable, outcome unknown, ...).
     HttpStatus,
@@ -55,7 +56,6 @@ impl Failure {
         match err {
             BankError::Api { code, .. } if code == "account_not_found" => Failure::AccountMissing,
             BankError::Api { .. } => Failure::HttpStatus,
-            BankError::NoAnswer { reason, .. } if reason.contains("timed out") => Failure::Timeout,
             BankError::NoAnswer { .. } => Failure::Connection,
             BankError::Malformed { .. } => Failure::Malformed,
         }

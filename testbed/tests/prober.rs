@@ -23,6 +23,27 @@ async fn status(url: &str) -> Value {
         .unwrap()
 }
 
+/// Waits (at most 20 s) until the last probe of every one of `targets` passed.
+async fn wait_probes_pass(prober: &str, targets: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = status(prober).await;
+        let passed = |name: &&str| {
+            status["targets"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["target"] == *name && t["ok"] == true))
+        };
+        if targets.iter().all(passed) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "probes of {targets:?} never passed: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the prober reports an outage that ended (a recovery record with a first success).
 async fn wait_recovery(prober: &str, limit: Duration) -> Value {
     let deadline = Instant::now() + limit;
@@ -48,14 +69,7 @@ async fn a_paused_leader_node_is_replaced_by_the_prober_and_nothing_is_lost() {
     let handle = tb.handle();
     let prober = handle.info().prober.expect("the cluster runs a prober").url;
     // The prober has probed successfully before the failure.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while status(&prober).await["targets"]
-        .as_array()
-        .is_none_or(|t| !t.iter().any(|t| t["target"] == "entry" && t["ok"] == true))
-    {
-        assert!(Instant::now() < deadline, "the prober never succeeded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_probes_pass(&prober, &["entry"]).await;
     let bank = handle.bank();
     let account = bank.open_account(&IdempotencyKey::random()).await.unwrap();
     let old = handle.leader().unwrap();
@@ -124,14 +138,7 @@ async fn a_killed_leader_is_an_outage_the_prober_records() {
     let tb = Testbed::up("leader", &["--with-prober", "--prober-interval-ms", "100"]);
     let handle = tb.handle();
     let prober = handle.info().prober.expect("the cluster runs a prober").url;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while status(&prober).await["targets"]
-        .as_array()
-        .is_none_or(|t| !t.iter().any(|t| t["target"] == "entry" && t["ok"] == true))
-    {
-        assert!(Instant::now() < deadline, "the prober never succeeded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_probes_pass(&prober, &["entry"]).await;
     let old = handle.leader().unwrap();
     // Kill -9 of both processes; the supervisor restarts them. Either the cluster elects a new
     // leader by itself (election timeout) or the prober does; both end the outage.
@@ -259,14 +266,7 @@ async fn the_status_page_renders_nodes_and_slos_in_headless_chromium() {
     let tb = Testbed::up("leader", &["--with-prober"]);
     let handle = tb.handle();
     let prober = handle.info().prober.expect("the cluster runs a prober").url;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while status(&prober).await["targets"]
-        .as_array()
-        .is_none_or(|t| t.len() < 4 || !t.iter().all(|t| t["ok"] == true))
-    {
-        assert!(Instant::now() < deadline, "the prober never succeeded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_probes_pass(&prober, &["entry", "node-0", "node-1", "node-2"]).await;
     let leader = handle.leader().unwrap();
     let relayed: Value = reqwest::get(format!("{}/_testbed/prober/status", tb.url))
         .await
