@@ -17,6 +17,7 @@ pub mod slo;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +25,7 @@ use anyhow::Context as _;
 use node::client::BankClient;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{ClusterView, TestbedControl};
+use crate::control::{ClusterView, Control, KubernetesControl, KubernetesTarget, TestbedControl};
 use crate::probe::{EntryProbe, Outcome};
 use crate::recovery::{Recovery, RecoveryRecord};
 use crate::slo::Slo;
@@ -44,14 +45,41 @@ pub struct Config {
     pub target: String,
     /// The testbed's front door, for the cluster's nodes and leader and the load balancer's
     /// target (default: --target).
-    #[arg(long, env = "PROBER_TESTBED")]
+    #[arg(long, env = "PROBER_TESTBED", conflicts_with = "kubernetes")]
     pub testbed: Option<String>,
+    /// Find the nodes through the Kubernetes API (the pod's service account) and retarget by
+    /// patching the external Service's selector, instead of the testbed's front door.
+    #[arg(long, env = "PROBER_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Kubernetes: the namespace of the bank pods and the Service (default: the prober's own).
+    #[arg(long, env = "PROBER_K8S_NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+    /// Kubernetes: the external Service whose selector follows the leader.
+    #[arg(long, env = "PROBER_K8S_SERVICE", default_value = "bank")]
+    pub k8s_service: String,
+    /// Kubernetes: the label selector of the bank pods.
+    #[arg(
+        long,
+        env = "PROBER_K8S_POD_SELECTOR",
+        default_value = "app.kubernetes.io/name=bank"
+    )]
+    pub k8s_pod_selector: String,
+    /// Kubernetes: the port of each pod's node container (public API).
+    #[arg(long, env = "PROBER_K8S_PUBLIC_PORT", default_value_t = 8080)]
+    pub k8s_public_port: u16,
+    /// Kubernetes: the port of each pod's paxos container.
+    #[arg(long, env = "PROBER_K8S_PAXOS_PORT", default_value_t = 9180)]
+    pub k8s_paxos_port: u16,
     /// Address of the prober's own `/metrics` and `/status`.
     #[arg(long, env = "PROBER_LISTEN", default_value = "127.0.0.1:9100")]
     pub listen: SocketAddr,
     /// Milliseconds between probe rounds (jittered by up to a tenth).
     #[arg(long, env = "PROBER_INTERVAL_MS", default_value_t = 1_000)]
     pub interval_ms: u64,
+    /// Milliseconds between two direct probes of every node (what recovery and the status
+    /// page use; may be shorter than --interval-ms; jittered by up to a tenth).
+    #[arg(long, env = "PROBER_NODE_INTERVAL_MS", default_value_t = 500)]
+    pub node_interval_ms: u64,
     /// Milliseconds one probe may take before it counts as failed.
     #[arg(long, env = "PROBER_TIMEOUT_MS", default_value_t = 500)]
     pub timeout_ms: u64,
@@ -90,6 +118,11 @@ impl Config {
             format!("--target={}", self.target),
             format!("--listen={}", self.listen),
             format!("--interval-ms={}", self.interval_ms),
+            format!("--node-interval-ms={}", self.node_interval_ms),
+            format!("--k8s-service={}", self.k8s_service),
+            format!("--k8s-pod-selector={}", self.k8s_pod_selector),
+            format!("--k8s-public-port={}", self.k8s_public_port),
+            format!("--k8s-paxos-port={}", self.k8s_paxos_port),
             format!("--timeout-ms={}", self.timeout_ms),
             format!(
                 "--failures-before-recovery={}",
@@ -112,6 +145,12 @@ impl Config {
         if self.no_recovery {
             args.push("--no-recovery".to_owned());
         }
+        if self.kubernetes {
+            args.push("--kubernetes".to_owned());
+        }
+        if let Some(namespace) = &self.k8s_namespace {
+            args.push(format!("--k8s-namespace={namespace}"));
+        }
         args
     }
 
@@ -121,6 +160,11 @@ impl Config {
             (10..=3_600_000).contains(&self.interval_ms),
             "--interval-ms must be 10..=3600000, got {}",
             self.interval_ms
+        );
+        anyhow::ensure!(
+            (10..=3_600_000).contains(&self.node_interval_ms),
+            "--node-interval-ms must be 10..=3600000, got {}",
+            self.node_interval_ms
         );
         anyhow::ensure!(
             (10..=60_000).contains(&self.timeout_ms),
@@ -244,11 +288,7 @@ pub async fn run(
         .build()
         .context("building the HTTP client")?;
     let timeout = Duration::from_millis(config.timeout_ms);
-    let control = TestbedControl::new(
-        http.clone(),
-        config.testbed.as_deref().unwrap_or(&config.target),
-        token,
-    );
+    let control = control(&config, http.clone(), token).await?;
     let state = Arc::new(Mutex::new(State::new(config.objective)));
     let period = Duration::from_secs(config.slo_days * 24 * 60 * 60);
     crate::metrics::describe();
@@ -282,36 +322,52 @@ pub async fn run(
     let started = Instant::now();
     // A cluster still starting is not an outage: nothing counts until the entry point has
     // answered a probe once.
-    let mut warm = false;
-    let mut jitter = (std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let warm = Arc::new(AtomicBool::new(false));
+    let nodes = Arc::new(Mutex::new(None::<NodeRound>));
+    let node_loop = tokio::spawn(probe_nodes(
+        control.clone(),
+        http.clone(),
+        Duration::from_millis(config.node_interval_ms),
+        timeout,
+        NodeLoopShared {
+            warm: warm.clone(),
+            latest: nodes.clone(),
+            state: state.clone(),
+            started,
+            period,
+        },
+        shutdown.clone(),
+    ));
+    let interval = Duration::from_millis(config.interval_ms);
+    // Node outcomes older than this are not used for a recovery decision.
+    let fresh_for = Duration::from_millis(3 * config.node_interval_ms) + Duration::from_secs(2);
+    let mut jitter = Jitter::new();
     while !shutdown.is_cancelled() {
         let round = Instant::now();
-        let view = control.view().await.ok();
-        let mut node_outcomes = Vec::new();
-        if let Some(view) = &view {
-            let probes = view.nodes.iter().map(|node| {
-                let bank = BankClient::with_http(http.clone(), &node.public_url);
-                async move { (node.id, probe::probe_node(&bank, timeout).await) }
-            });
-            node_outcomes = futures::future::join_all(probes).await;
-        }
         let outcome = entry.probe().await;
         let seconds = started.elapsed().as_secs();
-        if !warm && outcome.failure.is_some() {
+        if !warm.load(Ordering::SeqCst) && outcome.failure.is_some() {
             tracing::debug!(detail = ?outcome.detail, "the entry point does not answer yet");
         }
-        warm |= outcome.failure.is_none();
-        if warm {
-            let mut state = state.lock().expect("state lock");
-            state.view.clone_from(&view);
-            for (id, node_outcome) in &node_outcomes {
-                state.observe(&format!("node-{id}"), node_outcome, seconds, period);
-            }
-            state.observe(ENTRY, &outcome, seconds, period);
+        if outcome.failure.is_none() {
+            warm.store(true, Ordering::SeqCst);
         }
-        if let (true, Some(view)) = (warm, &view) {
+        if warm.load(Ordering::SeqCst) {
+            state
+                .lock()
+                .expect("state lock")
+                .observe(ENTRY, &outcome, seconds, period);
+            let latest = nodes.lock().expect("nodes lock").clone();
+            if let Some(leader) = latest.as_ref().and_then(|round| round.last_leader) {
+                recovery.leader_seen(leader);
+            }
+            let fresh = latest.filter(|round| round.at.elapsed() < fresh_for);
+            let (view, outcomes) = match &fresh {
+                Some(round) => (Some(&round.view), round.outcomes.as_slice()),
+                None => (None, &[][..]),
+            };
             let record = recovery
-                .after_probe(&outcome, view, &node_outcomes, &control)
+                .after_probe(&outcome, view, outcomes, &control)
                 .await;
             if let Some(record) = record {
                 let mut state = state.lock().expect("state lock");
@@ -321,19 +377,129 @@ pub async fn run(
                 state.recoveries.push_back(record);
             }
         }
-        jitter = jitter.rotate_left(17).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        let interval = Duration::from_millis(config.interval_ms);
-        let spread = interval.as_millis() as u64 / 10;
-        let pause = interval
-            .saturating_sub(Duration::from_millis(jitter % (spread + 1)))
-            .saturating_sub(round.elapsed());
+        let pause = jitter.pause(interval).saturating_sub(round.elapsed());
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(pause) => {}
         }
     }
+    let _ = node_loop.await;
     let _ = server.await;
     Ok(())
+}
+
+/// The last round of direct probes: the view it used and each node's outcome.
+#[derive(Clone, Debug)]
+struct NodeRound {
+    at: Instant,
+    view: ClusterView,
+    outcomes: Vec<(u32, Outcome)>,
+    /// The last leader any round's view named (this one's, or an earlier one's).
+    last_leader: Option<u32>,
+}
+
+/// What the node-probe loop shares with the entry loop.
+struct NodeLoopShared {
+    warm: Arc<AtomicBool>,
+    latest: Arc<Mutex<Option<NodeRound>>>,
+    state: Arc<Mutex<State>>,
+    started: Instant,
+    period: Duration,
+}
+
+/// Probes every node directly every `interval`, on its own schedule: the view of the cluster,
+/// then each node's `/readyz` concurrently.
+async fn probe_nodes(
+    control: Control,
+    http: reqwest::Client,
+    interval: Duration,
+    timeout: Duration,
+    shared: NodeLoopShared,
+    shutdown: CancellationToken,
+) {
+    let mut jitter = Jitter::new();
+    let mut last_leader = None;
+    while !shutdown.is_cancelled() {
+        let round = Instant::now();
+        match control.view().await {
+            Ok(view) => {
+                let probes = view.nodes.iter().map(|node| {
+                    let bank = BankClient::with_http(http.clone(), &node.public_url);
+                    async move { (node.id, probe::probe_node(&bank, timeout).await) }
+                });
+                let outcomes = futures::future::join_all(probes).await;
+                let seconds = shared.started.elapsed().as_secs();
+                {
+                    let mut state = shared.state.lock().expect("state lock");
+                    state.view = Some(view.clone());
+                    if shared.warm.load(Ordering::SeqCst) {
+                        for (id, outcome) in &outcomes {
+                            state.observe(&format!("node-{id}"), outcome, seconds, shared.period);
+                        }
+                    }
+                }
+                last_leader = view.leader.or(last_leader);
+                *shared.latest.lock().expect("nodes lock") = Some(NodeRound {
+                    at: Instant::now(),
+                    view,
+                    outcomes,
+                    last_leader,
+                });
+            }
+            Err(err) => tracing::debug!(error = format!("{err:#}"), "no view of the cluster"),
+        }
+        let pause = jitter.pause(interval).saturating_sub(round.elapsed());
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Spreads probe rounds: each pause is the interval less up to a tenth of it, so probers
+/// started together drift apart.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+        Jitter((std::process::id() as u64 ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn pause(&mut self, interval: Duration) -> Duration {
+        self.0 = self.0.rotate_left(17).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let spread = interval.as_millis() as u64 / 10;
+        interval.saturating_sub(Duration::from_millis(self.0 % (spread + 1)))
+    }
+}
+
+/// The control plane `config` names: Kubernetes, or the testbed's front door.
+async fn control(config: &Config, http: reqwest::Client, token: String) -> anyhow::Result<Control> {
+    if !config.kubernetes {
+        let front_door = config.testbed.as_deref().unwrap_or(&config.target);
+        return Ok(Control::Testbed(TestbedControl::new(
+            http, front_door, token,
+        )));
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in a pod: its service account)")?;
+    let namespace =
+        (config.k8s_namespace.clone()).unwrap_or_else(|| client.default_namespace().to_owned());
+    Ok(Control::Kubernetes(KubernetesControl::new(
+        client,
+        http,
+        token,
+        KubernetesTarget {
+            namespace,
+            service: config.k8s_service.clone(),
+            pod_selector: config.k8s_pod_selector.clone(),
+            public_port: config.k8s_public_port,
+            paxos_port: config.k8s_paxos_port,
+        },
+    )))
 }
 
 impl State {
@@ -436,6 +602,7 @@ mod tests {
         config.testbed = Some("http://127.0.0.1:2".into());
         config.listen = "127.0.0.1:3".parse().unwrap();
         config.interval_ms = 100;
+        config.node_interval_ms = 40;
         config.timeout_ms = 50;
         config.failures_before_recovery = 3;
         config.min_recovery_interval_ms = 7;
@@ -444,6 +611,15 @@ mod tests {
         config.slo_days = 7;
         config.cluster_token_file = Some("/tmp/token".into());
         config.log_format = telemetry::LogFormat::Json;
+        let args = std::iter::once("prober".to_owned()).chain(config.to_args());
+        assert_eq!(Config::parse_from(args), config);
+        config.testbed = None;
+        config.kubernetes = true;
+        config.k8s_namespace = Some("bank".into());
+        config.k8s_service = "bank-lb".into();
+        config.k8s_pod_selector = "app=bank".into();
+        config.k8s_public_port = 1;
+        config.k8s_paxos_port = 2;
         let args = std::iter::once("prober".to_owned()).chain(config.to_args());
         assert_eq!(Config::parse_from(args), config);
         config.validate().unwrap();

@@ -1,7 +1,9 @@
 //! Leader recovery. After `threshold` consecutive failed probes of the entry point (leader mode),
 //! while some node answers its direct probe and the leader's node does not, the prober asks a
 //! healthy replica to start an election, waits for the new leader and points the load balancer
-//! at it. At most one election per outage, and at least `min_interval` between two elections
+//! at it. If the leader's node answers but the load balancer points elsewhere (the cluster
+//! elected a leader by itself, and on Kubernetes nothing else moves the Service), it retargets
+//! without an election. At most one election per outage, and at least `min_interval` between two elections
 //! (until then, each failed probe looks again: the leader's node may answer again, or a healthy
 //! node appear). Every outage
 //! ends in a [`RecoveryRecord`]: first failure, election started, new leader, retargeted, first
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paxos::Mode;
 
-use crate::control::{ClusterView, TestbedControl};
+use crate::control::{ClusterView, Control};
 use crate::probe::Outcome;
 
 /// How long a recovery waits for the election it started to produce a leader.
@@ -26,7 +28,8 @@ pub struct RecoveryRecord {
     pub failed_probes: u32,
     /// The leader when it began.
     pub leader_before: Option<u32>,
-    /// What the prober did: `retargeted`, `no_healthy_node`, `leader_healthy`, `failed`, or
+    /// What the prober did: `retargeted` (after its election, or at a leader the cluster
+    /// elected), `no_healthy_node`, `leader_healthy`, `failed`, or
     /// `None` (it did not act: too short, leaderless mode, recovery off, too soon after the last).
     pub action: Option<&'static str>,
     /// Unix time the prober asked for an election.
@@ -57,8 +60,21 @@ pub struct Recovery {
     threshold: u32,
     min_interval: Duration,
     enabled: bool,
-    outage: Option<(Instant, RecoveryRecord)>,
+    outage: Option<Outage>,
     last_election: Option<Instant>,
+    /// The last leader a view named outside an outage: an outage's `leader_before` even when
+    /// the view at its first failure already knows no leader, or there is no fresh view (the
+    /// views run on their own schedule, and a dead leader leaves them within 100 ms).
+    known_leader: Option<u32>,
+}
+
+/// An outage in progress.
+#[derive(Debug)]
+struct Outage {
+    started: Instant,
+    record: RecoveryRecord,
+    /// `prober.outage`: open from the first failed probe to the first that passes again.
+    span: tracing::Span,
 }
 
 impl Recovery {
@@ -71,6 +87,15 @@ impl Recovery {
             enabled,
             outage: None,
             last_election: None,
+            known_leader: None,
+        }
+    }
+
+    /// A view (of the node-probe loop) named `leader`: remembered as the leader before the
+    /// next outage, unless one is open.
+    pub fn leader_seen(&mut self, leader: u32) {
+        if self.outage.is_none() {
+            self.known_leader = Some(leader);
         }
     }
 
@@ -80,25 +105,40 @@ impl Recovery {
     }
 
     /// After each probe of the entry point: opens, extends or closes the outage, and recovers
-    /// when it is time. Returns the record of an outage that just ended.
+    /// when it is time. `view` and `nodes` are the last round of direct probes, if it is fresh
+    /// (without one the outage is recorded, and nothing is done). Returns the record of an
+    /// outage that just ended.
     pub async fn after_probe(
         &mut self,
         entry: &Outcome,
-        view: &ClusterView,
+        view: Option<&ClusterView>,
         nodes: &[(u32, Outcome)],
-        control: &TestbedControl,
+        control: &Control,
     ) -> Option<RecoveryRecord> {
+        if let Some(leader) = view.and_then(|v| v.leader) {
+            self.leader_seen(leader);
+        }
         if entry.failure.is_none() {
-            let (started, mut record) = self.outage.take()?;
+            let Outage {
+                started,
+                mut record,
+                span,
+            } = self.outage.take()?;
             record.first_success = Some(now());
-            if record.elected_by == "none" && view.leader != record.leader_before {
+            let leader_now = view.and_then(|v| v.leader);
+            if record.elected_by == "none"
+                && leader_now.is_some()
+                && leader_now != record.leader_before
+            {
                 record.elected_by = "cluster";
             }
             if record.elected_by != "none" {
                 ::metrics::histogram!(crate::metrics::FAILOVER_DURATION, "elected_by" => record.elected_by)
                     .record(started.elapsed().as_secs_f64());
             }
+            span.record("elected_by", record.elected_by);
             tracing::info!(
+                parent: &span,
                 outage_ms = started.elapsed().as_millis() as u64,
                 failed_probes = record.failed_probes,
                 elected_by = record.elected_by,
@@ -107,22 +147,32 @@ impl Recovery {
             );
             return Some(record);
         }
-        let (_, record) = self.outage.get_or_insert_with(|| {
-            tracing::warn!(detail = ?entry.detail, "a probe of the entry point failed");
-            (
-                Instant::now(),
-                RecoveryRecord {
+        let leader_before = self.known_leader;
+        let outage = self.outage.get_or_insert_with(|| {
+            let span = tracing::info_span!(
+                "prober.outage",
+                leader_before = ?leader_before,
+                elected_by = tracing::field::Empty,
+            );
+            tracing::warn!(parent: &span, detail = ?entry.detail, "a probe of the entry point failed");
+            Outage {
+                started: Instant::now(),
+                record: RecoveryRecord {
                     first_failure: now(),
-                    leader_before: view.leader,
+                    leader_before,
                     elected_by: "none",
                     ..RecoveryRecord::default()
                 },
-            )
+                span,
+            }
         });
+        let record = &mut outage.record;
         record.failed_probes += 1;
+        let view = view?;
         let due = self.enabled
             && view.mode == Mode::Leader
             && record.election_started.is_none()
+            && record.retargeted.is_none()
             && record.failed_probes >= self.threshold
             && self
                 .last_election
@@ -130,7 +180,7 @@ impl Recovery {
         if !due {
             return None;
         }
-        let action = recover(record, view, nodes, control).await;
+        let action = recover(record, view, nodes, control, &outage.span).await;
         if record.election_started.is_some() {
             self.last_election = Some(Instant::now());
         }
@@ -143,25 +193,38 @@ impl Recovery {
     }
 }
 
-/// Elects a healthy replica and retargets the load balancer; fills in `record`.
+/// Elects a healthy replica and retargets the load balancer, or only retargets when the
+/// leader is healthy and the load balancer points elsewhere; fills in `record`. Each step is an
+/// event of `span`.
 async fn recover(
     record: &mut RecoveryRecord,
     view: &ClusterView,
     nodes: &[(u32, Outcome)],
-    control: &TestbedControl,
+    control: &Control,
+    span: &tracing::Span,
 ) -> &'static str {
     let healthy: Vec<u32> = (nodes.iter())
         .filter(|(_, outcome)| outcome.failure.is_none())
         .map(|(id, _)| *id)
         .collect();
     if healthy.is_empty() {
-        tracing::warn!("the entry point fails and no node answers: nothing to elect");
+        tracing::warn!(parent: span, "the entry point fails and no node answers: nothing to elect");
         return "no_healthy_node";
     }
     if let Some(leader) = view.leader
         && healthy.contains(&leader)
     {
+        if view.target.is_some_and(|target| target != leader) {
+            tracing::warn!(
+                parent: span,
+                leader,
+                target = ?view.target,
+                "the load balancer does not point at the leader: retargeting"
+            );
+            return retarget(record, control, leader, span).await;
+        }
         tracing::warn!(
+            parent: span,
             leader,
             "the entry point fails but the leader's node answers"
         );
@@ -172,13 +235,16 @@ async fn recover(
         return "failed";
     };
     tracing::warn!(
+        parent: span,
         old_leader = ?view.leader,
         candidate,
-        "the leader's node does not answer: electing a healthy replica"
+        "election started: the leader's node does not answer, electing a healthy replica"
     );
     record.election_started = Some(now());
     if let Err(err) = control.elect(node).await {
-        record.error = Some(format!("elect at node {candidate}: {err:#}"));
+        let error = format!("elect at node {candidate}: {err:#}");
+        tracing::warn!(parent: span, error, "the election request failed");
+        record.error = Some(error);
         return "failed";
     }
     let deadline = Instant::now() + ELECTION_WAIT;
@@ -194,17 +260,36 @@ async fn recover(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let Some(leader) = leader else {
-        record.error = Some(format!("no healthy leader within {ELECTION_WAIT:?}"));
+        let error = format!("no healthy leader within {ELECTION_WAIT:?}");
+        tracing::warn!(parent: span, error, "the election produced no healthy leader");
+        record.error = Some(error);
         return "failed";
     };
     record.new_leader = Some(leader);
     record.leader_known = Some(now());
     record.elected_by = "prober";
+    tracing::info!(parent: span, leader, "new leader");
+    retarget(record, control, leader, span).await
+}
+
+/// Points the load balancer at `leader`; fills in `record`.
+async fn retarget(
+    record: &mut RecoveryRecord,
+    control: &Control,
+    leader: u32,
+    span: &tracing::Span,
+) -> &'static str {
     if let Err(err) = control.retarget(leader).await {
-        record.error = Some(format!("retarget to node {leader}: {err:#}"));
+        let error = format!("retarget to node {leader}: {err:#}");
+        tracing::warn!(parent: span, error, "retargeting failed");
+        record.error = Some(error);
         return "failed";
     }
     record.retargeted = Some(now());
-    tracing::info!(leader, "retargeted the load balancer at the new leader");
+    if record.elected_by == "none" {
+        record.elected_by = "cluster";
+        record.new_leader = Some(leader);
+    }
+    tracing::info!(parent: span, leader, "retargeted the load balancer at the leader");
     "retargeted"
 }

@@ -33,7 +33,7 @@ use anyhow::Context as _;
 use paxos::Mode;
 use tokio_util::sync::CancellationToken;
 
-use crate::frontdoor::{self, ClusterInfo, FrontDoor, NodeHandle};
+use crate::frontdoor::{self, ClusterInfo, FrontDoor, NodeHandle, Outlier};
 use crate::supervisor::Child;
 use node::store::StoreKind;
 
@@ -534,6 +534,7 @@ impl Cluster {
                 data_dirs: vec![dir.join("paxos"), dir.join("bank")],
                 role: std::sync::Mutex::new("down".to_owned()),
                 ready: AtomicBool::new(false),
+                outlier: Outlier::default(),
             });
         }
         let door = Arc::new(FrontDoor {
@@ -552,12 +553,14 @@ impl Cluster {
                 .pool_max_idle_per_host(128)
                 .build()?,
             prober: std::sync::OnceLock::new(),
+            request_timeout: crate::frontdoor::REQUEST_TIMEOUT,
         });
         // The front door's own metrics (`/_testbed/metrics`), at zero from the start.
         telemetry::install_prometheus();
         telemetry::set_build_info("testbed", spec.mode.as_str(), "front-door");
         node::metrics::describe();
         node::metrics::register_http(&node::api::API_ROUTES);
+        door.register_metrics();
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         for node in &door.nodes {

@@ -6,13 +6,19 @@
 //! If the chosen node refuses the connection (the request was never sent, so retrying cannot
 //! apply anything twice), the next node is tried.
 //!
+//! It honours health as a real load balancer does (Envoy's outlier detection): a node that fails
+//! its readiness check (every 100 ms, 300 ms timeout), or whose last [`Outlier::THRESHOLD`]
+//! proxied requests got no answer (timed out or broke), gets no new requests: the first until it
+//! is ready again, the second for [`Outlier::EJECTION`]. If every node is out, all are tried
+//! (Envoy's panic threshold): a guess beats a certain 503.
+//!
 //! `/_testbed/` (GET) is the status page ([`crate::status_page`]), `/_testbed/prober/status` the
 //! prober's `/status` relayed; `/_testbed/cluster` (GET) describes the cluster; `POST /_testbed/target`, and
 //! `POST /_testbed/nodes/{id}/{stop|start|wipe}` need the cluster token.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -44,6 +50,59 @@ pub struct NodeHandle {
     pub role: std::sync::Mutex<String>,
     /// Answered `/readyz` at the last check.
     pub ready: AtomicBool,
+    /// Proxied requests without an answer, and the ejection they cause.
+    pub outlier: Outlier,
+}
+
+/// Outlier detection of one node: consecutive proxied requests that got no answer, and when
+/// enough did, an ejection.
+#[derive(Debug, Default)]
+pub struct Outlier {
+    consecutive: AtomicU32,
+    ejected_until: std::sync::Mutex<Option<Instant>>,
+    ejections: AtomicU32,
+}
+
+impl Outlier {
+    /// Consecutive requests without an answer that eject a node.
+    pub const THRESHOLD: u32 = 3;
+    /// How long an ejection lasts.
+    pub const EJECTION: Duration = Duration::from_secs(10);
+
+    /// A proxied request got an answer (any status: the node is alive).
+    pub fn answered(&self) {
+        self.consecutive.store(0, Ordering::SeqCst);
+    }
+
+    /// A proxied request got none (timed out, or the connection broke after it was sent).
+    /// Returns true if this ejected the node.
+    pub fn no_answer(&self) -> bool {
+        if self.consecutive.fetch_add(1, Ordering::SeqCst) + 1 < Self::THRESHOLD {
+            return false;
+        }
+        self.consecutive.store(0, Ordering::SeqCst);
+        *self.ejected_until.lock().expect("outlier lock") = Some(Instant::now() + Self::EJECTION);
+        self.ejections.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Ejected now.
+    pub fn is_ejected(&self) -> bool {
+        let mut until = self.ejected_until.lock().expect("outlier lock");
+        match *until {
+            Some(at) if Instant::now() < at => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Ejections so far.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::SeqCst)
+    }
 }
 
 /// Shared state of the front door.
@@ -72,7 +131,13 @@ pub struct FrontDoor {
     pub client: reqwest::Client,
     /// The prober's base URL and process, when the cluster runs one.
     pub prober: std::sync::OnceLock<(String, Arc<Child>)>,
+    /// How long a proxied request may take before it counts as unanswered.
+    pub request_timeout: Duration,
 }
+
+/// The default of [`FrontDoor::request_timeout`]: above the nodes' own deadlines (a write waits
+/// up to 10 s for consensus), so a slow answer is still an answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `GET /_testbed/cluster` (and `<data-dir>/cluster.json`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -130,6 +195,12 @@ pub struct NodeInfo {
     pub paxos_restarts: u64,
     /// Answered `/readyz` at the last check.
     pub ready: bool,
+    /// Ejected by outlier detection (its last requests got no answer): no new requests now.
+    #[serde(default)]
+    pub ejected: bool,
+    /// Ejections so far.
+    #[serde(default)]
+    pub ejections: u32,
 }
 
 impl FrontDoor {
@@ -190,6 +261,8 @@ impl FrontDoor {
                     node_restarts: n.node.restarts.load(Ordering::SeqCst),
                     paxos_restarts: n.paxos.restarts.load(Ordering::SeqCst),
                     ready: n.ready.load(Ordering::SeqCst),
+                    ejected: n.outlier.is_ejected(),
+                    ejections: n.outlier.ejections(),
                 })
                 .collect(),
             prober: self.prober.get().map(|(url, child)| ProberInfo {
@@ -245,20 +318,28 @@ impl FrontDoor {
         }
     }
 
-    /// Candidate nodes for one request, best first.
+    /// Candidate nodes for one request, best first: in leader mode the target, else the next in
+    /// round robin; nodes that are not ready or are ejected come last (tried only if every
+    /// healthy one refused the connection).
     fn candidates(&self) -> Vec<usize> {
         let n = self.nodes.len();
         let first = if self.mode == paxos::Mode::Leader {
             self.target.load(Ordering::SeqCst) % n
         } else {
-            // Round robin over ready nodes; if none looks ready, try them all.
-            let start = self.next.fetch_add(1, Ordering::SeqCst);
-            (0..n)
-                .map(|k| (start + k) % n)
-                .find(|&i| self.nodes[i].ready.load(Ordering::SeqCst))
-                .unwrap_or(start % n)
+            self.next.fetch_add(1, Ordering::SeqCst) % n
         };
-        (0..n).map(|k| (first + k) % n).collect()
+        let (mut healthy, sick): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|k| (first + k) % n)
+            .partition(|&i| self.nodes[i].is_healthy());
+        healthy.extend(sick);
+        healthy
+    }
+}
+
+impl NodeHandle {
+    /// Ready at the last check and not ejected.
+    fn is_healthy(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.outlier.is_ejected()
     }
 }
 
@@ -290,6 +371,40 @@ pub fn router(door: Arc<FrontDoor>) -> Router {
         ))
         .layer(axum::middleware::from_fn(node::api::track_http))
         .with_state(door)
+}
+
+impl FrontDoor {
+    /// A request proxied to `node` got no answer: count it, and log an ejection.
+    fn no_answer(&self, node: &NodeHandle) {
+        if node.outlier.no_answer() {
+            tracing::warn!(
+                node = node.id,
+                requests = Outlier::THRESHOLD,
+                ejection_s = Outlier::EJECTION.as_secs(),
+                "outlier detection: the node's last requests got no answer; no new requests for a while"
+            );
+            ::metrics::counter!(EJECTIONS, "node" => node.id.to_string()).increment(1);
+        }
+    }
+}
+
+/// Counter of outlier ejections by node.
+pub const EJECTIONS: &str = "testbed_frontdoor_ejections_total";
+
+/// The front door's own metrics (besides the HTTP ones it shares with the nodes).
+pub const METRICS: [telemetry::catalog::Metric; 1] = [telemetry::catalog::counter(
+    EJECTIONS,
+    "Nodes the front door stopped sending new requests to because their last requests got no answer (outlier detection), by node.",
+)];
+
+impl FrontDoor {
+    /// Describes the front door's metrics and creates their series at zero, one per node.
+    pub fn register_metrics(&self) {
+        telemetry::catalog::describe_all(&METRICS);
+        for node in &self.nodes {
+            ::metrics::counter!(EJECTIONS, "node" => node.id.to_string()).increment(0);
+        }
+    }
 }
 
 async fn cluster(State(door): State<Arc<FrontDoor>>) -> Json<ClusterInfo> {
@@ -393,7 +508,7 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
         let mut outgoing = door
             .client
             .request(parts.method.clone(), format!("{}{}", node.public_url, path))
-            .timeout(Duration::from_secs(15))
+            .timeout(door.request_timeout)
             .body(body.clone());
         for (name, value) in &parts.headers {
             if !HOP_BY_HOP.contains(&name.as_str()) {
@@ -411,9 +526,11 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
                     }
                 }
                 let Ok(bytes) = reply.bytes().await else {
+                    door.no_answer(node);
                     maybe_applied = true;
                     break;
                 };
+                node.outlier.answered();
                 return response
                     .body(Body::from(bytes))
                     .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
@@ -421,6 +538,7 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
             // Not connected: nothing was sent, so another node may take it.
             Err(err) if err.is_connect() => continue,
             Err(_) => {
+                door.no_answer(node);
                 maybe_applied = true;
                 break;
             }
@@ -493,13 +611,24 @@ mod tests {
             data_dirs: Vec::new(),
             role: std::sync::Mutex::new("leader".into()),
             ready: AtomicBool::new(true),
+            outlier: Outlier::default(),
         }
     }
 
     /// A front door over `nodes`, served as `testbed up` serves it.
     async fn front_door(nodes: Vec<SocketAddr>) -> SocketAddr {
+        serve_door(paxos::Mode::Leaderless, nodes, REQUEST_TIMEOUT)
+            .await
+            .0
+    }
+
+    async fn serve_door(
+        mode: paxos::Mode,
+        nodes: Vec<SocketAddr>,
+        request_timeout: Duration,
+    ) -> (SocketAddr, Arc<FrontDoor>) {
         let door = Arc::new(FrontDoor {
-            mode: paxos::Mode::Leaderless,
+            mode,
             nodes: nodes
                 .into_iter()
                 .enumerate()
@@ -515,17 +644,110 @@ mod tests {
             url: std::sync::Mutex::new(String::new()),
             client: reqwest::Client::new(),
             prober: std::sync::OnceLock::new(),
+            request_timeout,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let serve = plumbing::serve(
             listener,
-            router(door),
+            router(door.clone()),
             plumbing::Limits::DEFAULT,
             std::future::pending(),
         );
         tokio::spawn(serve);
+        (addr, door)
+    }
+
+    /// A node that takes every request and never answers; counts the connections it got.
+    async fn hangs() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    drop(socket);
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    /// A node that answers every request with 200 `{}`.
+    async fn answers() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(|| async { Json(serde_json::json!({})) });
+        tokio::spawn(async move { axum::serve(listener, app).await });
         addr
+    }
+
+    async fn get_status(client: &reqwest::Client, door: SocketAddr) -> u16 {
+        let url = format!("http://{door}/account_balance?account_id=x");
+        client.get(url).send().await.unwrap().status().as_u16()
+    }
+
+    /// Outlier detection: after `THRESHOLD` requests without an answer a node gets no new
+    /// requests; the others serve everything.
+    #[tokio::test]
+    async fn a_node_whose_requests_time_out_is_ejected() {
+        let (hung, connections) = hangs().await;
+        let nodes = vec![hung, answers().await];
+        let (door, state) =
+            serve_door(paxos::Mode::Leaderless, nodes, Duration::from_millis(200)).await;
+        let client = reqwest::Client::new();
+        let mut timeouts = 0;
+        for _ in 0..2 * Outlier::THRESHOLD {
+            if get_status(&client, door).await == 503 {
+                timeouts += 1;
+            }
+        }
+        assert_eq!(
+            timeouts,
+            Outlier::THRESHOLD,
+            "round robin sent every other one"
+        );
+        assert!(state.nodes[0].outlier.is_ejected());
+        assert_eq!(state.info().nodes[0].ejections, 1);
+        let before = connections.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            assert_eq!(get_status(&client, door).await, 200);
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            before,
+            "an ejected node gets no new requests"
+        );
+        assert!(
+            !state.nodes[1].outlier.is_ejected(),
+            "answers reset the count"
+        );
+    }
+
+    /// Leader mode: a target that fails its readiness check gets no new requests while
+    /// another node is ready (it forwards to the leader, or says there is none).
+    #[tokio::test]
+    async fn a_target_that_is_not_ready_is_passed_over() {
+        let (hung, connections) = hangs().await;
+        let nodes = vec![hung, answers().await];
+        let (door, state) =
+            serve_door(paxos::Mode::Leader, nodes, Duration::from_millis(200)).await;
+        state.nodes[0].ready.store(false, Ordering::SeqCst);
+        let client = reqwest::Client::new();
+        for _ in 0..5 {
+            assert_eq!(get_status(&client, door).await, 200);
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
+        state.nodes[0].ready.store(true, Ordering::SeqCst);
+        assert_eq!(
+            get_status(&client, door).await,
+            503,
+            "ready again: the target first"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 
     /// Sends `method /deposit_money` through a front door over `nodes`; returns status and code.

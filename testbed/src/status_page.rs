@@ -96,7 +96,8 @@ async function refresh() {
     const healthy = {};
     for (const n of (prober && prober.nodes) || []) healthy[n.id] = n.healthy;
     fill("nodes", cluster.nodes.map((n) => row([
-      ["node-" + n.id], [n.role], [n.ready ? "yes" : "no", n.ready ? "good" : "bad"],
+      ["node-" + n.id], [n.role],
+      [n.ejected ? "ejected" : (n.ready ? "yes" : "no"), n.ready && !n.ejected ? "good" : "bad"],
       [healthy[n.id] == null ? "-" : (healthy[n.id] ? "yes" : "no"), healthy[n.id] === false ? "bad" : ""],
       [String(n.node_pid)], [String(n.paxos_pid)], [String(n.node_restarts + n.paxos_restarts)],
     ])));

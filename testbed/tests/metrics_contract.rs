@@ -58,6 +58,7 @@ async fn a_fresh_cluster_exports_every_metric_of_the_contract_before_any_traffic
         "build_info",
         node::metrics::HTTP_REQUESTS,
         node::metrics::HTTP_REQUEST_DURATION,
+        testbed::frontdoor::EJECTIONS,
     ];
     assert_eq!(missing(&text, names), Vec::<&str>::new(), "front door");
 }

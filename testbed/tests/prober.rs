@@ -138,7 +138,8 @@ async fn a_killed_leader_is_an_outage_the_prober_records() {
     let tb = Testbed::up("leader", &["--with-prober", "--prober-interval-ms", "100"]);
     let handle = tb.handle();
     let prober = handle.info().prober.expect("the cluster runs a prober").url;
-    wait_probes_pass(&prober, &["entry"]).await;
+    // The prober has seen the nodes (and so the leader) before the kill.
+    wait_probes_pass(&prober, &["entry", "node-0", "node-1", "node-2"]).await;
     let old = handle.leader().unwrap();
     // Kill -9 of both processes; the supervisor restarts them. Either the cluster elects a new
     // leader by itself (election timeout) or the prober does; both end the outage.

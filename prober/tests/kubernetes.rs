@@ -1,0 +1,482 @@
+//! The prober on Kubernetes, against a fake API server: `kube::Client` over a `tower-test` mock
+//! service that answers the real Kubernetes HTTP API and records every request, and stub paxos
+//! processes on 127.0.0.2-4 (three "pod IPs" sharing one port, as pods do).
+//!
+//! What it checks: the nodes come from the pods the label selector lists (ids from StatefulSet
+//! ordinals), the leader from asking their paxos processes, the load balancer's target from the
+//! Service's selector; a retarget is exactly one JSON merge patch of the Service's
+//! `statefulset.kubernetes.io/pod-name` selector; and the whole recovery (gray failure of the
+//! leader: elect a healthy pod, wait for it to lead, patch the Service) makes exactly the calls
+//! the RBAC rules of the manifests grant: list pods, get and patch one Service.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use paxos::Mode;
+use paxos::ballot::Ballot;
+use paxos::core::{Metrics, Status};
+use paxos::wire::StatusReply;
+use prober::control::{Control, KubernetesControl, KubernetesTarget};
+use prober::probe::{Failure, Outcome};
+use prober::recovery::Recovery;
+
+type Body = kube::client::Body;
+
+/// One request the fake API server received.
+#[derive(Clone, Debug, PartialEq)]
+struct Call {
+    method: String,
+    uri: String,
+    content_type: Option<String>,
+    body: Option<serde_json::Value>,
+}
+
+/// The fake API server's state: the Service's selector, and the calls.
+#[derive(Default)]
+struct Fake {
+    pod_in_selector: Mutex<String>,
+    calls: Mutex<Vec<Call>>,
+}
+
+const PODS: [(&str, &str); 4] = [
+    ("bank-0", "127.0.0.2"),
+    ("bank-1", "127.0.0.3"),
+    ("bank-2", "127.0.0.4"),
+    // Not a StatefulSet pod (no ordinal): skipped.
+    ("bank-canary", "127.0.0.5"),
+];
+
+fn pod_list() -> serde_json::Value {
+    let items: Vec<_> = PODS
+        .iter()
+        .map(|(name, ip)| {
+            serde_json::json!({
+                "metadata": {
+                    "name": name,
+                    "namespace": "bank",
+                    "labels": {"app.kubernetes.io/name": "bank", "statefulset.kubernetes.io/pod-name": name},
+                },
+                "status": {"phase": "Running", "podIP": ip},
+            })
+        })
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+fn service(pod: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "bank", "namespace": "bank"},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app.kubernetes.io/name": "bank", "statefulset.kubernetes.io/pod-name": pod},
+            "ports": [{"port": 80, "targetPort": 8080}],
+        },
+    })
+}
+
+/// Serves the fake API server over the mock until the client is dropped.
+fn fake_api_server() -> (kube::Client, Arc<Fake>) {
+    let (service_mock, mut handle) =
+        tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+    let fake = Arc::new(Fake::default());
+    *fake.pod_in_selector.lock().unwrap() = "bank-0".into();
+    let state = fake.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let call = Call {
+                method: parts.method.to_string(),
+                // kube writes `?` before an empty query on some verbs: not part of the request.
+                uri: parts.uri.to_string().trim_end_matches('?').to_owned(),
+                content_type: (parts.headers.get(http::header::CONTENT_TYPE))
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                body: (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap()),
+            };
+            state.calls.lock().unwrap().push(call.clone());
+            let path = parts.uri.path();
+            let (status, reply) = match (call.method.as_str(), path) {
+                ("GET", "/api/v1/namespaces/bank/pods") => (200, pod_list()),
+                ("GET", "/api/v1/namespaces/bank/services/bank") => {
+                    (200, service(&state.pod_in_selector.lock().unwrap()))
+                }
+                ("PATCH", "/api/v1/namespaces/bank/services/bank") => {
+                    let pod = call.body.as_ref().unwrap()["spec"]["selector"]
+                        ["statefulset.kubernetes.io/pod-name"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
+                    *state.pod_in_selector.lock().unwrap() = pod.clone();
+                    (200, service(&pod))
+                }
+                _ => (
+                    404,
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+                ),
+            };
+            let response = http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap();
+            send.send_response(response);
+        }
+    });
+    (kube::Client::new(service_mock, "bank"), fake)
+}
+
+/// Stub paxos processes of the three pods, on one port: `GET /status` says who leads,
+/// `POST /elect` makes that pod the leader (as a real election would, at once).
+struct Paxos {
+    port: u16,
+    leader: Arc<AtomicU32>,
+    elections: Arc<Mutex<Vec<u32>>>,
+}
+
+fn status(id: u32, leader: u32) -> StatusReply {
+    StatusReply {
+        mode: Mode::Leader,
+        status: Status {
+            id,
+            leader: Some(leader),
+            is_leader: id == leader,
+            leading: Vec::new(),
+            ballot: Ballot::new(7, leader),
+            decided: 10,
+            frontier: 10,
+            compacted: 0,
+            pending: 0,
+            incarnation: 0,
+        },
+        metrics: Metrics::default(),
+    }
+}
+
+async fn stub_paxos(leader: u32) -> Paxos {
+    let leader = Arc::new(AtomicU32::new(leader));
+    let elections = Arc::new(Mutex::new(Vec::new()));
+    'port: for _ in 0..20 {
+        let first = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut listeners = vec![first];
+        for ip in ["127.0.0.3", "127.0.0.4"] {
+            match tokio::net::TcpListener::bind((ip.parse::<IpAddr>().unwrap(), port)).await {
+                Ok(listener) => listeners.push(listener),
+                Err(_) => continue 'port,
+            }
+        }
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let id = id as u32;
+            let (lead, elect) = (leader.clone(), elections.clone());
+            let app = axum::Router::new()
+                .route(
+                    "/status",
+                    get({
+                        let lead = lead.clone();
+                        move || async move { axum::Json(status(id, lead.load(Ordering::SeqCst))) }
+                    }),
+                )
+                .route(
+                    "/elect",
+                    post(move || async move {
+                        elect.lock().unwrap().push(id);
+                        lead.store(id, Ordering::SeqCst);
+                        axum::Json(status(id, id))
+                    }),
+                );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        return Paxos {
+            port,
+            leader,
+            elections,
+        };
+    }
+    panic!("no port free on 127.0.0.2-4");
+}
+
+fn control(client: kube::Client, paxos_port: u16) -> Control {
+    Control::Kubernetes(KubernetesControl::new(
+        client,
+        reqwest::Client::new(),
+        "token".into(),
+        KubernetesTarget {
+            namespace: "bank".into(),
+            service: "bank".into(),
+            pod_selector: "app.kubernetes.io/name=bank".into(),
+            public_port: 8080,
+            paxos_port,
+        },
+    ))
+}
+
+fn ok() -> Outcome {
+    Outcome {
+        latency: Duration::from_millis(1),
+        failure: None,
+        detail: None,
+    }
+}
+
+fn failed() -> Outcome {
+    Outcome {
+        latency: Duration::from_millis(500),
+        failure: Some(Failure::Timeout),
+        detail: Some("no answer within 500ms".into()),
+    }
+}
+
+const LIST_PODS: &str =
+    "/api/v1/namespaces/bank/pods?&labelSelector=app.kubernetes.io%2Fname%3Dbank";
+const THE_SERVICE: &str = "/api/v1/namespaces/bank/services/bank";
+
+fn get_call(uri: &str) -> Call {
+    Call {
+        method: "GET".into(),
+        uri: uri.into(),
+        content_type: None,
+        body: None,
+    }
+}
+
+fn patch_to(pod: &str) -> Call {
+    Call {
+        method: "PATCH".into(),
+        uri: THE_SERVICE.into(),
+        content_type: Some("application/merge-patch+json".into()),
+        body: Some(
+            serde_json::json!({"spec": {"selector": {"statefulset.kubernetes.io/pod-name": pod}}}),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn the_view_comes_from_the_pods_their_paxos_processes_and_the_service() {
+    let paxos = stub_paxos(1).await;
+    let (client, fake) = fake_api_server();
+    let control = control(client, paxos.port);
+    let view = control.view().await.unwrap();
+    assert_eq!(view.mode, Mode::Leader);
+    assert_eq!(view.leader, Some(1), "the paxos processes say node 1 leads");
+    assert_eq!(view.target, Some(0), "the Service selects bank-0");
+    let urls: Vec<_> = view
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.public_url.as_str()))
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            (0, "http://127.0.0.2:8080"),
+            (1, "http://127.0.0.3:8080"),
+            (2, "http://127.0.0.4:8080")
+        ]
+    );
+    assert_eq!(
+        view.nodes[2].paxos_url,
+        format!("http://127.0.0.4:{}", paxos.port)
+    );
+    // A second view within the listing's lifetime asks the paxos processes, not the API server.
+    paxos.leader.store(2, Ordering::SeqCst);
+    assert_eq!(control.view().await.unwrap().leader, Some(2));
+    assert_eq!(
+        *fake.calls.lock().unwrap(),
+        [get_call(LIST_PODS), get_call(THE_SERVICE)]
+    );
+}
+
+#[tokio::test]
+async fn a_retarget_is_one_merge_patch_of_the_services_pod_name_selector() {
+    let paxos = stub_paxos(1).await;
+    let (client, fake) = fake_api_server();
+    let control = control(client, paxos.port);
+    control.retarget(2).await.unwrap();
+    assert_eq!(
+        *fake.calls.lock().unwrap(),
+        [
+            get_call(LIST_PODS),
+            get_call(THE_SERVICE),
+            patch_to("bank-2")
+        ]
+    );
+    assert_eq!(*fake.pod_in_selector.lock().unwrap(), "bank-2");
+    assert_eq!(control.view().await.unwrap().target, Some(2));
+    let err = control.retarget(9).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("no bank pod is node 9"),
+        "{err:#}"
+    );
+}
+
+/// Records the message of every event inside a `prober.outage` span, with the thread it was
+/// emitted on (each `#[tokio::test]` runs on a thread of its own).
+#[derive(Clone, Default)]
+struct OutageEvents(Arc<Mutex<Vec<(std::thread::ThreadId, String)>>>);
+
+/// The events of `prober.outage` spans this test's thread emitted. One global subscriber for
+/// the whole binary: per-thread subscribers race on tracing's global callsite cache when tests
+/// run in parallel (an event seen first where no subscriber listens is disabled everywhere).
+fn outage_events() -> impl Fn() -> Vec<String> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    static EVENTS: std::sync::OnceLock<OutageEvents> = std::sync::OnceLock::new();
+    let events = EVENTS.get_or_init(|| {
+        let events = OutageEvents::default();
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(events.clone()),
+        )
+        .expect("the only global subscriber");
+        events
+    });
+    let me = std::thread::current().id();
+    move || {
+        (events.0.lock().unwrap().iter())
+            .filter(|(thread, _)| *thread == me)
+            .map(|(_, message)| message.clone())
+            .collect()
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for OutageEvents
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let in_outage = (ctx.event_scope(event).into_iter().flatten())
+            .any(|span| span.name() == "prober.outage");
+        if !in_outage {
+            return;
+        }
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        (self.0.lock().unwrap()).push((std::thread::current().id(), message.0));
+    }
+}
+
+/// Gray failure on Kubernetes: the leader pod's node container hangs while its paxos container
+/// leads. After two failed probes the prober elects a healthy pod and patches the Service to it.
+/// Every step is an event of the outage's span (what OTLP exports as span events).
+#[tokio::test]
+async fn a_gray_failure_of_the_leader_pod_elects_a_healthy_pod_and_patches_the_service() {
+    let events = outage_events();
+    let paxos = stub_paxos(0).await;
+    let (client, fake) = fake_api_server();
+    let control = control(client, paxos.port);
+    let mut recovery = Recovery::new(2, Duration::from_secs(10), true);
+    let view = control.view().await.unwrap();
+    assert_eq!((view.leader, view.target), (Some(0), Some(0)));
+    let nodes = [(0, failed()), (1, ok()), (2, ok())];
+    assert_eq!(
+        recovery
+            .after_probe(&failed(), Some(&view), &nodes, &control)
+            .await,
+        None
+    );
+    assert!(
+        paxos.elections.lock().unwrap().is_empty(),
+        "one failure: wait"
+    );
+    assert_eq!(
+        recovery
+            .after_probe(&failed(), Some(&view), &nodes, &control)
+            .await,
+        None
+    );
+    assert_eq!(
+        *paxos.elections.lock().unwrap(),
+        [1],
+        "the first healthy pod"
+    );
+    let view = control.view().await.unwrap();
+    assert_eq!((view.leader, view.target), (Some(1), Some(1)));
+    let record = (recovery
+        .after_probe(&ok(), Some(&view), &nodes, &control)
+        .await)
+        .expect("the outage ends");
+    assert_eq!(record.action, Some("retargeted"));
+    assert_eq!(record.elected_by, "prober");
+    assert_eq!(record.new_leader, Some(1));
+    assert_eq!(record.leader_before, Some(0));
+    assert_eq!(record.failed_probes, 2);
+    for step in [
+        record.election_started,
+        record.leader_known,
+        record.retargeted,
+        record.first_success,
+    ] {
+        assert!(
+            step.is_some_and(|at| at >= record.first_failure),
+            "{record:?}"
+        );
+    }
+    assert_eq!(
+        *fake.calls.lock().unwrap(),
+        [
+            get_call(LIST_PODS),
+            get_call(THE_SERVICE),
+            patch_to("bank-1")
+        ],
+        "list pods, get and patch the one Service: nothing else"
+    );
+    let events = events();
+    let steps = [
+        "a probe of the entry point failed",
+        "election started",
+        "new leader",
+        "retargeted the load balancer",
+        "probes pass again",
+    ];
+    assert_eq!(events.len(), steps.len(), "{events:?}");
+    for (event, step) in events.iter().zip(steps) {
+        assert!(event.starts_with(step), "{events:?}");
+    }
+}
+
+/// The cluster elected a leader by itself (the old leader pod was deleted): nothing moves the
+/// Service on Kubernetes, so once probes fail the prober patches it to the leader, without an
+/// election.
+#[tokio::test]
+async fn a_leader_elected_by_the_cluster_gets_the_service_without_an_election() {
+    let paxos = stub_paxos(2).await;
+    let (client, fake) = fake_api_server();
+    let control = control(client, paxos.port);
+    let mut recovery = Recovery::new(2, Duration::from_secs(10), true);
+    let view = control.view().await.unwrap();
+    assert_eq!((view.leader, view.target), (Some(2), Some(0)));
+    let nodes = [(0, failed()), (1, ok()), (2, ok())];
+    for _ in 0..2 {
+        recovery
+            .after_probe(&failed(), Some(&view), &nodes, &control)
+            .await;
+    }
+    assert!(paxos.elections.lock().unwrap().is_empty());
+    let record = (recovery
+        .after_probe(&ok(), Some(&view), &nodes, &control)
+        .await)
+        .unwrap();
+    assert_eq!(
+        (record.action, record.elected_by, record.new_leader),
+        (Some("retargeted"), "cluster", Some(2))
+    );
+    assert_eq!(fake.calls.lock().unwrap().last(), Some(&patch_to("bank-2")));
+}
+
+#[test]
+fn node_ids_are_statefulset_ordinals() {
+    assert_eq!(KubernetesControl::ordinal("bank-0"), Some(0));
+    assert_eq!(KubernetesControl::ordinal("paxos-bank-12"), Some(12));
+    assert_eq!(KubernetesControl::ordinal("bank-canary"), None);
+    assert_eq!(KubernetesControl::ordinal("bank"), None);
+}
