@@ -63,6 +63,31 @@ pub struct UpArgs {
     /// Milliseconds between the prober's probe rounds.
     #[arg(long, default_value_t = 1_000)]
     pub prober_interval_ms: u64,
+    /// Also run chaos, drawing from these faults (comma-separated: kill, shutdown, pause) on a
+    /// seeded schedule; its URL is in `/_testbed/cluster` under `chaos`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub chaos: Option<Vec<chaos::fault::Fault>>,
+    /// With --chaos: a fault every this long, less up to a quarter (`30s`, `5m`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub chaos_every: std::time::Duration,
+    /// With --chaos: which node (leader, follower, random or an id).
+    #[arg(long, default_value = "random")]
+    pub chaos_target: chaos::target::Target,
+    /// With --chaos: spare nodes whose processes have run less than this.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub chaos_min_age: std::time::Duration,
+    /// With --chaos: how long a pause lasts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub chaos_pause: std::time::Duration,
+    /// With --chaos: say what it would do, inject nothing.
+    #[arg(long)]
+    pub chaos_dry_run: bool,
+    /// With --chaos: the schedule's seed (replays a run).
+    #[arg(long)]
+    pub chaos_seed: Option<u64>,
+    /// With --chaos: port of its `/status` and `/metrics` on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub chaos_port: u16,
     /// Leader mode: keep the front door on its target even when another node leads (the
     /// prober retargets it); by default the front door follows the leader itself.
     #[arg(long)]

@@ -75,6 +75,8 @@ pub struct ClusterSpec {
     pub prometheus: Option<(PathBuf, u16)>,
     /// Start the prober.
     pub prober: Option<ProberSpec>,
+    /// Start chaos.
+    pub chaos: Option<ChaosSpec>,
     /// Environment added to every child (`RUST_LOG`, `OTEL_*`, ...).
     pub env: Vec<(String, String)>,
 }
@@ -100,6 +102,7 @@ impl ClusterSpec {
             firestore_collection_prefix: None,
             prometheus: None,
             prober: None,
+            chaos: None,
             env: Vec::new(),
         }
     }
@@ -138,6 +141,16 @@ impl ClusterSpec {
             prober: (!args.no_prober).then_some(ProberSpec {
                 port: args.prober_port,
                 interval_ms: args.prober_interval_ms,
+            }),
+            chaos: args.chaos.clone().map(|faults| ChaosSpec {
+                port: args.chaos_port,
+                faults,
+                every: args.chaos_every,
+                target: args.chaos_target,
+                min_age: args.chaos_min_age,
+                pause: args.chaos_pause,
+                dry_run: args.chaos_dry_run,
+                seed: args.chaos_seed,
             }),
             env: Vec::new(),
         })
@@ -195,6 +208,50 @@ impl ClusterSpec {
             config.firestore_collection_prefix = firestore.prefix.clone();
         }
         config
+    }
+}
+
+/// The chaos a cluster runs (`chaos run` against its front door).
+#[derive(Clone, Debug)]
+pub struct ChaosSpec {
+    /// Port of its `/status`, `/metrics` and `/kill-switch` on 127.0.0.1 (0: any free port).
+    pub port: u16,
+    /// The faults it draws from.
+    pub faults: Vec<chaos::fault::Fault>,
+    /// A fault every this long (less up to a quarter).
+    pub every: std::time::Duration,
+    /// Which node.
+    pub target: chaos::target::Target,
+    /// Spare nodes younger than this.
+    pub min_age: std::time::Duration,
+    /// How long a pause lasts.
+    pub pause: std::time::Duration,
+    /// Inject nothing, say what it would do.
+    pub dry_run: bool,
+    /// The schedule's seed (default: from the clock).
+    pub seed: Option<u64>,
+}
+
+impl ClusterSpec {
+    /// `chaos run` against the front door at `front`, serving on `port`.
+    pub fn chaos_args(&self, front: &str, port: u16) -> Option<chaos::RunArgs> {
+        use clap::Parser as _;
+        let spec = self.chaos.as_ref()?;
+        let chaos::Command::Run(mut args) =
+            chaos::Cli::parse_from(["chaos", "run", "--cluster=http://x"]).command
+        else {
+            unreachable!("parsed as run");
+        };
+        args.common.cluster = front.to_owned();
+        args.common.target = spec.target;
+        args.common.dry_run = spec.dry_run;
+        args.faults = spec.faults.clone();
+        args.every = spec.every;
+        args.min_age = spec.min_age;
+        args.duration = spec.pause;
+        args.seed = spec.seed;
+        args.listen = ([127, 0, 0, 1], port).into();
+        Some(args)
     }
 }
 
@@ -553,6 +610,7 @@ impl Cluster {
                 .pool_max_idle_per_host(128)
                 .build()?,
             prober: std::sync::OnceLock::new(),
+            chaos: std::sync::OnceLock::new(),
             request_timeout: crate::frontdoor::REQUEST_TIMEOUT,
         });
         // The front door's own metrics (`/_testbed/metrics`), at zero from the start.
@@ -601,13 +659,44 @@ impl Cluster {
             }
             None => None,
         };
+        let chaos_port = match spec.chaos.as_ref().map(|c| c.port) {
+            Some(0) => Some(free_port(&mut taken)?),
+            port => port,
+        };
+        let chaos_url = match (
+            chaos_port,
+            chaos_port.and_then(|p| spec.chaos_args(&front, p)),
+        ) {
+            (Some(port), Some(args)) => {
+                let child = Child::new(
+                    "chaos".to_owned(),
+                    spec.exe.clone(),
+                    ["chaos".to_owned(), "run".to_owned()]
+                        .into_iter()
+                        .chain(args.to_args())
+                        .collect(),
+                    env.clone(),
+                    data_dir.join("chaos.log"),
+                    spec.restart,
+                );
+                tasks.push(tokio::spawn(child.clone().supervise(shutdown.clone())));
+                let url = format!("http://127.0.0.1:{port}");
+                let _ = door.chaos.set((url.clone(), child));
+                Some(url)
+            }
+            _ => None,
+        };
+        let services: Vec<(&str, &str)> = [("prober", &prober_url), ("chaos", &chaos_url)]
+            .into_iter()
+            .filter_map(|(job, url)| Some((job, url.as_deref()?)))
+            .collect();
         let prometheus_config = data_dir.join("prometheus.yml");
         std::fs::write(
             &prometheus_config,
             crate::prometheus::scrape_config(
                 &door.nodes,
                 &front,
-                prober_url.as_deref(),
+                &services,
                 spec.mode.as_str(),
                 &metrics_token_file,
             ),

@@ -131,6 +131,8 @@ pub struct FrontDoor {
     pub client: reqwest::Client,
     /// The prober's base URL and process, when the cluster runs one.
     pub prober: std::sync::OnceLock<(String, Arc<Child>)>,
+    /// Chaos's base URL and process, when the cluster runs it.
+    pub chaos: std::sync::OnceLock<(String, Arc<Child>)>,
     /// How long a proxied request may take before it counts as unanswered.
     pub request_timeout: Duration,
 }
@@ -160,12 +162,15 @@ pub struct ClusterInfo {
     pub nodes: Vec<NodeInfo>,
     /// The prober, when the cluster runs one.
     #[serde(default)]
-    pub prober: Option<ProberInfo>,
+    pub prober: Option<ServiceInfo>,
+    /// Chaos, when the cluster runs it (`testbed up --chaos`).
+    #[serde(default)]
+    pub chaos: Option<ServiceInfo>,
 }
 
-/// The prober in [`ClusterInfo`].
+/// The prober or chaos in [`ClusterInfo`].
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ProberInfo {
+pub struct ServiceInfo {
     /// Its base URL: `/status` (JSON) and `/metrics`.
     pub url: String,
     /// Its PID (0: not running).
@@ -265,7 +270,11 @@ impl FrontDoor {
                     ejections: n.outlier.ejections(),
                 })
                 .collect(),
-            prober: self.prober.get().map(|(url, child)| ProberInfo {
+            prober: self.prober.get().map(|(url, child)| ServiceInfo {
+                url: url.clone(),
+                pid: child.pid().unwrap_or(0),
+            }),
+            chaos: self.chaos.get().map(|(url, child)| ServiceInfo {
                 url: url.clone(),
                 pid: child.pid().unwrap_or(0),
             }),
@@ -644,6 +653,7 @@ mod tests {
             url: std::sync::Mutex::new(String::new()),
             client: reqwest::Client::new(),
             prober: std::sync::OnceLock::new(),
+            chaos: std::sync::OnceLock::new(),
             request_timeout,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -35,6 +35,7 @@ pub fn main_with_args(args: Vec<String>) -> std::process::ExitCode {
         Some("node") => runtime.block_on(node::server::main_with_args(args[1..].to_vec())),
         Some("paxos") => runtime.block_on(paxos::runtime::main_with_args(args[1..].to_vec())),
         Some("prober") => runtime.block_on(prober::main_with_args(args[1..].to_vec())),
+        Some("chaos") => runtime.block_on(chaos::main_with_args(args[1..].to_vec())),
         _ => match cli::Cli::try_parse_from(&args) {
             Err(err) => err.exit(),
             Ok(cli) => match cli.command {

@@ -16,13 +16,14 @@ fn host_port(url: &str) -> &str {
         .trim_end_matches('/')
 }
 
-/// The scrape configuration: one job per process kind (`node`, `paxos`, `testbed`), every
+/// The scrape configuration: one job per process kind (`node`, `paxos`, `testbed`, and each of
+/// `services`: `(job, base URL)`, the prober and chaos when the cluster runs them), every
 /// target labelled with its `node` id, the read-only metrics token read from `token_file`
 /// (never written into the configuration itself; it reads `/metrics` and nothing else).
 pub fn scrape_config(
     nodes: &[NodeHandle],
     front_door: &str,
-    prober: Option<&str>,
+    services: &[(&str, &str)],
     mode: &str,
     token_file: &Path,
 ) -> String {
@@ -71,12 +72,12 @@ pub fn scrape_config(
         "/_testbed/metrics",
         vec![(host_port(front_door).to_owned(), "front-door".to_owned())],
     );
-    if let Some(prober) = prober {
+    for (name, url) in services {
         job(
             &mut yaml,
-            "prober",
+            name,
             "/metrics",
-            vec![(host_port(prober).to_owned(), "prober".to_owned())],
+            vec![(host_port(url).to_owned(), (*name).to_owned())],
         );
     }
     yaml

@@ -60,6 +60,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             prober.url, prober.url
         );
     }
+    if let Some(chaos) = handle.info().chaos {
+        println!(
+            "chaos: {}/status (faults so far; POST {}/kill-switch with the cluster token stops it)",
+            chaos.url, chaos.url
+        );
+    }
     println!(
         "metrics: {front}/_testbed/metrics and every process's /metrics (bearer token); \
          scrape config {}",

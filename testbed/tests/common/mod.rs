@@ -449,6 +449,35 @@ const START_CENTS: i64 = 100_000;
 /// `kill -9` (the leader in leader mode, node 1 in leaderless mode); afterwards every replica
 /// holds exactly what the acknowledged operations imply, and retries return their first answers.
 pub async fn kill_during_load(tb: Testbed, mode: &str) {
+    let mode = mode.to_owned();
+    let faults = async {
+        let victim = if mode == "leader" {
+            tb.wait_leader(None, Duration::from_secs(5)).await
+        } else {
+            1
+        };
+        tb.kill_9(victim).await;
+        if mode == "leader" {
+            // A leader again (possibly the victim itself, restarted by the testbed, re-elected).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tb.wait_leader(None, Duration::from_secs(10)).await;
+        }
+    };
+    check_under_load(&tb, faults, 2).await;
+}
+
+/// Runs `faults` while eight writers deposit and move money with idempotency keys, one more
+/// deposits a cent at a time into a counter account, and a reader reads the counter through
+/// every node in turn. Then checks what the bank promises: every replica holds exactly what the
+/// acknowledged operations imply (no lost or doubled write, no negative balance, replicas
+/// identical), a retry of an acknowledged write returns its first answer and applies nothing,
+/// and no linearizable read of the counter showed less than the deposits acknowledged before
+/// the read began. `min_restarts`: processes the testbed must have restarted by then.
+pub async fn check_under_load(
+    tb: &Testbed,
+    faults: impl std::future::Future<Output = ()>,
+    min_restarts: u64,
+) {
     let client = tb.client.clone();
     let mut accounts = Vec::new();
     for _ in 0..ACCOUNTS {
@@ -459,8 +488,6 @@ pub async fn kill_during_load(tb: Testbed, mode: &str) {
     let accounts = Arc::new(accounts);
     let records: Arc<Mutex<Vec<Record>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let first_ok_after_kill: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..8u64 {
         let (client, url, accounts, records, stop) = (
@@ -470,7 +497,6 @@ pub async fn kill_during_load(tb: Testbed, mode: &str) {
             records.clone(),
             stop.clone(),
         );
-        let (first_ok, killed_at) = (first_ok_after_kill.clone(), killed_at.clone());
         workers.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -489,44 +515,34 @@ pub async fn kill_during_load(tb: Testbed, mode: &str) {
                 let key = format!("w{w}-{n}-{}", uuid_key());
                 let deadline = Instant::now() + Duration::from_secs(15);
                 let answer = send_retrying(&client, reqwest::Method::POST, &format!("{url}/{path}"), Some(body), Some(&key), deadline).await;
-                if answer.as_ref().is_some_and(|a| a.status == 200)
-                    && let Some(killed) = *killed_at.lock().unwrap() {
-                        let mut first = first_ok.lock().unwrap();
-                        if first.is_none() && Instant::now() > killed {
-                            *first = Some(Instant::now());
-                        }
-                    }
                 records.lock().unwrap().push(Record { op, key, answer });
             }
         }));
     }
+    let counter = open_account(&client, &tb.url).await;
+    let (reads, counter_deposits) = linearizable_counter(tb, &counter, stop.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let victim = if mode == "leader" {
-        tb.wait_leader(None, Duration::from_secs(5)).await
-    } else {
-        1
-    };
-    *killed_at.lock().unwrap() = Some(Instant::now());
-    tb.kill_9(victim).await;
-    if mode == "leader" {
-        // A leader again (possibly the victim itself, restarted by the testbed, re-elected).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        tb.wait_leader(None, Duration::from_secs(10)).await;
-    }
+    faults.await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for worker in workers {
         worker.await.unwrap();
     }
+    let (reads, stale) = reads.await.unwrap();
+    let counter_acknowledged = counter_deposits.await.unwrap();
     let records = Arc::try_unwrap(records).ok().unwrap().into_inner().unwrap();
-    let failover = first_ok_after_kill
-        .lock()
-        .unwrap()
-        .zip(*killed_at.lock().unwrap())
-        .map(|(ok, k)| ok - k);
     eprintln!(
-        "{mode}: {} operations, failover (kill -9 to first acknowledged write): {failover:?}",
+        "{} operations; counter: {counter_acknowledged} deposits acknowledged, {reads} linearizable reads through every node",
         records.len()
+    );
+    assert_eq!(
+        stale,
+        Vec::<String>::new(),
+        "linearizable reads that missed acknowledged deposits"
+    );
+    assert!(
+        reads > 10,
+        "too few counter reads to mean anything: {reads}"
     );
 
     // What the acknowledged operations imply.
@@ -559,7 +575,7 @@ pub async fn kill_during_load(tb: Testbed, mode: &str) {
     );
 
     // Every replica (the killed one restarted and caught up) holds exactly that.
-    let balances = converged_balances(&tb, &accounts, Duration::from_secs(30)).await;
+    let balances = converged_balances(tb, &accounts, Duration::from_secs(30)).await;
     assert_eq!(
         balances, expected,
         "replicas differ from what the acknowledged operations imply"
@@ -599,7 +615,7 @@ pub async fn kill_during_load(tb: Testbed, mode: &str) {
         );
     }
     assert_eq!(
-        converged_balances(&tb, &accounts, Duration::from_secs(10)).await,
+        converged_balances(tb, &accounts, Duration::from_secs(10)).await,
         expected
     );
     let cluster = tb.cluster().await;
@@ -610,7 +626,107 @@ pub async fn kill_during_load(tb: Testbed, mode: &str) {
         .map(|n| n["node_restarts"].as_u64().unwrap() + n["paxos_restarts"].as_u64().unwrap())
         .sum();
     assert!(
-        restarts >= 2,
+        restarts >= min_restarts,
         "the testbed restarted the killed processes: {cluster}"
     );
+    // The counter holds every acknowledged deposit once.
+    let counter =
+        converged_balances(tb, std::slice::from_ref(&counter), Duration::from_secs(30)).await;
+    assert_eq!(counter, [counter_acknowledged as i64]);
+}
+
+/// A writer that deposits 0.01 at a time into `counter` through the front door (retrying each
+/// with its key until answered), and a reader that reads `counter` linearizably through every
+/// node in turn: a read that began after `n` deposits were acknowledged must show at least `n`
+/// cents. Returns (the reader: reads made and the stale ones, the writer: deposits
+/// acknowledged).
+fn linearizable_counter(
+    tb: &Testbed,
+    counter: &str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    tokio::task::JoinHandle<(u64, Vec<String>)>,
+    tokio::task::JoinHandle<u64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (client, url, counter, stop, acknowledged) = (
+            tb.client.clone(),
+            tb.url.clone(),
+            counter.to_owned(),
+            stop.clone(),
+            acknowledged.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let key = uuid_key();
+                let body = json!({"account_id": counter, "amount": "0.01"});
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let answer = send_retrying(
+                    &client,
+                    reqwest::Method::POST,
+                    &format!("{url}/deposit_money"),
+                    Some(body),
+                    Some(&key),
+                    deadline,
+                )
+                .await;
+                let answer = answer.expect("a counter deposit got no answer within 30 s");
+                assert_eq!(answer.status, 200, "{answer:?}");
+                acknowledged.fetch_add(1, Ordering::SeqCst);
+            }
+            acknowledged.load(Ordering::SeqCst)
+        })
+    };
+    let reader = {
+        let (client, front, counter) = (tb.client.clone(), tb.url.clone(), counter.to_owned());
+        tokio::spawn(async move {
+            let (mut reads, mut stale) = (0u64, Vec::new());
+            let mut turn = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let urls: Vec<String> =
+                    match client.get(format!("{front}/_testbed/cluster")).send().await {
+                        Ok(reply) => match reply.json::<Value>().await {
+                            Ok(cluster) => cluster["nodes"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|n| n["public_url"].as_str().map(str::to_owned))
+                                .collect(),
+                            Err(_) => Vec::new(),
+                        },
+                        Err(_) => Vec::new(),
+                    };
+                if urls.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                turn += 1;
+                let url = &urls[turn % urls.len()];
+                let before = acknowledged.load(Ordering::SeqCst);
+                let read = client
+                    .get(format!("{url}/check_account?account_id={counter}"))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await;
+                // A node that is down, paused or without a leader does not answer 200: no read.
+                if let Ok(reply) = read
+                    && reply.status().as_u16() == 200
+                {
+                    let text = reply.text().await.unwrap_or_default();
+                    let cents = cents_in(text.as_bytes(), "balance");
+                    reads += 1;
+                    if cents < before as i64 {
+                        stale.push(format!(
+                            "{url}: read {cents} cents after {before} acknowledged deposits"
+                        ));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (reads, stale)
+        })
+    };
+    (reader, writer)
 }
