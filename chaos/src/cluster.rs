@@ -40,6 +40,12 @@ pub struct NodeView {
     pub node_pid: u32,
     /// PID of its `paxos` process (0: not running).
     pub paxos_pid: u32,
+    /// Its network namespace (`testbed up --netns`): where partitions cut its links.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// Its address.
+    #[serde(default)]
+    pub ip: String,
 }
 
 /// The testbed's front door, read-only.

@@ -5,18 +5,21 @@
 //! - `shutdown`: `POST /shutdown` to them with the cluster token: what the original system's
 //!   chaos did, a graceful stop;
 //! - `pause`: SIGSTOP, then SIGCONT after the fault's duration: a frozen process, not a dead one
-//!   (a stuck disk, a long GC pause, a VM migration).
+//!   (a stuck disk, a long GC pause, a VM migration);
+//! - `partition`: a real network partition of a `testbed up --netns` cluster: nftables rules in
+//!   the receiving nodes' namespaces drop what the other side sends (shapes in [`Partition`]);
+//! - `loss`: the same rules drop a share of the packets only (`numgen random`).
 //!
-//! Chaos signals a PID only if `/proc` shows a bank process there, and it writes every pause it
-//! holds to `<data-dir>/chaos-active.json` before the SIGSTOP, so that whatever stops chaos (even
-//! kill -9) the next chaos run against the cluster continues the paused processes first.
+//! Chaos signals a PID only if `/proc` shows a bank process there, and it writes every pause and
+//! every namespace it cut to `<data-dir>/chaos-active.json` before it acts, so that whatever stops
+//! chaos (even kill -9) the next chaos run against the cluster heals them first.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{NodeView, is_bank_process, proc_stat};
+use crate::cluster::{ClusterView, NodeView, is_bank_process, proc_stat};
 
 /// A fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -28,11 +31,21 @@ pub enum Fault {
     Shutdown,
     /// SIGSTOP for the fault's duration, then SIGCONT.
     Pause,
+    /// Links cut for the fault's duration (`--netns` clusters).
+    Partition,
+    /// A share of the packets on the target's links dropped for the fault's duration.
+    Loss,
 }
 
 impl Fault {
     /// Every fault, for series at zero.
-    pub const ALL: [Fault; 3] = [Fault::Kill, Fault::Shutdown, Fault::Pause];
+    pub const ALL: [Fault; 5] = [
+        Fault::Kill,
+        Fault::Shutdown,
+        Fault::Pause,
+        Fault::Partition,
+        Fault::Loss,
+    ];
 
     /// Its name, the `fault` label.
     pub fn as_str(self) -> &'static str {
@@ -40,6 +53,8 @@ impl Fault {
             Fault::Kill => "kill",
             Fault::Shutdown => "shutdown",
             Fault::Pause => "pause",
+            Fault::Partition => "partition",
+            Fault::Loss => "loss",
         }
     }
 }
@@ -47,6 +62,67 @@ impl Fault {
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Fault {
+    /// True for faults that last until healed (they need a duration).
+    pub fn holds(self) -> bool {
+        matches!(self, Fault::Pause | Fault::Partition | Fault::Loss)
+    }
+}
+
+/// The shape of a partition around the target node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Partition {
+    /// The target hears no other node and no other node hears it.
+    #[default]
+    Isolate,
+    /// The target hears no other node; they still hear it.
+    OneWay,
+    /// A minority (the target and the nodes after it, fewer than half) and the majority.
+    Split,
+    /// The other nodes in two halves that cannot hear each other; the target hears and is heard
+    /// by both (it is the bridge).
+    Bridge,
+}
+
+impl Partition {
+    /// Which node hears nothing from which: `(receiver, sender)` pairs, for a cluster of `ids`
+    /// around `target`.
+    pub fn cuts(self, ids: &[u32], target: u32) -> Vec<(u32, u32)> {
+        let others: Vec<u32> = ids.iter().copied().filter(|&id| id != target).collect();
+        let both = |a: &[u32], b: &[u32]| -> Vec<(u32, u32)> {
+            let mut cuts = Vec::new();
+            for &x in a {
+                for &y in b {
+                    cuts.push((x, y));
+                    cuts.push((y, x));
+                }
+            }
+            cuts
+        };
+        match self {
+            Partition::Isolate => both(&[target], &others),
+            Partition::OneWay => others.iter().map(|&o| (target, o)).collect(),
+            Partition::Split => {
+                let n = ids.len();
+                let start = ids.iter().position(|&id| id == target).unwrap_or(0);
+                let size = n.saturating_sub(1).div_euclid(2).max(1);
+                let minority: Vec<u32> = (0..size).map(|k| ids[(start + k) % n]).collect();
+                let majority: Vec<u32> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| !minority.contains(id))
+                    .collect();
+                both(&minority, &majority)
+            }
+            Partition::Bridge => {
+                let half = others.len() / 2;
+                both(&others[..half], &others[half..])
+            }
+        }
     }
 }
 
@@ -92,12 +168,80 @@ pub struct Paused {
 }
 
 /// What a fault left to heal.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Injected {
     /// Processes paused (a pause).
     pub paused: Vec<Paused>,
+    /// Namespaces holding chaos's nftables table (a partition or loss).
+    #[serde(default)]
+    pub cut: Vec<String>,
     /// PIDs the fault hit.
+    #[serde(skip)]
     pub pids: Vec<u32>,
+}
+
+/// How a fault is shaped beyond its kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Which processes (kill, shutdown, pause).
+    pub processes: Processes,
+    /// Which links (partition).
+    pub partition: Partition,
+    /// Percent of packets dropped (loss), 1 to 100.
+    pub loss_percent: u8,
+}
+
+/// The nftables table chaos owns in a namespace.
+pub const NFT_TABLE: &str = "pbchaos";
+
+fn nft_in(namespace: &str, script: Option<&str>, args: &[&str]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut command = std::process::Command::new("ip");
+    command.args(["netns", "exec", namespace, "nft"]).args(args);
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().map_err(|err| {
+        anyhow::anyhow!("ip netns exec {namespace} nft: {err} (apt-get install iproute2 nftables)")
+    })?;
+    if let (Some(script), Some(mut stdin)) = (script, child.stdin.take()) {
+        stdin.write_all(script.as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "nft {} in {namespace}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// The nftables script that drops what `senders` send into the namespace (all of it, or
+/// `percent` of it at random).
+pub fn drop_script(senders: &[String], percent: Option<u8>) -> String {
+    let matcher = match percent {
+        Some(p) if p < 100 => format!("numgen random mod 100 < {p} "),
+        _ => String::new(),
+    };
+    format!(
+        "table inet {NFT_TABLE} {{\n  chain input {{\n    type filter hook input priority -10; policy accept;\n    ip saddr {{ {} }} {matcher}drop\n  }}\n}}\n",
+        senders.join(", ")
+    )
+}
+
+fn remove_table(namespace: &str) -> anyhow::Result<()> {
+    match nft_in(namespace, None, &["delete", "table", "inet", NFT_TABLE]) {
+        // Already gone (healed, or the namespace went with its cluster): nothing to do.
+        Err(err)
+            if format!("{err}").contains("No such file")
+                || format!("{err}").contains("Cannot open network namespace") =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 fn signal(pid: u32, signal: i32) -> anyhow::Result<()> {
@@ -139,23 +283,66 @@ impl Injector {
         }
     }
 
-    /// Injects `fault` into `processes` of `node`.
+    /// Injects `fault` at node `target` of `view`, shaped by `shape`.
     pub async fn inject(
         &self,
         fault: Fault,
-        node: &NodeView,
-        processes: Processes,
+        view: &ClusterView,
+        target: u32,
+        shape: Shape,
     ) -> anyhow::Result<Injected> {
+        let node = (view.nodes.iter().find(|n| n.id == target))
+            .ok_or_else(|| anyhow::anyhow!("no node {target}"))?;
+        let processes = shape.processes;
         let pids = processes.pids(node);
         match fault {
+            Fault::Partition | Fault::Loss => {
+                let ids: Vec<u32> = view.nodes.iter().map(|n| n.id).collect();
+                let cuts = match fault {
+                    Fault::Partition => shape.partition.cuts(&ids, target),
+                    _ => Partition::Isolate.cuts(&ids, target),
+                };
+                let percent = (fault == Fault::Loss).then_some(shape.loss_percent);
+                let mut senders: std::collections::BTreeMap<String, Vec<String>> =
+                    Default::default();
+                for (receiver, sender) in cuts {
+                    let find = |id: u32| view.nodes.iter().find(|n| n.id == id);
+                    let (Some(receiver), Some(sender)) = (find(receiver), find(sender)) else {
+                        continue;
+                    };
+                    let namespace = receiver.netns.clone().ok_or_else(|| {
+                        anyhow::anyhow!("{fault} needs a cluster started with --netns (testbed up --netns): node {} has no network namespace", receiver.id)
+                    })?;
+                    senders
+                        .entry(namespace)
+                        .or_default()
+                        .push(sender.ip.clone());
+                }
+                let injected = Injected {
+                    paused: Vec::new(),
+                    cut: senders.keys().cloned().collect(),
+                    pids: Vec::new(),
+                };
+                // Recorded before the first rule: whatever happens next, a later run heals it.
+                self.remember(&injected)?;
+                for (namespace, from) in &senders {
+                    if let Err(err) =
+                        nft_in(namespace, Some(&drop_script(from, percent)), &["-f", "-"])
+                    {
+                        let _ = self.heal(&injected);
+                        return Err(err);
+                    }
+                }
+                Ok(injected)
+            }
             Fault::Kill => {
                 anyhow::ensure!(!pids.is_empty(), "node {} has no running process", node.id);
                 for &pid in &pids {
                     signal(pid, libc::SIGKILL)?;
                 }
                 Ok(Injected {
-                    paused: Vec::new(),
                     pids,
+                    ..Injected::default()
                 })
             }
             Fault::Pause => {
@@ -169,12 +356,17 @@ impl Injector {
                         start_ticks: stat.start_ticks,
                     });
                 }
+                let injected = Injected {
+                    paused,
+                    cut: Vec::new(),
+                    pids,
+                };
                 // Recorded before the first SIGSTOP: whatever happens next, a later run heals it.
-                self.remember(&paused)?;
-                for entry in &paused {
+                self.remember(&injected)?;
+                for entry in &injected.paused {
                     signal(entry.pid, libc::SIGSTOP)?;
                 }
-                Ok(Injected { paused, pids })
+                Ok(injected)
             }
             Fault::Shutdown => {
                 let token = (self.token.as_deref())
@@ -190,57 +382,47 @@ impl Injector {
                         .error_for_status()?;
                 }
                 Ok(Injected {
-                    paused: Vec::new(),
                     pids,
+                    ..Injected::default()
                 })
             }
         }
     }
 
     /// Heals what `injected` left: continues the processes it paused (those still alive and
-    /// still the same processes).
+    /// still the same processes), removes the rules it added.
     pub fn heal(&self, injected: &Injected) -> anyhow::Result<()> {
-        for entry in &injected.paused {
-            if proc_stat(entry.pid).is_some_and(|s| s.start_ticks == entry.start_ticks) {
-                signal(entry.pid, libc::SIGCONT)?;
-            }
-        }
-        self.forget(&injected.paused)
+        heal_now(injected)?;
+        self.forget(injected)
     }
 
-    /// Continues every process an earlier run recorded as paused and did not heal (it was
-    /// killed, or the machine stopped it): run at every start. Returns how many it continued.
+    /// Heals everything an earlier run recorded and did not heal (it was killed, or the machine
+    /// stopped it): run at every start. Returns how many processes and namespaces it healed.
     pub fn heal_leftovers(&self) -> anyhow::Result<usize> {
         let leftovers = self.recorded()?;
-        let mut healed = 0;
-        for entry in &leftovers {
-            if proc_stat(entry.pid).is_some_and(|s| s.start_ticks == entry.start_ticks)
-                && signal(entry.pid, libc::SIGCONT).is_ok()
-            {
-                healed += 1;
-            }
-        }
-        if !leftovers.is_empty() {
+        let count = leftovers.paused.len() + leftovers.cut.len();
+        if count > 0 {
             tracing::warn!(
-                healed,
-                recorded = leftovers.len(),
-                "continued processes an earlier chaos run left paused"
+                paused = leftovers.paused.len(),
+                cut = leftovers.cut.len(),
+                "healing what an earlier chaos run left"
             );
+            heal_now(&leftovers)?;
         }
         self.forget(&leftovers)?;
-        Ok(healed)
+        Ok(count)
     }
 
-    fn recorded(&self) -> anyhow::Result<Vec<Paused>> {
+    fn recorded(&self) -> anyhow::Result<Injected> {
         match std::fs::read(&self.record) {
             Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Injected::default()),
             Err(err) => Err(anyhow::anyhow!("reading {}: {err}", self.record.display())),
         }
     }
 
-    fn write(&self, entries: &[Paused]) -> anyhow::Result<()> {
-        if entries.is_empty() {
+    fn write(&self, active: &Injected) -> anyhow::Result<()> {
+        if active.paused.is_empty() && active.cut.is_empty() {
             return match std::fs::remove_file(&self.record) {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
                 _ => Ok(()),
@@ -248,20 +430,87 @@ impl Injector {
         }
         // Written whole and renamed: a crash leaves the old list or the new one.
         let temporary = self.record.with_extension("json.tmp");
-        std::fs::write(&temporary, serde_json::to_vec(entries)?)?;
+        std::fs::write(&temporary, serde_json::to_vec(active)?)?;
         std::fs::rename(&temporary, &self.record)?;
         Ok(())
     }
 
-    fn remember(&self, paused: &[Paused]) -> anyhow::Result<()> {
-        let mut entries = self.recorded()?;
-        entries.extend(paused.iter().cloned());
-        self.write(&entries)
+    fn remember(&self, injected: &Injected) -> anyhow::Result<()> {
+        let mut active = self.recorded()?;
+        active.paused.extend(injected.paused.iter().cloned());
+        active.cut.extend(injected.cut.iter().cloned());
+        self.write(&active)
     }
 
-    fn forget(&self, healed: &[Paused]) -> anyhow::Result<()> {
-        let mut entries = self.recorded()?;
-        entries.retain(|entry| !healed.contains(entry));
-        self.write(&entries)
+    fn forget(&self, healed: &Injected) -> anyhow::Result<()> {
+        let mut active = self.recorded()?;
+        active.paused.retain(|entry| !healed.paused.contains(entry));
+        active
+            .cut
+            .retain(|namespace| !healed.cut.contains(namespace));
+        self.write(&active)
+    }
+}
+
+/// Continues the paused processes that are still the same processes; removes chaos's table
+/// from every namespace cut.
+fn heal_now(injected: &Injected) -> anyhow::Result<()> {
+    for entry in &injected.paused {
+        if proc_stat(entry.pid).is_some_and(|s| s.start_ticks == entry.start_ticks) {
+            signal(entry.pid, libc::SIGCONT)?;
+        }
+    }
+    for namespace in &injected.cut {
+        remove_table(namespace)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(mut cuts: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+        cuts.sort();
+        cuts.dedup();
+        cuts
+    }
+
+    #[test]
+    fn partition_shapes_cut_the_right_links() {
+        let three = [0, 1, 2];
+        assert_eq!(
+            sorted(Partition::Isolate.cuts(&three, 1)),
+            [(0, 1), (1, 0), (1, 2), (2, 1)]
+        );
+        assert_eq!(sorted(Partition::OneWay.cuts(&three, 1)), [(1, 0), (1, 2)]);
+        assert_eq!(
+            sorted(Partition::Split.cuts(&three, 1)),
+            sorted(Partition::Isolate.cuts(&three, 1)),
+            "with 3 nodes the minority is the target alone"
+        );
+        assert_eq!(sorted(Partition::Bridge.cuts(&three, 1)), [(0, 2), (2, 0)]);
+        let five = [0, 1, 2, 3, 4];
+        let split = sorted(Partition::Split.cuts(&five, 3));
+        // Minority {3, 4}, majority {0, 1, 2}: 2 x 3 pairs, both ways.
+        assert_eq!(split.len(), 12, "{split:?}");
+        assert!(split.contains(&(3, 0)) && split.contains(&(0, 4)) && !split.contains(&(3, 4)));
+        let bridge = sorted(Partition::Bridge.cuts(&five, 2));
+        // Halves {0, 1} and {3, 4}; node 2 hears everyone.
+        assert_eq!(bridge.len(), 8, "{bridge:?}");
+        assert!(bridge.iter().all(|&(a, b)| a != 2 && b != 2));
+    }
+
+    #[test]
+    fn the_drop_script_names_the_senders_and_the_share() {
+        let senders = ["10.213.0.11".to_owned(), "10.213.0.12".to_owned()];
+        let all = drop_script(&senders, None);
+        assert!(
+            all.contains("ip saddr { 10.213.0.11, 10.213.0.12 } drop"),
+            "{all}"
+        );
+        assert!(all.contains("hook input"), "{all}");
+        let some = drop_script(&senders, Some(30));
+        assert!(some.contains("numgen random mod 100 < 30 drop"), "{some}");
     }
 }

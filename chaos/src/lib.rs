@@ -30,7 +30,7 @@ use rand::SeedableRng as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterView, LocalCluster, NodeView};
-use crate::fault::{Fault, Injected, Injector, Processes, record_path};
+use crate::fault::{Fault, Injected, Injector, Partition, Processes, Shape, record_path};
 use crate::schedule::{Plan, Window, minute_of_day_utc};
 use crate::target::{Target, node_age};
 
@@ -86,9 +86,16 @@ pub struct Common {
     /// Which node: leader, follower, random, or a node id.
     #[arg(long, default_value = "random")]
     pub target: Target,
-    /// Which of the node's processes: node, paxos or both.
+    /// Which of the node's processes: node, paxos or both (kill, shutdown, pause).
     #[arg(long, value_enum, default_value_t = Processes::Both)]
     pub process: Processes,
+    /// The shape of a partition around the target: isolate, one-way (it hears no one),
+    /// split (a minority with it, the majority), bridge (two halves that both hear it).
+    #[arg(long, value_enum, default_value_t = Partition::Isolate)]
+    pub partition: Partition,
+    /// Loss: percent of the packets on the target's links dropped (1 to 100).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub loss_percent: u8,
     /// Print what would be done; inject nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -110,7 +117,7 @@ pub struct InjectArgs {
     /// Target and controls.
     #[command(flatten)]
     pub common: Common,
-    /// Hold the fault this long, then heal it (`10s`, `1m`); a pause needs it.
+    /// Hold the fault this long, then heal it (`10s`, `1m`); a pause, partition or loss needs it.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 }
@@ -124,13 +131,16 @@ pub struct RunArgs {
     /// The faults to draw from, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "kill")]
     pub faults: Vec<Fault>,
+    /// Take the faults in turn instead of drawing each at random.
+    #[arg(long)]
+    pub cycle: bool,
     /// A fault every this long (less the jitter).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub every: Duration,
     /// Up to this share of --every is taken off each interval at random (0 to 1).
     #[arg(long, default_value_t = 0.25)]
     pub jitter: f64,
-    /// How long a pause lasts.
+    /// How long a pause, partition or loss lasts.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub duration: Duration,
     /// Spare nodes whose processes have run less than this (still catching up).
@@ -161,6 +171,15 @@ fn duration_arg(flag: &str, value: Duration) -> String {
 }
 
 impl Common {
+    /// The fault's shape from the flags.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            processes: self.process,
+            partition: self.partition,
+            loss_percent: self.loss_percent,
+        }
+    }
+
     fn to_args(&self) -> Vec<String> {
         let mut args = vec![
             format!("--cluster={}", self.cluster),
@@ -174,6 +193,16 @@ impl Common {
                 }
             ),
             format!("--log-format={}", self.log_format),
+            format!(
+                "--partition={}",
+                match self.partition {
+                    Partition::Isolate => "isolate",
+                    Partition::OneWay => "one-way",
+                    Partition::Split => "split",
+                    Partition::Bridge => "bridge",
+                }
+            ),
+            format!("--loss-percent={}", self.loss_percent),
         ];
         if self.dry_run {
             args.push("--dry-run".into());
@@ -199,6 +228,9 @@ impl RunArgs {
         args.push(format!("--listen={}", self.listen));
         if let Some(seed) = self.seed {
             args.push(format!("--seed={seed}"));
+        }
+        if self.cycle {
+            args.push("--cycle".into());
         }
         for window in &self.exclude {
             args.push(format!("--exclude={window}"));
@@ -265,8 +297,9 @@ fn node(view: &ClusterView, id: u32) -> anyhow::Result<&NodeView> {
 /// `chaos inject`: one fault now. Returns what it did, one line per step (also printed).
 pub async fn inject(args: InjectArgs, shutdown: CancellationToken) -> anyhow::Result<Vec<String>> {
     anyhow::ensure!(
-        args.fault != Fault::Pause || args.duration.is_some(),
-        "a pause needs --duration (how long the process stays stopped)"
+        !args.fault.holds() || args.duration.is_some(),
+        "{} needs --duration (how long it lasts before chaos heals it)",
+        args.fault
     );
     let http = http()?;
     let cluster = LocalCluster::new(http.clone(), &args.common.cluster);
@@ -294,18 +327,20 @@ pub async fn inject(args: InjectArgs, shutdown: CancellationToken) -> anyhow::Re
         .choose(&view, Duration::ZERO, node_age, &mut rng)
         .with_context(|| format!("target {}", args.common.target))?;
     let node = node(&view, id)?;
-    let what = format!(
-        "{} node {id} ({:?}; node PID {}, paxos PID {})",
-        args.fault, args.common.process, node.node_pid, node.paxos_pid
-    );
+    let what = match args.fault {
+        Fault::Partition => format!("partition node {id} ({:?})", args.common.partition),
+        Fault::Loss => format!("loss node {id} ({}% of packets)", args.common.loss_percent),
+        fault => format!(
+            "{fault} node {id} ({:?}; node PID {}, paxos PID {})",
+            args.common.process, node.node_pid, node.paxos_pid
+        ),
+    };
     if args.common.dry_run {
         say(format!("dry run: would {what}"));
         return Ok(said);
     }
     let span = tracing::info_span!("chaos.fault", fault = %args.fault, target = id);
-    let injected = injector
-        .inject(args.fault, node, args.common.process)
-        .await?;
+    let injected = (injector.inject(args.fault, &view, id, args.common.shape())).await?;
     tracing::info!(parent: &span, pids = ?injected.pids, "injected");
     ::metrics::counter!(metrics::FAULTS, "fault" => args.fault.as_str(), "target" => format!("node-{id}"))
         .increment(1);
@@ -492,7 +527,13 @@ pub async fn run(
         shutdown.clone().cancelled_owned(),
     ));
     let started = Instant::now();
-    let mut plan = Plan::new(args.every, args.jitter, args.faults.clone(), seed);
+    let mut plan = Plan::new(
+        args.every,
+        args.jitter,
+        args.faults.clone(),
+        args.cycle,
+        seed,
+    );
     let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
     'run: loop {
         let step = plan.next_step();
@@ -564,17 +605,14 @@ pub async fn run(
                 continue;
             }
         };
-        let node = node(&view, id)?.clone();
         if args.common.dry_run {
             tracing::info!(fault = %step.fault, target = id, "dry run: would inject");
             skip("dry_run", Some(record(Some(id), Vec::new(), None)));
             continue;
         }
         let span = tracing::info_span!("chaos.fault", fault = %step.fault, target = id);
-        let injected = match injector
-            .inject(step.fault, &node, args.common.process)
-            .await
-        {
+        let shape = args.common.shape();
+        let injected = match injector.inject(step.fault, &view, id, shape).await {
             Ok(injected) => injected,
             Err(err) => {
                 tracing::warn!(parent: &span, error = format!("{err:#}"), "injection failed");
@@ -668,7 +706,7 @@ const RECOVERY_WATCH: Duration = Duration::from_secs(60);
 /// longer active.
 async fn end_of_fault(end: EndOfFault, heal_now: CancellationToken, shutdown: CancellationToken) {
     match end.fault {
-        Fault::Pause => {
+        Fault::Pause | Fault::Partition | Fault::Loss => {
             tokio::select! {
                 () = tokio::time::sleep(end.pause) => {}
                 () = heal_now.cancelled() => {}
@@ -777,6 +815,8 @@ mod tests {
         };
         args.common.target = Target::Leader;
         args.common.process = Processes::Node;
+        args.common.partition = Partition::Bridge;
+        args.common.loss_percent = 55;
         args.common.dry_run = true;
         args.common.cluster_token_file = Some("/tmp/token".into());
         args.faults = vec![Fault::Kill, Fault::Pause];
@@ -785,6 +825,7 @@ mod tests {
         args.duration = Duration::from_secs(3);
         args.min_age = Duration::from_secs(90);
         args.seed = Some(42);
+        args.cycle = true;
         args.exclude = vec!["09:00-17:00".parse().unwrap()];
         args.kill_switch_file = Some("/tmp/stop".into());
         args.max_faults = Some(5);

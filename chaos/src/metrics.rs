@@ -30,7 +30,7 @@ pub const SKIP_REASONS: [&str; 7] = [
 pub const METRICS: &[Metric] = &[
     counter(
         FAULTS,
-        "Faults injected, by fault (kill, shutdown, pause) and target node (node-<id>)",
+        "Faults injected, by fault (kill, shutdown, pause, partition, loss) and target node (node-<id>)",
     ),
     gauge(
         ACTIVE,

@@ -87,18 +87,22 @@ pub struct Plan {
     every: Duration,
     jitter: f64,
     faults: Vec<Fault>,
+    cycle: bool,
+    steps: usize,
     rng: ChaCha8Rng,
 }
 
 impl Plan {
     /// A fault every `every` less up to `jitter` (0 to 1) of it, each a uniform choice among
-    /// `faults`, drawn from `seed`.
-    pub fn new(every: Duration, jitter: f64, faults: Vec<Fault>, seed: u64) -> Plan {
+    /// `faults` (or, with `cycle`, each in turn), drawn from `seed`.
+    pub fn new(every: Duration, jitter: f64, faults: Vec<Fault>, cycle: bool, seed: u64) -> Plan {
         assert!(!faults.is_empty(), "a plan needs a fault");
         Plan {
             every,
             jitter: jitter.clamp(0.0, 1.0),
             faults,
+            cycle,
+            steps: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
@@ -106,7 +110,13 @@ impl Plan {
     /// The next step.
     pub fn next_step(&mut self) -> Step {
         let cut = self.every.mul_f64(self.jitter * self.rng.random::<f64>());
-        let fault = self.faults[self.rng.random_range(0..self.faults.len())];
+        let drawn = self.rng.random_range(0..self.faults.len());
+        let fault = self.faults[if self.cycle {
+            self.steps % self.faults.len()
+        } else {
+            drawn
+        }];
+        self.steps += 1;
         Step {
             delay: self.every.saturating_sub(cut),
             fault,
@@ -126,6 +136,7 @@ mod tests {
                 Duration::from_secs(60),
                 0.5,
                 vec![Fault::Kill, Fault::Pause, Fault::Shutdown],
+                false,
                 seed,
             );
             (0..50).map(|_| plan.next_step()).collect::<Vec<_>>()
@@ -145,10 +156,18 @@ mod tests {
 
     #[test]
     fn no_jitter_is_a_fixed_interval() {
-        let mut plan = Plan::new(Duration::from_secs(10), 0.0, vec![Fault::Kill], 1);
+        let mut plan = Plan::new(Duration::from_secs(10), 0.0, vec![Fault::Kill], false, 1);
         for _ in 0..10 {
             assert_eq!(plan.next_step().delay, Duration::from_secs(10));
         }
+    }
+
+    #[test]
+    fn a_cycle_takes_the_faults_in_turn() {
+        let faults = vec![Fault::Kill, Fault::Pause, Fault::Partition];
+        let mut plan = Plan::new(Duration::from_secs(1), 0.5, faults.clone(), true, 9);
+        let drawn: Vec<Fault> = (0..7).map(|_| plan.next_step().fault).collect();
+        assert_eq!(drawn, [0, 1, 2, 0, 1, 2, 0].map(|i| faults[i]));
     }
 
     #[test]

@@ -138,6 +138,8 @@ mod tests {
             paxos_url: String::new(),
             node_pid: 100 + id,
             paxos_pid: 200 + id,
+            netns: None,
+            ip: String::new(),
         };
         ClusterView {
             mode,

@@ -49,6 +49,10 @@ pub struct UpArgs {
     /// Front door port on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Run every node in a network namespace of its own, joined by a bridge (needs root and
+    /// iproute2): what chaos's partition and loss faults cut. URLs stay reachable from the host.
+    #[arg(long)]
+    pub netns: bool,
     /// Do not restart processes that die.
     #[arg(long)]
     pub no_restart: bool,

@@ -77,6 +77,8 @@ pub struct ClusterSpec {
     pub prober: Option<ProberSpec>,
     /// Start chaos.
     pub chaos: Option<ChaosSpec>,
+    /// Every node in a network namespace of its own (root; see [`crate::netns`]).
+    pub netns: bool,
     /// Environment added to every child (`RUST_LOG`, `OTEL_*`, ...).
     pub env: Vec<(String, String)>,
 }
@@ -103,6 +105,7 @@ impl ClusterSpec {
             prometheus: None,
             prober: None,
             chaos: None,
+            netns: false,
             env: Vec::new(),
         }
     }
@@ -152,6 +155,7 @@ impl ClusterSpec {
                 dry_run: args.chaos_dry_run,
                 seed: args.chaos_seed,
             }),
+            netns: args.netns,
             env: Vec::new(),
         })
     }
@@ -163,7 +167,8 @@ impl ClusterSpec {
         cli.id = id;
         cli.peers = layout.nodes.iter().map(|n| n.paxos_url()).collect();
         cli.mode = self.mode;
-        cli.listen = ([127, 0, 0, 1], layout.nodes[id as usize].paxos_port).into();
+        let ports = &layout.nodes[id as usize];
+        cli.listen = (ports.host, ports.paxos_port).into();
         cli.data_dir = layout.node_dir(id).join("paxos");
         cli.tick_ms = self.tick_ms;
         // Only read while the data dir is empty: the first start of this cluster. A wipe (see
@@ -196,8 +201,8 @@ impl ClusterSpec {
         config.mode = self.mode;
         config.paxos_url = Some(ports.paxos_url());
         config.peers_public = layout.nodes.iter().map(|n| n.public_url()).collect();
-        config.listen = ([127, 0, 0, 1], ports.public_port).into();
-        config.internal_listen = ([127, 0, 0, 1], ports.internal_port).into();
+        config.listen = (ports.host, ports.public_port).into();
+        config.internal_listen = (ports.host, ports.internal_port).into();
         config.data_dir = layout.node_dir(id).join("bank");
         config.compact_every = self.compact_every;
         config.metrics_token_file = Some(layout.metrics_token_file());
@@ -267,6 +272,8 @@ pub struct ProberSpec {
 /// The ports of one node's three listeners.
 #[derive(Clone, Debug)]
 pub struct NodePorts {
+    /// The node's address: 127.0.0.1, or its namespace's address with `--netns`.
+    pub host: std::net::Ipv4Addr,
     /// The node's public (banking API) port.
     pub public_port: u16,
     /// The node's internal (token) port.
@@ -276,19 +283,19 @@ pub struct NodePorts {
 }
 
 impl NodePorts {
-    /// `http://127.0.0.1:<public>`.
+    /// `http://<host>:<public>`.
     pub fn public_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.public_port)
+        format!("http://{}:{}", self.host, self.public_port)
     }
 
-    /// `http://127.0.0.1:<internal>`.
+    /// `http://<host>:<internal>`.
     pub fn internal_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.internal_port)
+        format!("http://{}:{}", self.host, self.internal_port)
     }
 
-    /// `http://127.0.0.1:<paxos>`.
+    /// `http://<host>:<paxos>`.
     pub fn paxos_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.paxos_port)
+        format!("http://{}:{}", self.host, self.paxos_port)
     }
 }
 
@@ -516,6 +523,8 @@ pub struct Cluster {
     pub token_file: Option<PathBuf>,
     /// An emulator this cluster started (stopped after the nodes).
     emulator: Option<node::store::firestore_emulator::Emulator>,
+    /// The network namespaces of `--netns` (removed after the processes stop).
+    netns: crate::netns::Owned,
 }
 
 impl Cluster {
@@ -549,10 +558,16 @@ impl Cluster {
         };
         // The children read the token from their own environment, set for them alone.
         env.push((plumbing::TOKEN_ENV.to_owned(), token.clone()));
+        let owned_netns = crate::netns::Owned::new(match spec.netns {
+            true => Some(crate::netns::Netns::create(spec.nodes)?),
+            false => None,
+        });
+        let netns = owned_netns.get();
         let mut taken = Vec::new();
         let mut nodes = Vec::new();
-        for _ in 0..spec.nodes {
+        for id in 0..spec.nodes {
             nodes.push(NodePorts {
+                host: netns.map_or(std::net::Ipv4Addr::LOCALHOST, |n| n.node_ip(id)),
                 public_port: free_port(&mut taken)?,
                 internal_port: free_port(&mut taken)?,
                 paxos_port: free_port(&mut taken)?,
@@ -572,10 +587,15 @@ impl Cluster {
             std::fs::create_dir_all(&dir)?;
             let ports = &layout.nodes[id as usize];
             let child = |name: &str, role: &str, args: Vec<String>| {
+                let args: Vec<String> = std::iter::once(role.to_owned()).chain(args).collect();
+                let (program, args) = match netns {
+                    Some(netns) => netns.wrap(id, &spec.exe, args),
+                    None => (spec.exe.clone(), args),
+                };
                 Child::new(
                     format!("{name}-{id}"),
-                    spec.exe.clone(),
-                    std::iter::once(role.to_owned()).chain(args).collect(),
+                    program,
+                    args,
                     env.clone(),
                     dir.join(format!("{name}.log")),
                     spec.restart,
@@ -592,6 +612,8 @@ impl Cluster {
                 role: std::sync::Mutex::new("down".to_owned()),
                 ready: AtomicBool::new(false),
                 outlier: Outlier::default(),
+                netns: netns.map(|n| n.namespace(id)),
+                ip: ports.host.to_string(),
             });
         }
         let door = Arc::new(FrontDoor {
@@ -753,6 +775,7 @@ impl Cluster {
             prometheus_url,
             token_file,
             emulator,
+            netns: owned_netns,
         })
     }
 
@@ -769,6 +792,7 @@ impl Cluster {
             let _ = task.await;
         }
         drop(self.emulator.take());
+        self.netns.destroy();
     }
 }
 
@@ -776,6 +800,8 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Supervisors kill their children when cancelled (and children die with this process).
         self.shutdown.cancel();
+        // The namespaces go now (the field's drop); a process still inside keeps its own
+        // until it exits.
     }
 }
 
@@ -992,6 +1018,7 @@ mod tests {
             data_dir: "/data".into(),
             nodes: (0..nodes)
                 .map(|i| NodePorts {
+                    host: std::net::Ipv4Addr::LOCALHOST,
                     public_port: 1000 + i,
                     internal_port: 2000 + i,
                     paxos_port: 3000 + i,

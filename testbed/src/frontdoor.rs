@@ -52,6 +52,10 @@ pub struct NodeHandle {
     pub ready: AtomicBool,
     /// Proxied requests without an answer, and the ejection they cause.
     pub outlier: Outlier,
+    /// Its network namespace (`--netns`).
+    pub netns: Option<String>,
+    /// Its address.
+    pub ip: String,
 }
 
 /// Outlier detection of one node: consecutive proxied requests that got no answer, and when
@@ -206,6 +210,12 @@ pub struct NodeInfo {
     /// Ejections so far.
     #[serde(default)]
     pub ejections: u32,
+    /// Its network namespace, with `--netns` (chaos cuts its links there).
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// Its address (127.0.0.1, or its namespace's).
+    #[serde(default)]
+    pub ip: String,
 }
 
 impl FrontDoor {
@@ -268,6 +278,8 @@ impl FrontDoor {
                     ready: n.ready.load(Ordering::SeqCst),
                     ejected: n.outlier.is_ejected(),
                     ejections: n.outlier.ejections(),
+                    netns: n.netns.clone(),
+                    ip: n.ip.clone(),
                 })
                 .collect(),
             prober: self.prober.get().map(|(url, child)| ServiceInfo {
@@ -290,6 +302,9 @@ impl FrontDoor {
                 _ = every.tick() => {}
             }
             let mut leader = usize::MAX;
+            // Of two nodes that both say they lead (one cut off from the rest still thinks so
+            // until it hears of the newer ballot), the one with the higher ballot does.
+            let mut leader_ballot = None;
             for (i, node) in self.nodes.iter().enumerate() {
                 let paxos = paxos::client::PaxosClient::with_http(
                     self.client.clone(),
@@ -309,7 +324,10 @@ impl FrontDoor {
                 let role = match (&status, self.mode) {
                     (None, _) => "down",
                     (Some(s), paxos::Mode::Leader) if s.status.is_leader => {
-                        leader = i;
+                        if leader_ballot.is_none_or(|b| s.status.ballot > b) {
+                            leader = i;
+                            leader_ballot = Some(s.status.ballot);
+                        }
                         "leader"
                     }
                     (Some(s), paxos::Mode::Leader) if s.status.leader == Some(node.id) => {
@@ -621,6 +639,8 @@ mod tests {
             role: std::sync::Mutex::new("leader".into()),
             ready: AtomicBool::new(true),
             outlier: Outlier::default(),
+            netns: None,
+            ip: "127.0.0.1".into(),
         }
     }
 

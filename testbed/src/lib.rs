@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod frontdoor;
+pub mod netns;
 pub mod prometheus;
 pub mod status_page;
 pub mod supervisor;

@@ -8,6 +8,17 @@ use super::{Mode, Replica, Role, Votes};
 impl Replica {
     pub(super) fn tick_lane(&mut self, lane: u32) {
         let tick = self.tick;
+        // Check-quorum (leader mode): a leader that has heard no majority's heartbeats for two
+        // election timeouts is cut off; it steps down rather than go on claiming the lead (and
+        // taking writes it cannot commit) while the majority elects another. Safe: stepping
+        // down only stops proposing.
+        if self.cfg.mode == Mode::Leader
+            && matches!(self.lanes[lane as usize].role, Role::Leading { .. })
+            && !self.hears_majority(2 * self.cfg.election_ticks)
+        {
+            self.step_down(lane);
+            return;
+        }
         match &mut self.lanes[lane as usize].role {
             Role::Leading {
                 ballot, inflight, ..
@@ -90,6 +101,18 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// True if this replica and the peers it heard a heartbeat from within `ticks` make a
+    /// majority.
+    fn hears_majority(&self, ticks: u64) -> bool {
+        let heard = (0..self.cfg.nodes)
+            .filter(|&node| {
+                node == self.cfg.id
+                    || self.tick.saturating_sub(self.last_heard[node as usize]) <= ticks
+            })
+            .count();
+        self.quorum().is_reached_by(heard)
     }
 
     pub(super) fn should_campaign(&self, lane: u32) -> bool {
