@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterView, LocalCluster, NodeView};
 use crate::fault::{Fault, Injected, Injector, Partition, Processes, Shape, record_path};
-use crate::schedule::{Plan, Window, minute_of_day_utc};
+use crate::schedule::{CronExpr, Plan, Window, minute_of_day_utc};
 use crate::target::{Target, node_age};
 
 /// `chaos`.
@@ -48,6 +48,8 @@ pub struct Cli {
 
 /// The two forms.
 #[derive(Clone, Debug, PartialEq, Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Inject one fault now; with --duration hold it, then heal it and exit.
     Inject(InjectArgs),
@@ -134,6 +136,10 @@ pub struct RunArgs {
     /// Take the faults in turn instead of drawing each at random.
     #[arg(long)]
     pub cycle: bool,
+    /// Inject at the times of this cron expression, UTC, seconds first (`0 */5 * * * *`)
+    /// instead of every --every.
+    #[arg(long)]
+    pub cron: Option<CronExpr>,
     /// A fault every this long (less the jitter).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub every: Duration,
@@ -155,6 +161,18 @@ pub struct RunArgs {
     /// While this file exists, inject nothing and heal what is active.
     #[arg(long)]
     pub kill_switch_file: Option<PathBuf>,
+    /// While this PromQL query returns a sample that is not 0 (say
+    /// `ALERTS{alertname="BankAvailabilityBudgetBurn",alertstate="firing"}`), inject nothing and
+    /// heal what is active. Asked every second; while Prometheus does not answer, chaos holds too.
+    #[arg(long)]
+    pub kill_switch_query: Option<String>,
+    /// The Prometheus that --kill-switch-query asks.
+    #[arg(
+        long,
+        env = "CHAOS_PROMETHEUS",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub prometheus: String,
     /// Stop after this many faults.
     #[arg(long)]
     pub max_faults: Option<u64>,
@@ -232,12 +250,19 @@ impl RunArgs {
         if self.cycle {
             args.push("--cycle".into());
         }
+        if let Some(cron) = &self.cron {
+            args.push(format!("--cron={cron}"));
+        }
         for window in &self.exclude {
             args.push(format!("--exclude={window}"));
         }
         if let Some(file) = &self.kill_switch_file {
             args.push(format!("--kill-switch-file={}", file.display()));
         }
+        if let Some(query) = &self.kill_switch_query {
+            args.push(format!("--kill-switch-query={query}"));
+        }
+        args.push(format!("--prometheus={}", self.prometheus));
         if let Some(max) = self.max_faults {
             args.push(format!("--max-faults={max}"));
         }
@@ -384,6 +409,7 @@ struct RunState {
     injected: u64,
     kill_switch_endpoint: bool,
     kill_switch_file: bool,
+    kill_switch_query: bool,
     active: bool,
     history: VecDeque<Record>,
 }
@@ -392,7 +418,7 @@ const HISTORY: usize = 50;
 
 impl RunState {
     fn engaged(&self) -> bool {
-        self.kill_switch_endpoint || self.kill_switch_file
+        self.kill_switch_endpoint || self.kill_switch_file || self.kill_switch_query
     }
 
     fn push(&mut self, record: Record) {
@@ -412,6 +438,7 @@ impl RunState {
                 "engaged": self.engaged(),
                 "endpoint": self.kill_switch_endpoint,
                 "file": self.kill_switch_file,
+                "query": self.kill_switch_query,
             },
             "faults": self.history,
         })
@@ -466,6 +493,7 @@ pub async fn run(
 ) -> anyhow::Result<serde_json::Value> {
     args.validate()?;
     let http = http()?;
+    let http_for_query = http.clone();
     let cluster = LocalCluster::new(http.clone(), &args.common.cluster);
     // Started beside a cluster that is still starting (`testbed up --chaos`): wait for it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -533,14 +561,21 @@ pub async fn run(
         args.faults.clone(),
         args.cycle,
         seed,
-    );
+    )
+    .with_cron(args.cron.clone());
     let mut in_flight: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_query: Option<Instant> = None;
     'run: loop {
         let step = plan.next_step();
         let due = Instant::now() + step.delay;
-        // Wait for the step, looking at the kill switch file every tick.
+        // Wait for the step, looking at the kill switch file every tick, asking its query
+        // every second.
         loop {
             watch_kill_switch_file(&args, &shared);
+            if last_query.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                last_query = Some(Instant::now());
+                watch_kill_switch_query(&args, &shared, &http_for_query).await;
+            }
             let now = Instant::now();
             if now >= due {
                 break;
@@ -665,6 +700,70 @@ pub async fn run(
     let _ = server.await;
     let status = shared.state.lock().expect("state lock").status();
     Ok(status)
+}
+
+/// Asks `--kill-switch-query` of Prometheus: engaged while it returns a sample that is not 0, or
+/// while Prometheus cannot be asked (fail safe: a tool that breaks things should stop when it
+/// cannot see).
+async fn watch_kill_switch_query(args: &RunArgs, shared: &Shared, http: &reqwest::Client) {
+    let Some(query) = &args.kill_switch_query else {
+        return;
+    };
+    let url = format!("{}/api/v1/query", args.prometheus.trim_end_matches('/'));
+    let answer = async {
+        let url = reqwest::Url::parse_with_params(&url, &[("query", query)])?;
+        let reply: serde_json::Value = (http.get(url))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        anyhow::ensure!(reply["status"] == "success", "Prometheus answered {reply}");
+        let samples = reply["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        // A vector's samples are [time, "value"]; a scalar's result is itself [time, "value"].
+        let firing = samples.iter().any(|sample| {
+            let value = sample["value"][1].as_str().or_else(|| sample.as_str());
+            value.is_some_and(|v| v.parse::<f64>().is_ok_and(|v| v != 0.0))
+        });
+        Ok::<bool, anyhow::Error>(firing)
+    };
+    let (engaged, why) = match answer.await {
+        Ok(firing) => (
+            firing,
+            if firing {
+                "the query returns a sample"
+            } else {
+                ""
+            },
+        ),
+        Err(err) => {
+            tracing::warn!(
+                url,
+                error = format!("{err:#}"),
+                "the kill switch query cannot be asked: holding"
+            );
+            (true, "Prometheus cannot be asked")
+        }
+    };
+    let mut state = shared.state.lock().expect("state lock");
+    if engaged != state.kill_switch_query {
+        state.kill_switch_query = engaged;
+        if engaged {
+            tracing::warn!(
+                query,
+                why,
+                "kill switch query engaged: injecting nothing, healing what is active"
+            );
+            shared.heal_now.lock().expect("heal lock").cancel();
+        } else {
+            tracing::info!(query, "kill switch query released");
+        }
+    }
+    ::metrics::gauge!(metrics::KILL_SWITCH).set(if state.engaged() { 1.0 } else { 0.0 });
 }
 
 fn watch_kill_switch_file(args: &RunArgs, shared: &Shared) {
@@ -826,8 +925,11 @@ mod tests {
         args.min_age = Duration::from_secs(90);
         args.seed = Some(42);
         args.cycle = true;
+        args.cron = Some("0 */5 * * * *".parse().unwrap());
         args.exclude = vec!["09:00-17:00".parse().unwrap()];
         args.kill_switch_file = Some("/tmp/stop".into());
+        args.kill_switch_query = Some("ALERTS{alertstate=\"firing\"} > 0".into());
+        args.prometheus = "http://127.0.0.1:9091".into();
         args.max_faults = Some(5);
         args.run_for = Some(Duration::from_secs(600));
         args.listen = "127.0.0.1:2".parse().unwrap();

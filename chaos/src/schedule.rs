@@ -1,6 +1,7 @@
 //! When faults happen: every `every`, less up to `jitter` of it, drawn from a seeded generator,
 //! so a run is replayed by giving its seed again (the same seed against the same cluster states
-//! picks the same faults, targets and times); never in an excluded window of the day (UTC).
+//! picks the same faults, targets and times), or at the times of a cron expression (UTC); never
+//! in an excluded window of the day (UTC).
 
 use std::fmt;
 use std::str::FromStr;
@@ -70,6 +71,53 @@ pub fn minute_of_day_utc() -> u32 {
     ((seconds % 86_400) / 60) as u32
 }
 
+/// A cron expression, seconds first (`0 */5 * * * *`: every five minutes), read by the `cron`
+/// crate; its times are UTC.
+#[derive(Clone, Debug)]
+pub struct CronExpr {
+    source: String,
+    schedule: cron::Schedule,
+}
+
+impl FromStr for CronExpr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CronExpr, String> {
+        let schedule = cron::Schedule::from_str(text).map_err(|err| {
+            format!(
+                "{text:?} is not a cron expression (sec min hour day month weekday [year]): {err}"
+            )
+        })?;
+        if schedule.upcoming(chrono::Utc).next().is_none() {
+            return Err(format!("the cron expression {text:?} never fires again"));
+        }
+        Ok(CronExpr {
+            source: text.to_owned(),
+            schedule,
+        })
+    }
+}
+
+impl PartialEq for CronExpr {
+    fn eq(&self, other: &CronExpr) -> bool {
+        self.source == other.source
+    }
+}
+
+impl fmt::Display for CronExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+impl CronExpr {
+    /// How long from `now` to its next time (`None`: it never fires again).
+    pub fn until_next(&self, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+        let next = self.schedule.after(&now).next()?;
+        Some((next - now).to_std().unwrap_or_default())
+    }
+}
+
 /// One step of a plan: wait, then inject this fault with this draw for the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Step {
@@ -89,6 +137,7 @@ pub struct Plan {
     faults: Vec<Fault>,
     cycle: bool,
     steps: usize,
+    cron: Option<CronExpr>,
     rng: ChaCha8Rng,
 }
 
@@ -103,8 +152,15 @@ impl Plan {
             faults,
             cycle,
             steps: 0,
+            cron: None,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
+    }
+
+    /// Steps at the times of `cron` instead of every `every` (the jitter is not used).
+    pub fn with_cron(mut self, cron: Option<CronExpr>) -> Plan {
+        self.cron = cron;
+        self
     }
 
     /// The next step.
@@ -117,8 +173,15 @@ impl Plan {
             drawn
         }];
         self.steps += 1;
+        let delay = match &self.cron {
+            // An expression that stops firing (a year in the past) waits a day at a time.
+            Some(cron) => {
+                (cron.until_next(chrono::Utc::now())).unwrap_or(Duration::from_secs(86_400))
+            }
+            None => self.every.saturating_sub(cut),
+        };
         Step {
-            delay: self.every.saturating_sub(cut),
+            delay,
             fault,
             target_seed: self.rng.random(),
         }
@@ -168,6 +231,30 @@ mod tests {
         let mut plan = Plan::new(Duration::from_secs(1), 0.5, faults.clone(), true, 9);
         let drawn: Vec<Fault> = (0..7).map(|_| plan.next_step().fault).collect();
         assert_eq!(drawn, [0, 1, 2, 0, 1, 2, 0].map(|i| faults[i]));
+    }
+
+    #[test]
+    fn a_cron_expression_sets_the_times_and_a_bad_one_is_refused() {
+        let every_second: CronExpr = "* * * * * *".parse().unwrap();
+        let now = chrono::Utc::now();
+        assert!(every_second.until_next(now).unwrap() <= Duration::from_secs(1));
+        let hourly: CronExpr = "0 0 * * * *".parse().unwrap();
+        assert_eq!(hourly.to_string(), "0 0 * * * *");
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-30T14:59:30Z").unwrap();
+        assert_eq!(
+            hourly.until_next(at.with_timezone(&chrono::Utc)),
+            Some(Duration::from_secs(30))
+        );
+        let mut plan = Plan::new(Duration::from_secs(3600), 0.5, vec![Fault::Kill], false, 1)
+            .with_cron(Some(every_second));
+        assert!(
+            plan.next_step().delay <= Duration::from_secs(1),
+            "the cron's times, not --every"
+        );
+        let err = "every tuesday".parse::<CronExpr>().unwrap_err();
+        assert!(err.contains("not a cron expression"), "{err}");
+        let err = "0 0 0 1 1 * 2001".parse::<CronExpr>().unwrap_err();
+        assert!(err.contains("never fires again"), "{err}");
     }
 
     #[test]
