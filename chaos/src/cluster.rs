@@ -46,6 +46,9 @@ pub struct NodeView {
     /// Its address.
     #[serde(default)]
     pub ip: String,
+    /// Its link proxy's admin URL (`testbed up --proxies`): where delays are set.
+    #[serde(default)]
+    pub proxy_url: Option<String>,
 }
 
 /// The testbed's front door, read-only.

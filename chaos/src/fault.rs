@@ -8,7 +8,9 @@
 //!   (a stuck disk, a long GC pause, a VM migration);
 //! - `partition`: a real network partition of a `testbed up --netns` cluster: nftables rules in
 //!   the receiving nodes' namespaces drop what the other side sends (shapes in [`Partition`]);
-//! - `loss`: the same rules drop a share of the packets only (`numgen random`).
+//! - `loss`: the same rules drop a share of the packets only (`numgen random`);
+//! - `delay`: the link proxies of a `testbed up --proxies` cluster hold back every chunk on the
+//!   target's links (both directions) for a while (no `tc netem` in this kernel).
 //!
 //! Chaos signals a PID only if `/proc` shows a bank process there, and it writes every pause and
 //! every namespace it cut to `<data-dir>/chaos-active.json` before it acts, so that whatever stops
@@ -35,16 +37,19 @@ pub enum Fault {
     Partition,
     /// A share of the packets on the target's links dropped for the fault's duration.
     Loss,
+    /// The target's links slowed down for the fault's duration (`--proxies` clusters).
+    Delay,
 }
 
 impl Fault {
     /// Every fault, for series at zero.
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::Kill,
         Fault::Shutdown,
         Fault::Pause,
         Fault::Partition,
         Fault::Loss,
+        Fault::Delay,
     ];
 
     /// Its name, the `fault` label.
@@ -55,6 +60,7 @@ impl Fault {
             Fault::Pause => "pause",
             Fault::Partition => "partition",
             Fault::Loss => "loss",
+            Fault::Delay => "delay",
         }
     }
 }
@@ -68,7 +74,10 @@ impl std::fmt::Display for Fault {
 impl Fault {
     /// True for faults that last until healed (they need a duration).
     pub fn holds(self) -> bool {
-        matches!(self, Fault::Pause | Fault::Partition | Fault::Loss)
+        matches!(
+            self,
+            Fault::Pause | Fault::Partition | Fault::Loss | Fault::Delay
+        )
     }
 }
 
@@ -175,9 +184,21 @@ pub struct Injected {
     /// Namespaces holding chaos's nftables table (a partition or loss).
     #[serde(default)]
     pub cut: Vec<String>,
+    /// Links slowed down (a delay): the sender's proxy and the receiver.
+    #[serde(default)]
+    pub delayed: Vec<DelayedLink>,
     /// PIDs the fault hit.
     #[serde(skip)]
     pub pids: Vec<u32>,
+}
+
+/// One link a delay slowed down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelayedLink {
+    /// The sending node's link proxy (admin URL).
+    pub proxy_url: String,
+    /// The receiving node.
+    pub to: u32,
 }
 
 /// How a fault is shaped beyond its kind.
@@ -189,6 +210,8 @@ pub struct Shape {
     pub partition: Partition,
     /// Percent of packets dropped (loss), 1 to 100.
     pub loss_percent: u8,
+    /// Milliseconds each chunk is held on a delayed link, each way (delay).
+    pub delay_ms: u64,
 }
 
 /// The nftables table chaos owns in a namespace.
@@ -296,6 +319,36 @@ impl Injector {
         let processes = shape.processes;
         let pids = processes.pids(node);
         match fault {
+            Fault::Delay => {
+                let token = (self.token.as_deref())
+                    .ok_or_else(|| anyhow::anyhow!("delay needs the cluster token"))?;
+                let mut links = Vec::new();
+                for (sender, receiver) in Partition::Isolate
+                    .cuts(&view.nodes.iter().map(|n| n.id).collect::<Vec<_>>(), target)
+                {
+                    let sender = (view.nodes.iter().find(|n| n.id == sender))
+                        .ok_or_else(|| anyhow::anyhow!("no node {sender}"))?;
+                    let proxy_url = sender.proxy_url.clone().ok_or_else(|| {
+                        anyhow::anyhow!("delay needs a cluster started with --proxies (testbed up --proxies): node {} has no link proxy", sender.id)
+                    })?;
+                    links.push(DelayedLink {
+                        proxy_url,
+                        to: receiver,
+                    });
+                }
+                let injected = Injected {
+                    delayed: links,
+                    ..Injected::default()
+                };
+                self.remember(&injected)?;
+                for link in &injected.delayed {
+                    if let Err(err) = set_delay(&self.http, token, link, shape.delay_ms).await {
+                        let _ = self.heal(&injected).await;
+                        return Err(err);
+                    }
+                }
+                Ok(injected)
+            }
             Fault::Partition | Fault::Loss => {
                 let ids: Vec<u32> = view.nodes.iter().map(|n| n.id).collect();
                 let cuts = match fault {
@@ -319,9 +372,8 @@ impl Injector {
                         .push(sender.ip.clone());
                 }
                 let injected = Injected {
-                    paused: Vec::new(),
                     cut: senders.keys().cloned().collect(),
-                    pids: Vec::new(),
+                    ..Injected::default()
                 };
                 // Recorded before the first rule: whatever happens next, a later run heals it.
                 self.remember(&injected)?;
@@ -329,7 +381,7 @@ impl Injector {
                     if let Err(err) =
                         nft_in(namespace, Some(&drop_script(from, percent)), &["-f", "-"])
                     {
-                        let _ = self.heal(&injected);
+                        let _ = self.heal(&injected).await;
                         return Err(err);
                     }
                 }
@@ -358,8 +410,8 @@ impl Injector {
                 }
                 let injected = Injected {
                     paused,
-                    cut: Vec::new(),
                     pids,
+                    ..Injected::default()
                 };
                 // Recorded before the first SIGSTOP: whatever happens next, a later run heals it.
                 self.remember(&injected)?;
@@ -391,23 +443,24 @@ impl Injector {
 
     /// Heals what `injected` left: continues the processes it paused (those still alive and
     /// still the same processes), removes the rules it added.
-    pub fn heal(&self, injected: &Injected) -> anyhow::Result<()> {
-        heal_now(injected)?;
+    pub async fn heal(&self, injected: &Injected) -> anyhow::Result<()> {
+        self.heal_now(injected).await?;
         self.forget(injected)
     }
 
     /// Heals everything an earlier run recorded and did not heal (it was killed, or the machine
     /// stopped it): run at every start. Returns how many processes and namespaces it healed.
-    pub fn heal_leftovers(&self) -> anyhow::Result<usize> {
+    pub async fn heal_leftovers(&self) -> anyhow::Result<usize> {
         let leftovers = self.recorded()?;
-        let count = leftovers.paused.len() + leftovers.cut.len();
+        let count = leftovers.paused.len() + leftovers.cut.len() + leftovers.delayed.len();
         if count > 0 {
             tracing::warn!(
                 paused = leftovers.paused.len(),
                 cut = leftovers.cut.len(),
+                delayed = leftovers.delayed.len(),
                 "healing what an earlier chaos run left"
             );
-            heal_now(&leftovers)?;
+            self.heal_now(&leftovers).await?;
         }
         self.forget(&leftovers)?;
         Ok(count)
@@ -422,7 +475,7 @@ impl Injector {
     }
 
     fn write(&self, active: &Injected) -> anyhow::Result<()> {
-        if active.paused.is_empty() && active.cut.is_empty() {
+        if active.paused.is_empty() && active.cut.is_empty() && active.delayed.is_empty() {
             return match std::fs::remove_file(&self.record) {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
                 _ => Ok(()),
@@ -439,6 +492,7 @@ impl Injector {
         let mut active = self.recorded()?;
         active.paused.extend(injected.paused.iter().cloned());
         active.cut.extend(injected.cut.iter().cloned());
+        active.delayed.extend(injected.delayed.iter().cloned());
         self.write(&active)
     }
 
@@ -448,21 +502,54 @@ impl Injector {
         active
             .cut
             .retain(|namespace| !healed.cut.contains(namespace));
+        active.delayed.retain(|link| !healed.delayed.contains(link));
         self.write(&active)
     }
 }
 
-/// Continues the paused processes that are still the same processes; removes chaos's table
-/// from every namespace cut.
-fn heal_now(injected: &Injected) -> anyhow::Result<()> {
-    for entry in &injected.paused {
-        if proc_stat(entry.pid).is_some_and(|s| s.start_ticks == entry.start_ticks) {
-            signal(entry.pid, libc::SIGCONT)?;
+impl Injector {
+    /// Continues the paused processes that are still the same processes; removes chaos's
+    /// table from every namespace cut; sets every delayed link back to no delay.
+    async fn heal_now(&self, injected: &Injected) -> anyhow::Result<()> {
+        for entry in &injected.paused {
+            if proc_stat(entry.pid).is_some_and(|s| s.start_ticks == entry.start_ticks) {
+                signal(entry.pid, libc::SIGCONT)?;
+            }
         }
+        for namespace in &injected.cut {
+            remove_table(namespace)?;
+        }
+        if !injected.delayed.is_empty() {
+            let token = (self.token.as_deref())
+                .ok_or_else(|| anyhow::anyhow!("healing a delay needs the cluster token"))?;
+            for link in &injected.delayed {
+                match set_delay(&self.http, token, link, 0).await {
+                    // The proxy is gone (its cluster stopped): nothing left to heal.
+                    Err(err) if format!("{err:#}").contains("error sending request") => {}
+                    other => other?,
+                }
+            }
+        }
+        Ok(())
     }
-    for namespace in &injected.cut {
-        remove_table(namespace)?;
-    }
+}
+
+/// Sets the delay of `link` on its proxy.
+async fn set_delay(
+    http: &reqwest::Client,
+    token: &str,
+    link: &DelayedLink,
+    delay_ms: u64,
+) -> anyhow::Result<()> {
+    let url = format!("{}/links/{}", link.proxy_url, link.to);
+    (http.put(&url))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "delay_ms": delay_ms }))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|err| anyhow::anyhow!("PUT {url}: {err}"))?
+        .error_for_status()?;
     Ok(())
 }
 

@@ -65,17 +65,25 @@ pub struct HealArgs {
     /// The testbed's front door.
     #[arg(long, env = "CHAOS_CLUSTER")]
     pub cluster: String,
+    /// File holding the cluster token (healing a delay needs it; else BANK_CLUSTER_TOKEN, else
+    /// the token file the testbed names).
+    #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
 }
 
-/// `chaos heal`: continues what an earlier run left paused; returns how many processes.
+/// `chaos heal`: heals what an earlier run left (paused processes, cut namespaces, delayed
+/// links); returns how many.
 pub async fn heal(args: HealArgs) -> anyhow::Result<usize> {
     let http = http()?;
     let view = LocalCluster::new(http.clone(), &args.cluster)
         .view()
         .await?;
-    let injector = Injector::new(http, None, record_path(Path::new(&view.data_dir)));
-    let healed = injector.heal_leftovers()?;
-    println!("continued {healed} processes an earlier chaos run left paused");
+    let file =
+        (args.cluster_token_file.clone()).or_else(|| view.token_file.as_ref().map(PathBuf::from));
+    let token = plumbing::read_cluster_token(plumbing::token_from_env(), file.as_deref()).ok();
+    let injector = Injector::new(http, token, record_path(Path::new(&view.data_dir)));
+    let healed = injector.heal_leftovers().await?;
+    println!("healed {healed} processes, namespaces and links an earlier chaos run left");
     Ok(healed)
 }
 
@@ -98,6 +106,9 @@ pub struct Common {
     /// Loss: percent of the packets on the target's links dropped (1 to 100).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub loss_percent: u8,
+    /// Delay: milliseconds every chunk on the target's links is held, each way (1 to 60000).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub delay_ms: u64,
     /// Print what would be done; inject nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -195,6 +206,7 @@ impl Common {
             processes: self.process,
             partition: self.partition,
             loss_percent: self.loss_percent,
+            delay_ms: self.delay_ms,
         }
     }
 
@@ -221,6 +233,7 @@ impl Common {
                 }
             ),
             format!("--loss-percent={}", self.loss_percent),
+            format!("--delay-ms={}", self.delay_ms),
         ];
         if self.dry_run {
             args.push("--dry-run".into());
@@ -340,7 +353,7 @@ pub async fn inject(args: InjectArgs, shutdown: CancellationToken) -> anyhow::Re
         said.push(line);
     };
     if !args.common.dry_run {
-        let healed = injector.heal_leftovers()?;
+        let healed = injector.heal_leftovers().await?;
         if healed > 0 {
             say(format!(
                 "continued {healed} processes an earlier run left paused"
@@ -355,6 +368,7 @@ pub async fn inject(args: InjectArgs, shutdown: CancellationToken) -> anyhow::Re
     let what = match args.fault {
         Fault::Partition => format!("partition node {id} ({:?})", args.common.partition),
         Fault::Loss => format!("loss node {id} ({}% of packets)", args.common.loss_percent),
+        Fault::Delay => format!("delay node {id} ({} ms each way)", args.common.delay_ms),
         fault => format!(
             "{fault} node {id} ({:?}; node PID {}, paxos PID {})",
             args.common.process, node.node_pid, node.paxos_pid
@@ -375,7 +389,7 @@ pub async fn inject(args: InjectArgs, shutdown: CancellationToken) -> anyhow::Re
             () = tokio::time::sleep(hold) => {}
             () = shutdown.cancelled() => say("interrupted: healing now".into()),
         }
-        injector.heal(&injected)?;
+        injector.heal(&injected).await?;
         tracing::info!(parent: &span, "healed");
         say(format!("healed: {} node {id}", args.fault));
     }
@@ -509,7 +523,7 @@ pub async fn run(
     let token = token(&args.common, &view);
     let injector = Injector::new(http, token.clone(), record_path(Path::new(&view.data_dir)));
     if !args.common.dry_run {
-        injector.heal_leftovers()?;
+        injector.heal_leftovers().await?;
     }
     metrics::register(view.nodes.iter().map(|n| n.id));
     let seed = args.seed.unwrap_or_else(|| unix_now().to_bits());
@@ -805,13 +819,13 @@ const RECOVERY_WATCH: Duration = Duration::from_secs(60);
 /// longer active.
 async fn end_of_fault(end: EndOfFault, heal_now: CancellationToken, shutdown: CancellationToken) {
     match end.fault {
-        Fault::Pause | Fault::Partition | Fault::Loss => {
+        Fault::Pause | Fault::Partition | Fault::Loss | Fault::Delay => {
             tokio::select! {
                 () = tokio::time::sleep(end.pause) => {}
                 () = heal_now.cancelled() => {}
                 () = shutdown.cancelled() => {}
             }
-            match end.injector.heal(&end.injected) {
+            match end.injector.heal(&end.injected).await {
                 Ok(()) => tracing::info!(parent: &end.span, "healed"),
                 Err(err) => {
                     tracing::error!(parent: &end.span, error = format!("{err:#}"), "healing failed")
@@ -916,6 +930,7 @@ mod tests {
         args.common.process = Processes::Node;
         args.common.partition = Partition::Bridge;
         args.common.loss_percent = 55;
+        args.common.delay_ms = 75;
         args.common.dry_run = true;
         args.common.cluster_token_file = Some("/tmp/token".into());
         args.faults = vec![Fault::Kill, Fault::Pause];

@@ -140,6 +140,7 @@ mod tests {
             paxos_pid: 200 + id,
             netns: None,
             ip: String::new(),
+            proxy_url: None,
         };
         ClusterView {
             mode,

@@ -53,6 +53,10 @@ pub struct UpArgs {
     /// iproute2): what chaos's partition and loss faults cut. URLs stay reachable from the host.
     #[arg(long)]
     pub netns: bool,
+    /// Put a link proxy per node between its paxos process and each peer (what chaos's delay
+    /// fault slows down); works with or without --netns.
+    #[arg(long)]
+    pub proxies: bool,
     /// Do not restart processes that die.
     #[arg(long)]
     pub no_restart: bool,

@@ -79,6 +79,8 @@ pub struct ClusterSpec {
     pub chaos: Option<ChaosSpec>,
     /// Every node in a network namespace of its own (root; see [`crate::netns`]).
     pub netns: bool,
+    /// A link proxy per node between its paxos process and its peers ([`crate::linkproxy`]).
+    pub proxies: bool,
     /// Environment added to every child (`RUST_LOG`, `OTEL_*`, ...).
     pub env: Vec<(String, String)>,
 }
@@ -106,6 +108,7 @@ impl ClusterSpec {
             prober: None,
             chaos: None,
             netns: false,
+            proxies: false,
             env: Vec::new(),
         }
     }
@@ -156,6 +159,7 @@ impl ClusterSpec {
                 seed: args.chaos_seed,
             }),
             netns: args.netns,
+            proxies: args.proxies,
             env: Vec::new(),
         })
     }
@@ -169,6 +173,13 @@ impl ClusterSpec {
         cli.mode = self.mode;
         let ports = &layout.nodes[id as usize];
         cli.listen = (ports.host, ports.paxos_port).into();
+        // Through the link proxy: peer j is its listener for j, on loopback in this node's
+        // network namespace.
+        for (peer, port) in ports.proxy_ports.iter().enumerate() {
+            if peer as u32 != id {
+                cli.peers[peer] = format!("http://127.0.0.1:{port}");
+            }
+        }
         cli.data_dir = layout.node_dir(id).join("paxos");
         cli.tick_ms = self.tick_ms;
         // Only read while the data dir is empty: the first start of this cluster. A wipe (see
@@ -177,6 +188,21 @@ impl ClusterSpec {
         cli.metrics_token_file = Some(layout.metrics_token_file());
         cli.cluster_token_file = None;
         cli
+    }
+
+    /// Node `id`'s link proxy, with `proxies`.
+    pub fn proxy_args(&self, layout: &Layout, id: u32) -> Option<crate::linkproxy::Args> {
+        let ports = &layout.nodes[id as usize];
+        let admin = (ports.host, ports.proxy_admin_port?).into();
+        let links = (ports.proxy_ports.iter().enumerate())
+            .filter(|(peer, _)| *peer as u32 != id)
+            .map(|(peer, port)| crate::linkproxy::Link {
+                to: peer as u32,
+                listen: ([127, 0, 0, 1], *port).into(),
+                upstream: (layout.nodes[peer].host, layout.nodes[peer].paxos_port).into(),
+            })
+            .collect();
+        Some(crate::linkproxy::Args { admin, links })
     }
 
     /// The prober, probing the front door at `front` and serving on `port`.
@@ -280,6 +306,10 @@ pub struct NodePorts {
     pub internal_port: u16,
     /// The paxos process's port.
     pub paxos_port: u16,
+    /// With `--proxies`: its link proxy's admin port.
+    pub proxy_admin_port: Option<u16>,
+    /// With `--proxies`: the proxy's listener for each peer, by peer id (its own is unused).
+    pub proxy_ports: Vec<u16>,
 }
 
 impl NodePorts {
@@ -571,7 +601,17 @@ impl Cluster {
                 public_port: free_port(&mut taken)?,
                 internal_port: free_port(&mut taken)?,
                 paxos_port: free_port(&mut taken)?,
+                proxy_admin_port: None,
+                proxy_ports: Vec::new(),
             });
+        }
+        if spec.proxies {
+            for ports in &mut nodes {
+                ports.proxy_admin_port = Some(free_port(&mut taken)?);
+                ports.proxy_ports = (0..spec.nodes)
+                    .map(|_| free_port(&mut taken))
+                    .collect::<anyhow::Result<_>>()?;
+            }
         }
         let layout = Layout {
             data_dir: data_dir.clone(),
@@ -614,6 +654,11 @@ impl Cluster {
                 outlier: Outlier::default(),
                 netns: netns.map(|n| n.namespace(id)),
                 ip: ports.host.to_string(),
+                proxy_url: ports
+                    .proxy_admin_port
+                    .map(|p| format!("http://{}:{p}", ports.host)),
+                proxy: (spec.proxy_args(&layout, id))
+                    .map(|args| child("proxy", "linkproxy", args.to_args())),
             });
         }
         let door = Arc::new(FrontDoor {
@@ -646,6 +691,9 @@ impl Cluster {
         for node in &door.nodes {
             tasks.push(tokio::spawn(node.paxos.clone().supervise(shutdown.clone())));
             tasks.push(tokio::spawn(node.node.clone().supervise(shutdown.clone())));
+            if let Some(proxy) = &node.proxy {
+                tasks.push(tokio::spawn(proxy.clone().supervise(shutdown.clone())));
+            }
         }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", spec.port))
             .await
@@ -1022,6 +1070,8 @@ mod tests {
                     public_port: 1000 + i,
                     internal_port: 2000 + i,
                     paxos_port: 3000 + i,
+                    proxy_admin_port: None,
+                    proxy_ports: Vec::new(),
                 })
                 .collect(),
             firestore: Some(FirestoreLocation {

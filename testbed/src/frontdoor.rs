@@ -56,6 +56,10 @@ pub struct NodeHandle {
     pub netns: Option<String>,
     /// Its address.
     pub ip: String,
+    /// Its link proxy's admin URL (`--proxies`).
+    pub proxy_url: Option<String>,
+    /// Its link proxy (`--proxies`).
+    pub proxy: Option<Arc<Child>>,
 }
 
 /// Outlier detection of one node: consecutive proxied requests that got no answer, and when
@@ -216,6 +220,9 @@ pub struct NodeInfo {
     /// Its address (127.0.0.1, or its namespace's).
     #[serde(default)]
     pub ip: String,
+    /// Its link proxy's admin URL, with `--proxies` (chaos's `delay` sets its links' delays).
+    #[serde(default)]
+    pub proxy_url: Option<String>,
 }
 
 impl FrontDoor {
@@ -280,6 +287,7 @@ impl FrontDoor {
                     ejections: n.outlier.ejections(),
                     netns: n.netns.clone(),
                     ip: n.ip.clone(),
+                    proxy_url: n.proxy_url.clone(),
                 })
                 .collect(),
             prober: self.prober.get().map(|(url, child)| ServiceInfo {
@@ -641,6 +649,8 @@ mod tests {
             outlier: Outlier::default(),
             netns: None,
             ip: "127.0.0.1".into(),
+            proxy_url: None,
+            proxy: None,
         }
     }
 

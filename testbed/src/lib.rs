@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod frontdoor;
+pub mod linkproxy;
 pub mod netns;
 pub mod prometheus;
 pub mod status_page;
@@ -37,6 +38,7 @@ pub fn main_with_args(args: Vec<String>) -> std::process::ExitCode {
         Some("paxos") => runtime.block_on(paxos::runtime::main_with_args(args[1..].to_vec())),
         Some("prober") => runtime.block_on(prober::main_with_args(args[1..].to_vec())),
         Some("chaos") => runtime.block_on(chaos::main_with_args(args[1..].to_vec())),
+        Some("linkproxy") => runtime.block_on(linkproxy::main_with_args(args[1..].to_vec())),
         _ => match cli::Cli::try_parse_from(&args) {
             Err(err) => err.exit(),
             Ok(cli) => match cli.command {

@@ -260,6 +260,7 @@ async fn what_a_killed_chaos_left_paused_is_continued_by_the_next_run() {
     assert!(stopped(before.0), "nobody continued it");
     let args = chaos::HealArgs {
         cluster: tb.url.clone(),
+        cluster_token_file: None,
     };
     assert_eq!(chaos::heal(args.clone()).await.unwrap(), 1);
     assert!(!stopped(before.0), "continued");
@@ -760,4 +761,81 @@ async fn what_a_killed_testbed_left_in_the_network_is_removed_at_the_next_start(
         .unwrap();
     assert!(!link.status.success(), "the bridge {bridge} is gone");
     drop(live);
+}
+
+/// The link delays every proxy of the cluster reports, as (from, to, delay_ms).
+async fn link_delays(tb: &Testbed) -> Vec<(u64, u64, u64)> {
+    let cluster = tb.cluster().await;
+    let mut delays = Vec::new();
+    for node in cluster["nodes"].as_array().unwrap() {
+        let url = node["proxy_url"]
+            .as_str()
+            .expect("--proxies gives every node a proxy");
+        let links = get_json(&format!("{url}/links")).await;
+        for link in links.as_array().unwrap() {
+            let to = link["to"].as_u64().unwrap();
+            delays.push((
+                node["id"].as_u64().unwrap(),
+                to,
+                link["delay_ms"].as_u64().unwrap(),
+            ));
+        }
+    }
+    delays.sort();
+    delays
+}
+
+/// `testbed up --proxies` puts a link proxy between every pair of paxos processes. A delay of
+/// a second on the leader's links, both ways, is longer than any election timeout: the
+/// followers stop hearing it in time and elect one of themselves (their link is not slowed), the
+/// old leader hears no majority in time and steps down, and writes go on being acknowledged.
+/// Healed, every link is back to no delay and the old leader catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_on_the_leaders_links_gets_it_replaced_and_heals() {
+    let tb = Testbed::up("leader", &["--proxies"]);
+    let account = open_account(&tb.client, &tb.url).await;
+    serves_within(&tb, &account, Duration::from_secs(5)).await;
+    let leader = tb.wait_leader(None, Duration::from_secs(5)).await;
+    assert!(link_delays(&tb).await.iter().all(|(_, _, d)| *d == 0));
+    let token = token_file(&tb);
+    let target = leader.to_string();
+    let delay = tokio::spawn(chaos::inject(
+        inject_args(&[
+            "delay",
+            "--cluster",
+            &tb.url,
+            "--target",
+            &target,
+            "--delay-ms",
+            "1000",
+            "--duration",
+            "6s",
+            "--cluster-token-file",
+            &token,
+        ]),
+        Default::default(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let delays = link_delays(&tb).await;
+    for (from, to, ms) in &delays {
+        let touches_leader = *from == leader || *to == leader;
+        assert_eq!(*ms, if touches_leader { 1000 } else { 0 }, "{delays:?}");
+    }
+    let new = tb.wait_leader(Some(leader), Duration::from_secs(5)).await;
+    for _ in 0..5 {
+        serves_within(&tb, &account, Duration::from_secs(10)).await;
+    }
+    eprintln!("delayed leader {leader}: node {new} leads");
+    let said = delay.await.unwrap().unwrap();
+    assert!(
+        said[0].starts_with(&format!("injected: delay node {leader} (1000 ms each way)")),
+        "{said:?}"
+    );
+    assert!(
+        link_delays(&tb).await.iter().all(|(_, _, d)| *d == 0),
+        "healed"
+    );
+    let balances =
+        converged_balances(&tb, std::slice::from_ref(&account), Duration::from_secs(20)).await;
+    assert_eq!(balances, [6]);
 }
