@@ -656,6 +656,7 @@ pub async fn run(
         };
         if args.common.dry_run {
             tracing::info!(fault = %step.fault, target = id, "dry run: would inject");
+            plan.injected();
             skip("dry_run", Some(record(Some(id), Vec::new(), None)));
             continue;
         }
@@ -665,6 +666,9 @@ pub async fn run(
             Ok(injected) => injected,
             Err(err) => {
                 tracing::warn!(parent: &span, error = format!("{err:#}"), "injection failed");
+                // Tried: with --cycle the next fault's turn comes (a fault that cannot be
+                // injected does not hold up the others).
+                plan.injected();
                 skip(
                     "failed",
                     Some(record(Some(id), Vec::new(), Some(format!("{err:#}")))),
@@ -680,6 +684,7 @@ pub async fn run(
             .set(1.0);
         let heal_now = CancellationToken::new();
         *shared.heal_now.lock().expect("heal lock") = heal_now.clone();
+        plan.injected();
         let injected_count = {
             let mut state = shared.state.lock().expect("state lock");
             state.injected += 1;

@@ -143,7 +143,8 @@ pub struct Plan {
 
 impl Plan {
     /// A fault every `every` less up to `jitter` (0 to 1) of it, each a uniform choice among
-    /// `faults` (or, with `cycle`, each in turn), drawn from `seed`.
+    /// `faults` (or, with `cycle`, each in turn: a turn passes only when its fault was
+    /// injected, see [`Plan::injected`]), drawn from `seed`.
     pub fn new(every: Duration, jitter: f64, faults: Vec<Fault>, cycle: bool, seed: u64) -> Plan {
         assert!(!faults.is_empty(), "a plan needs a fault");
         Plan {
@@ -155,6 +156,12 @@ impl Plan {
             cron: None,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
+    }
+
+    /// The last step's fault was injected: with `cycle`, the next step takes the next fault (a
+    /// step that was skipped, say while another fault was in flight, is tried again).
+    pub fn injected(&mut self) {
+        self.steps += 1;
     }
 
     /// Steps at the times of `cron` instead of every `every` (the jitter is not used).
@@ -172,7 +179,6 @@ impl Plan {
         } else {
             drawn
         }];
-        self.steps += 1;
         let delay = match &self.cron {
             // An expression that stops firing (a year in the past) waits a day at a time.
             Some(cron) => {
@@ -229,8 +235,20 @@ mod tests {
     fn a_cycle_takes_the_faults_in_turn() {
         let faults = vec![Fault::Kill, Fault::Pause, Fault::Partition];
         let mut plan = Plan::new(Duration::from_secs(1), 0.5, faults.clone(), true, 9);
-        let drawn: Vec<Fault> = (0..7).map(|_| plan.next_step().fault).collect();
+        let drawn: Vec<Fault> = (0..7)
+            .map(|_| {
+                let fault = plan.next_step().fault;
+                plan.injected();
+                fault
+            })
+            .collect();
         assert_eq!(drawn, [0, 1, 2, 0, 1, 2, 0].map(|i| faults[i]));
+        // A step that was skipped (nothing injected) keeps its fault for the next one: no fault
+        // is passed over because it always comes after a slow one.
+        let skipped = plan.next_step().fault;
+        assert_eq!(plan.next_step().fault, skipped);
+        plan.injected();
+        assert_ne!(plan.next_step().fault, skipped);
     }
 
     #[test]
