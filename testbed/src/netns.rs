@@ -55,9 +55,7 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 
 /// Start time of process `pid` in clock ticks after boot, if it runs.
 fn start_ticks(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    chaos::cluster::proc_stat(pid).map(|stat| stat.start_ticks)
 }
 
 /// IPv4 subnets (`10.213.k`) some interface on the machine uses.
