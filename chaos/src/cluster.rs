@@ -1,5 +1,6 @@
 //! The cluster chaos acts on, as the testbed's front door describes it (`GET /_testbed/cluster`:
-//! the nodes, their roles and readiness, the PIDs of their processes, the data folder), and what
+//! the nodes, their roles and readiness, the PIDs of their processes, the data folder) or the
+//! Kubernetes API lists it ([`crate::kubernetes`]), and what
 //! Linux says about a process (`/proc/<pid>`): its state, its age, its command line.
 
 use std::time::Duration;
@@ -49,6 +50,20 @@ pub struct NodeView {
     /// Its link proxy's admin URL (`testbed up --proxies`): where delays are set.
     #[serde(default)]
     pub proxy_url: Option<String>,
+    /// Its pod, on Kubernetes.
+    #[serde(skip)]
+    pub pod: Option<PodRef>,
+}
+
+/// A node's pod, on Kubernetes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    /// Its name (`bank-2`).
+    pub name: String,
+    /// Its uid: a pod the StatefulSet made anew has the same name and another uid.
+    pub uid: String,
+    /// How long its youngest container has run (zero if one is not running).
+    pub age: std::time::Duration,
 }
 
 /// The testbed's front door, read-only.

@@ -9,6 +9,7 @@
 //! - `partition`: a real network partition of a `testbed up --netns` cluster: nftables rules in
 //!   the receiving nodes' namespaces drop what the other side sends (shapes in [`Partition`]);
 //! - `loss`: the same rules drop a share of the packets only (`numgen random`);
+//! - `evict`: Kubernetes only ([`crate::kubernetes`]);
 //! - `delay`: the link proxies of a `testbed up --proxies` cluster hold back every chunk on the
 //!   target's links (both directions) for a while (no `tc netem` in this kernel).
 //!
@@ -39,17 +40,21 @@ pub enum Fault {
     Loss,
     /// The target's links slowed down for the fault's duration (`--proxies` clusters).
     Delay,
+    /// An eviction through the Kubernetes API (refused while a PodDisruptionBudget allows no
+    /// disruption).
+    Evict,
 }
 
 impl Fault {
     /// Every fault, for series at zero.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::Kill,
         Fault::Shutdown,
         Fault::Pause,
         Fault::Partition,
         Fault::Loss,
         Fault::Delay,
+        Fault::Evict,
     ];
 
     /// Its name, the `fault` label.
@@ -61,6 +66,7 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::Loss => "loss",
             Fault::Delay => "delay",
+            Fault::Evict => "evict",
         }
     }
 }
@@ -167,8 +173,9 @@ impl Processes {
     }
 }
 
-/// One paused process: enough to continue it, and only it, later.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One process, by PID and start time: a paused one (enough to continue it, and only it,
+/// later), or the chaos process that holds a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Paused {
     /// Its PID.
     pub pid: u32,
@@ -187,9 +194,18 @@ pub struct Injected {
     /// Links slowed down (a delay): the sender's proxy and the receiver.
     #[serde(default)]
     pub delayed: Vec<DelayedLink>,
+    /// The NetworkPolicy a Kubernetes partition created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The pods a Kubernetes partition labelled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labelled: Vec<String>,
     /// PIDs the fault hit.
     #[serde(skip)]
     pub pids: Vec<u32>,
+    /// The uid of the pod the fault hit (Kubernetes): its successor has another.
+    #[serde(skip)]
+    pub pod_uid: Option<String>,
 }
 
 /// One link a delay slowed down.
@@ -288,6 +304,8 @@ pub struct Injector {
     http: reqwest::Client,
     token: Option<String>,
     record: PathBuf,
+    /// This process (PID and start time): whose entries in the record are whose.
+    owner: Paused,
 }
 
 /// The file, in the cluster's data folder, that lists the processes chaos holds paused.
@@ -299,10 +317,13 @@ impl Injector {
     /// An injector; `token` is needed by `shutdown` only; `record` is where it lists the
     /// processes it holds paused ([`record_path`]).
     pub fn new(http: reqwest::Client, token: Option<String>, record: PathBuf) -> Injector {
+        let pid = std::process::id();
+        let start_ticks = proc_stat(pid).map_or(0, |s| s.start_ticks);
         Injector {
             http,
             token,
             record,
+            owner: Paused { pid, start_ticks },
         }
     }
 
@@ -319,6 +340,10 @@ impl Injector {
         let processes = shape.processes;
         let pids = processes.pids(node);
         match fault {
+            Fault::Evict => anyhow::bail!(
+                "evict is a Kubernetes fault (an eviction through the API, honouring \
+                 PodDisruptionBudgets): on the testbed, shutdown stops a node gracefully"
+            ),
             Fault::Delay => {
                 let token = (self.token.as_deref())
                     .ok_or_else(|| anyhow::anyhow!("delay needs the cluster token"))?;
@@ -448,10 +473,25 @@ impl Injector {
         self.forget(injected)
     }
 
-    /// Heals everything an earlier run recorded and did not heal (it was killed, or the machine
-    /// stopped it): run at every start. Returns how many processes and namespaces it healed.
+    /// Heals everything a chaos run that is gone recorded and did not heal (it was killed, or
+    /// the machine stopped it): run at every start. What a live run holds (a `chaos run` and a
+    /// one-shot `chaos inject` against one cluster) is its own to heal and is left alone.
+    /// Returns how many processes, namespaces and links it healed.
     pub async fn heal_leftovers(&self) -> anyhow::Result<usize> {
-        let leftovers = self.recorded()?;
+        let record = {
+            let _lock = self.lock()?;
+            self.recorded()?
+        };
+        let mut leftovers = Injected::default();
+        for entry in record.entries.iter().filter(|e| !e.owner_alive()) {
+            leftovers
+                .paused
+                .extend(entry.injected.paused.iter().cloned());
+            leftovers.cut.extend(entry.injected.cut.iter().cloned());
+            leftovers
+                .delayed
+                .extend(entry.injected.delayed.iter().cloned());
+        }
         let count = leftovers.paused.len() + leftovers.cut.len() + leftovers.delayed.len();
         if count > 0 {
             tracing::warn!(
@@ -466,44 +506,125 @@ impl Injector {
         Ok(count)
     }
 
-    fn recorded(&self) -> anyhow::Result<Injected> {
-        match std::fs::read(&self.record) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Injected::default()),
-            Err(err) => Err(anyhow::anyhow!("reading {}: {err}", self.record.display())),
+    fn recorded(&self) -> anyhow::Result<Record> {
+        let bytes = match std::fs::read(&self.record) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Record::default()),
+            Err(err) => anyhow::bail!("reading {}: {err}", self.record.display()),
+        };
+        if let Ok(record) = serde_json::from_slice::<Record>(&bytes) {
+            return Ok(record);
         }
+        // Written by an older chaos (one list, no owner): a leftover of a run that is gone.
+        let injected: Injected = serde_json::from_slice(&bytes)
+            .map_err(|err| anyhow::anyhow!("reading {}: {err}", self.record.display()))?;
+        Ok(Record {
+            entries: vec![Entry {
+                owner: None,
+                injected,
+            }],
+        })
     }
 
-    fn write(&self, active: &Injected) -> anyhow::Result<()> {
-        if active.paused.is_empty() && active.cut.is_empty() && active.delayed.is_empty() {
+    fn write(&self, mut record: Record) -> anyhow::Result<()> {
+        record.entries.retain(|e| !e.injected.is_empty());
+        if record.entries.is_empty() {
             return match std::fs::remove_file(&self.record) {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
                 _ => Ok(()),
             };
         }
         // Written whole and renamed: a crash leaves the old list or the new one.
-        let temporary = self.record.with_extension("json.tmp");
-        std::fs::write(&temporary, serde_json::to_vec(active)?)?;
+        let temporary = self
+            .record
+            .with_extension(format!("json.{}.tmp", std::process::id()));
+        std::fs::write(&temporary, serde_json::to_vec(&record)?)?;
         std::fs::rename(&temporary, &self.record)?;
         Ok(())
     }
 
+    /// Holds an exclusive lock (flock) on `<record>.lock` while alive: two chaos processes
+    /// against one cluster change the record in turn.
+    fn lock(&self) -> anyhow::Result<std::fs::File> {
+        use std::os::fd::AsRawFd as _;
+        let path = self.record.with_extension("json.lock");
+        let file = (std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true))
+        .open(&path)
+        .map_err(|err| anyhow::anyhow!("opening {}: {err}", path.display()))?;
+        // SAFETY: flock(2) on a descriptor this function owns; released when `file` closes.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        anyhow::ensure!(
+            rc == 0,
+            "locking {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        Ok(file)
+    }
+
     fn remember(&self, injected: &Injected) -> anyhow::Result<()> {
-        let mut active = self.recorded()?;
-        active.paused.extend(injected.paused.iter().cloned());
-        active.cut.extend(injected.cut.iter().cloned());
-        active.delayed.extend(injected.delayed.iter().cloned());
-        self.write(&active)
+        let _lock = self.lock()?;
+        let mut record = self.recorded()?;
+        let index = match (record.entries.iter()).position(|e| e.owner == Some(self.owner)) {
+            Some(index) => index,
+            None => {
+                record.entries.push(Entry {
+                    owner: Some(self.owner),
+                    injected: Injected::default(),
+                });
+                record.entries.len() - 1
+            }
+        };
+        let mine = &mut record.entries[index].injected;
+        mine.paused.extend(injected.paused.iter().cloned());
+        mine.cut.extend(injected.cut.iter().cloned());
+        mine.delayed.extend(injected.delayed.iter().cloned());
+        self.write(record)
     }
 
     fn forget(&self, healed: &Injected) -> anyhow::Result<()> {
-        let mut active = self.recorded()?;
-        active.paused.retain(|entry| !healed.paused.contains(entry));
-        active
-            .cut
-            .retain(|namespace| !healed.cut.contains(namespace));
-        active.delayed.retain(|link| !healed.delayed.contains(link));
-        self.write(&active)
+        let _lock = self.lock()?;
+        let mut record = self.recorded()?;
+        for entry in &mut record.entries {
+            let active = &mut entry.injected;
+            active.paused.retain(|entry| !healed.paused.contains(entry));
+            active
+                .cut
+                .retain(|namespace| !healed.cut.contains(namespace));
+            active.delayed.retain(|link| !healed.delayed.contains(link));
+        }
+        self.write(record)
+    }
+}
+
+/// `chaos-active.json`: what each chaos process holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Record {
+    entries: Vec<Entry>,
+}
+
+/// What one chaos process holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Entry {
+    /// The chaos process (none: written by an older chaos).
+    owner: Option<Paused>,
+    #[serde(flatten)]
+    injected: Injected,
+}
+
+impl Entry {
+    fn owner_alive(&self) -> bool {
+        self.owner
+            .is_some_and(|o| proc_stat(o.pid).is_some_and(|s| s.start_ticks == o.start_ticks))
+    }
+}
+
+impl Injected {
+    fn is_empty(&self) -> bool {
+        self.paused.is_empty() && self.cut.is_empty() && self.delayed.is_empty()
     }
 }
 
@@ -586,6 +707,41 @@ mod tests {
         // Halves {0, 1} and {3, 4}; node 2 hears everyone.
         assert_eq!(bridge.len(), 8, "{bridge:?}");
         assert!(bridge.iter().all(|&(a, b)| a != 2 && b != 2));
+    }
+
+    /// A one-shot `chaos inject` starts by healing leftovers: what a live `chaos run` holds is
+    /// not a leftover; what a chaos that is gone held is (also in the older, ownerless format).
+    #[tokio::test]
+    async fn leftovers_are_what_dead_chaos_processes_held_not_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = record_path(dir.path());
+        let injector = || Injector::new(reqwest::Client::new(), None, record.clone());
+        // PIDs no process has: healing them signals nothing.
+        let held = |pid: u32| Injected {
+            paused: vec![Paused {
+                pid,
+                start_ticks: 1,
+            }],
+            ..Injected::default()
+        };
+        let live = injector();
+        let mut dead = injector();
+        dead.owner.start_ticks += 1;
+        dead.remember(&held(u32::MAX - 1)).unwrap();
+        live.remember(&held(u32::MAX - 2)).unwrap();
+        assert_eq!(live.recorded().unwrap().entries.len(), 2);
+        assert_eq!(injector().heal_leftovers().await.unwrap(), 1);
+        let left = live.recorded().unwrap();
+        assert_eq!(left.entries.len(), 1);
+        assert_eq!(left.entries[0].owner, Some(live.owner));
+        assert_eq!(left.entries[0].injected.paused, held(u32::MAX - 2).paused);
+        // The live run heals its own fault: the record goes.
+        live.heal(&held(u32::MAX - 2)).await.unwrap();
+        assert!(!record.exists());
+        // An older chaos's record (one list, no owner) is a leftover.
+        std::fs::write(&record, serde_json::to_vec(&held(u32::MAX - 3)).unwrap()).unwrap();
+        assert_eq!(injector().heal_leftovers().await.unwrap(), 1);
+        assert!(!record.exists());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod fault;
+pub mod kubernetes;
 pub mod metrics;
 pub mod schedule;
 pub mod target;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterView, LocalCluster, NodeView};
 use crate::fault::{Fault, Injected, Injector, Partition, Processes, Shape, record_path};
+use crate::kubernetes::{KubernetesChaos, KubernetesTarget, Refused};
 use crate::schedule::{CronExpr, Plan, Window, minute_of_day_utc};
 use crate::target::{Target, node_age};
 
@@ -63,8 +65,11 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Args)]
 pub struct HealArgs {
     /// The testbed's front door.
-    #[arg(long, env = "CHAOS_CLUSTER")]
-    pub cluster: String,
+    #[arg(long, env = "CHAOS_CLUSTER", required_unless_present = "kubernetes")]
+    pub cluster: Option<String>,
+    /// The cluster on Kubernetes.
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
     /// File holding the cluster token (healing a delay needs it; else BANK_CLUSTER_TOKEN, else
     /// the token file the testbed names).
     #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
@@ -75,25 +80,188 @@ pub struct HealArgs {
 /// links); returns how many.
 pub async fn heal(args: HealArgs) -> anyhow::Result<usize> {
     let http = http()?;
-    let view = LocalCluster::new(http.clone(), &args.cluster)
-        .view()
-        .await?;
-    let file =
-        (args.cluster_token_file.clone()).or_else(|| view.token_file.as_ref().map(PathBuf::from));
-    let token = plumbing::read_cluster_token(plumbing::token_from_env(), file.as_deref()).ok();
-    let injector = Injector::new(http, token, record_path(Path::new(&view.data_dir)));
-    let healed = injector.heal_leftovers().await?;
-    println!("healed {healed} processes, namespaces and links an earlier chaos run left");
+    let (backend, _) = Backend::connect(
+        args.cluster.as_deref(),
+        &args.kubernetes,
+        args.cluster_token_file.as_deref(),
+        http,
+        Duration::ZERO,
+    )
+    .await?;
+    let healed = backend.heal_leftovers().await?;
+    println!("healed {healed} processes, namespaces, links and pods an earlier chaos run left");
     Ok(healed)
+}
+
+/// Where chaos acts on Kubernetes.
+#[derive(Clone, Debug, PartialEq, Args)]
+pub struct KubernetesArgs {
+    /// Act on bank pods through the Kubernetes API (in a pod: its service account) instead of
+    /// the testbed; a dry run unless --no-dry-run, as chaoskube.
+    #[arg(long, env = "CHAOS_KUBERNETES", conflicts_with = "cluster")]
+    pub kubernetes: bool,
+    /// Kubernetes: the namespace of the bank pods (default: chaos's own).
+    #[arg(long, env = "CHAOS_K8S_NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+    /// Kubernetes: the label selector of the pods chaos may hit.
+    #[arg(
+        long,
+        env = "CHAOS_K8S_POD_SELECTOR",
+        default_value = "app.kubernetes.io/name=bank"
+    )]
+    pub k8s_pod_selector: String,
+    /// Kubernetes: the port of each pod's node container (a partition leaves it open).
+    #[arg(long, env = "CHAOS_K8S_PUBLIC_PORT", default_value_t = 8080)]
+    pub k8s_public_port: u16,
+    /// Kubernetes: the port of each pod's paxos container (where the leader is asked).
+    #[arg(long, env = "CHAOS_K8S_PAXOS_PORT", default_value_t = 9180)]
+    pub k8s_paxos_port: u16,
+}
+
+impl KubernetesArgs {
+    fn to_args(&self) -> Vec<String> {
+        if !self.kubernetes {
+            return Vec::new();
+        }
+        let mut args = vec![
+            "--kubernetes".to_owned(),
+            format!("--k8s-pod-selector={}", self.k8s_pod_selector),
+            format!("--k8s-public-port={}", self.k8s_public_port),
+            format!("--k8s-paxos-port={}", self.k8s_paxos_port),
+        ];
+        if let Some(namespace) = &self.k8s_namespace {
+            args.push(format!("--k8s-namespace={namespace}"));
+        }
+        args
+    }
+}
+
+/// Where chaos acts: the testbed (processes, namespaces, link proxies) or Kubernetes (pods,
+/// evictions, NetworkPolicies).
+#[derive(Clone)]
+pub enum Backend {
+    /// A testbed cluster behind its front door.
+    Testbed {
+        /// Its front door.
+        cluster: LocalCluster,
+        /// What injects into its processes and links.
+        injector: Injector,
+    },
+    /// Bank pods on Kubernetes.
+    Kubernetes(KubernetesChaos),
+}
+
+impl Backend {
+    /// Connects to the testbed at `cluster`, or to Kubernetes; waits up to `wait` for a
+    /// testbed that is still starting. Returns the backend and the cluster token.
+    pub async fn connect(
+        cluster: Option<&str>,
+        kubernetes: &KubernetesArgs,
+        token_file: Option<&Path>,
+        http: reqwest::Client,
+        wait: Duration,
+    ) -> anyhow::Result<(Backend, Option<String>)> {
+        if kubernetes.kubernetes {
+            let token = plumbing::read_cluster_token(plumbing::token_from_env(), token_file)
+                .context("chaos on Kubernetes asks the paxos processes who leads: it needs the cluster token")?;
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in a pod: its service account)")?;
+            let namespace = (kubernetes.k8s_namespace.clone())
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            let target = KubernetesTarget {
+                namespace,
+                pod_selector: kubernetes.k8s_pod_selector.clone(),
+                public_port: kubernetes.k8s_public_port,
+                paxos_port: kubernetes.k8s_paxos_port,
+            };
+            let chaos = KubernetesChaos::new(client, http, token.clone(), target);
+            return Ok((Backend::Kubernetes(chaos), Some(token)));
+        }
+        let url = cluster.context("--cluster (the testbed's front door) or --kubernetes")?;
+        let cluster = LocalCluster::new(http.clone(), url);
+        let deadline = Instant::now() + wait;
+        let view = loop {
+            match cluster.view().await {
+                Ok(view) => break view,
+                Err(err) if Instant::now() >= deadline => {
+                    return Err(err.context("reading the cluster"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        let file = (token_file.map(Path::to_path_buf))
+            .or_else(|| view.token_file.as_ref().map(PathBuf::from));
+        let token = plumbing::read_cluster_token(plumbing::token_from_env(), file.as_deref()).ok();
+        let injector = Injector::new(http, token.clone(), record_path(Path::new(&view.data_dir)));
+        Ok((Backend::Testbed { cluster, injector }, token))
+    }
+
+    /// The cluster now.
+    pub async fn view(&self) -> anyhow::Result<ClusterView> {
+        match self {
+            Backend::Testbed { cluster, .. } => cluster.view().await,
+            Backend::Kubernetes(chaos) => chaos.view().await,
+        }
+    }
+
+    /// Injects `fault` at node `target` of `view`.
+    pub async fn inject(
+        &self,
+        fault: Fault,
+        view: &ClusterView,
+        target: u32,
+        shape: Shape,
+    ) -> anyhow::Result<Injected> {
+        match self {
+            Backend::Testbed { injector, .. } => injector.inject(fault, view, target, shape).await,
+            Backend::Kubernetes(chaos) => chaos.inject(fault, view, target, shape).await,
+        }
+    }
+
+    /// Heals what `injected` left.
+    pub async fn heal(&self, injected: &Injected) -> anyhow::Result<()> {
+        match self {
+            Backend::Testbed { injector, .. } => injector.heal(injected).await,
+            Backend::Kubernetes(chaos) => chaos.heal(injected).await,
+        }
+    }
+
+    /// Heals what a chaos run that is gone left; returns how much.
+    pub async fn heal_leftovers(&self) -> anyhow::Result<usize> {
+        match self {
+            Backend::Testbed { injector, .. } => injector.heal_leftovers().await,
+            Backend::Kubernetes(chaos) => chaos.heal_leftovers().await,
+        }
+    }
+
+    fn is_kubernetes(&self) -> bool {
+        matches!(self, Backend::Kubernetes(_))
+    }
+}
+
+/// True once node `node` of `view` is ready again and is not what `injected` hit (new
+/// processes on the testbed, a new pod on Kubernetes).
+fn replaced(view: &ClusterView, node: u32, injected: &Injected) -> bool {
+    view.nodes.iter().find(|n| n.id == node).is_some_and(|n| {
+        let new = match (&n.pod, &injected.pod_uid) {
+            (Some(pod), Some(uid)) => pod.uid != *uid,
+            _ => !(injected.pids.iter()).any(|&p| p == n.node_pid || p == n.paxos_pid),
+        };
+        n.ready && new
+    })
 }
 
 /// What both forms take.
 #[derive(Clone, Debug, PartialEq, Args)]
 pub struct Common {
     /// The testbed's front door (its `/_testbed/cluster` names the nodes and their processes).
-    #[arg(long, env = "CHAOS_CLUSTER")]
-    pub cluster: String,
-    /// Which node: leader, follower, random, or a node id.
+    #[arg(long, env = "CHAOS_CLUSTER", required_unless_present = "kubernetes")]
+    pub cluster: Option<String>,
+    /// Or the cluster on Kubernetes.
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+    /// Which node: leader, follower, random, a node id or a pod name (bank-2).
     #[arg(long, default_value = "random")]
     pub target: Target,
     /// Which of the node's processes: node, paxos or both (kill, shutdown, pause).
@@ -109,9 +277,12 @@ pub struct Common {
     /// Delay: milliseconds every chunk on the target's links is held, each way (1 to 60000).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub delay_ms: u64,
-    /// Print what would be done; inject nothing.
+    /// Print what would be done; inject nothing (the default on Kubernetes).
     #[arg(long)]
     pub dry_run: bool,
+    /// Kubernetes: inject for real.
+    #[arg(long, requires = "kubernetes", conflicts_with = "dry_run")]
+    pub no_dry_run: bool,
     /// File holding the cluster token (`shutdown` needs it; else BANK_CLUSTER_TOKEN, else the
     /// token file the testbed names).
     #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
@@ -200,6 +371,11 @@ fn duration_arg(flag: &str, value: Duration) -> String {
 }
 
 impl Common {
+    /// A dry run: asked for, or on Kubernetes unless --no-dry-run.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run || (self.kubernetes.kubernetes && !self.no_dry_run)
+    }
+
     /// The fault's shape from the flags.
     pub fn shape(&self) -> Shape {
         Shape {
@@ -211,8 +387,11 @@ impl Common {
     }
 
     fn to_args(&self) -> Vec<String> {
-        let mut args = vec![
-            format!("--cluster={}", self.cluster),
+        let mut args = self.kubernetes.to_args();
+        if let Some(cluster) = &self.cluster {
+            args.push(format!("--cluster={cluster}"));
+        }
+        args.extend([
             format!("--target={}", self.target),
             format!(
                 "--process={}",
@@ -234,9 +413,12 @@ impl Common {
             ),
             format!("--loss-percent={}", self.loss_percent),
             format!("--delay-ms={}", self.delay_ms),
-        ];
+        ]);
         if self.dry_run {
             args.push("--dry-run".into());
+        }
+        if self.no_dry_run {
+            args.push("--no-dry-run".into());
         }
         if let Some(file) = &self.cluster_token_file {
             args.push(format!("--cluster-token-file={}", file.display()));
@@ -314,13 +496,6 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The cluster token: BANK_CLUSTER_TOKEN, the file given, or the file the testbed names.
-fn token(common: &Common, view: &ClusterView) -> Option<String> {
-    let file =
-        (common.cluster_token_file.clone()).or_else(|| view.token_file.as_ref().map(PathBuf::from));
-    plumbing::read_cluster_token(plumbing::token_from_env(), file.as_deref()).ok()
-}
-
 fn http() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
@@ -334,30 +509,39 @@ fn node(view: &ClusterView, id: u32) -> anyhow::Result<&NodeView> {
 
 /// `chaos inject`: one fault now. Returns what it did, one line per step (also printed).
 pub async fn inject(args: InjectArgs, shutdown: CancellationToken) -> anyhow::Result<Vec<String>> {
+    let (backend, _) = Backend::connect(
+        args.common.cluster.as_deref(),
+        &args.common.kubernetes,
+        args.common.cluster_token_file.as_deref(),
+        http()?,
+        Duration::ZERO,
+    )
+    .await?;
+    inject_with(args, &backend, shutdown).await
+}
+
+/// `chaos inject` through `backend`.
+pub async fn inject_with(
+    args: InjectArgs,
+    backend: &Backend,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Vec<String>> {
     anyhow::ensure!(
         !args.fault.holds() || args.duration.is_some(),
         "{} needs --duration (how long it lasts before chaos heals it)",
         args.fault
     );
-    let http = http()?;
-    let cluster = LocalCluster::new(http.clone(), &args.common.cluster);
-    let view = cluster.view().await?;
-    let injector = Injector::new(
-        http,
-        token(&args.common, &view),
-        record_path(Path::new(&view.data_dir)),
-    );
+    let dry_run = args.common.dry_run();
+    let view = backend.view().await?;
     let mut said = Vec::new();
     let mut say = |line: String| {
         println!("{line}");
         said.push(line);
     };
-    if !args.common.dry_run {
-        let healed = injector.heal_leftovers().await?;
+    if !dry_run {
+        let healed = backend.heal_leftovers().await?;
         if healed > 0 {
-            say(format!(
-                "continued {healed} processes an earlier run left paused"
-            ));
+            say(format!("healed {healed} things an earlier chaos run left"));
         }
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(unix_now().to_bits());
@@ -365,21 +549,31 @@ pub async fn inject(args: InjectArgs, shutdown: CancellationToken) -> anyhow::Re
         .choose(&view, Duration::ZERO, node_age, &mut rng)
         .with_context(|| format!("target {}", args.common.target))?;
     let node = node(&view, id)?;
-    let what = match args.fault {
-        Fault::Partition => format!("partition node {id} ({:?})", args.common.partition),
-        Fault::Loss => format!("loss node {id} ({}% of packets)", args.common.loss_percent),
-        Fault::Delay => format!("delay node {id} ({} ms each way)", args.common.delay_ms),
-        fault => format!(
-            "{fault} node {id} ({:?}; node PID {}, paxos PID {})",
+    let whom = match &node.pod {
+        Some(pod) => format!("pod {} (node {id})", pod.name),
+        None => format!("node {id}"),
+    };
+    let what = match (args.fault, &node.pod) {
+        (Fault::Partition, _) => format!("partition {whom} ({:?})", args.common.partition),
+        (Fault::Loss, _) => format!("loss {whom} ({}% of packets)", args.common.loss_percent),
+        (Fault::Delay, _) => format!("delay {whom} ({} ms each way)", args.common.delay_ms),
+        (fault, Some(_)) => format!("{fault} {whom}"),
+        (fault, None) => format!(
+            "{fault} {whom} ({:?}; node PID {}, paxos PID {})",
             args.common.process, node.node_pid, node.paxos_pid
         ),
     };
-    if args.common.dry_run {
-        say(format!("dry run: would {what}"));
+    if dry_run {
+        let hint = if backend.is_kubernetes() {
+            " (a dry run is the default on Kubernetes: --no-dry-run to inject)"
+        } else {
+            ""
+        };
+        say(format!("dry run: would {what}{hint}"));
         return Ok(said);
     }
     let span = tracing::info_span!("chaos.fault", fault = %args.fault, target = id);
-    let injected = (injector.inject(args.fault, &view, id, args.common.shape())).await?;
+    let injected = (backend.inject(args.fault, &view, id, args.common.shape())).await?;
     tracing::info!(parent: &span, pids = ?injected.pids, "injected");
     ::metrics::counter!(metrics::FAULTS, "fault" => args.fault.as_str(), "target" => format!("node-{id}"))
         .increment(1);
@@ -389,9 +583,9 @@ pub async fn inject(args: InjectArgs, shutdown: CancellationToken) -> anyhow::Re
             () = tokio::time::sleep(hold) => {}
             () = shutdown.cancelled() => say("interrupted: healing now".into()),
         }
-        injector.heal(&injected).await?;
+        backend.heal(&injected).await?;
         tracing::info!(parent: &span, "healed");
-        say(format!("healed: {} node {id}", args.fault));
+        say(format!("healed: {} {whom}", args.fault));
     }
     Ok(said)
 }
@@ -506,13 +700,31 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<serde_json::Value> {
     args.validate()?;
-    let http = http()?;
-    let http_for_query = http.clone();
-    let cluster = LocalCluster::new(http.clone(), &args.common.cluster);
     // Started beside a cluster that is still starting (`testbed up --chaos`): wait for it.
+    let (backend, token) = Backend::connect(
+        args.common.cluster.as_deref(),
+        &args.common.kubernetes,
+        args.common.cluster_token_file.as_deref(),
+        http()?,
+        Duration::from_secs(30),
+    )
+    .await?;
+    run_with(args, backend, token, listener, shutdown).await
+}
+
+/// `chaos run` through `backend`; `token` guards the kill switch endpoint.
+pub async fn run_with(
+    args: RunArgs,
+    backend: Backend,
+    token: Option<String>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<serde_json::Value> {
+    args.validate()?;
+    let http_for_query = http()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let view = loop {
-        match cluster.view().await {
+        match backend.view().await {
             Ok(view) => break view,
             Err(err) if Instant::now() >= deadline || shutdown.is_cancelled() => {
                 return Err(err.context("reading the cluster"));
@@ -520,10 +732,9 @@ pub async fn run(
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    let token = token(&args.common, &view);
-    let injector = Injector::new(http, token.clone(), record_path(Path::new(&view.data_dir)));
-    if !args.common.dry_run {
-        injector.heal_leftovers().await?;
+    let dry_run = args.common.dry_run();
+    if !dry_run {
+        backend.heal_leftovers().await?;
     }
     metrics::register(view.nodes.iter().map(|n| n.id));
     let seed = args.seed.unwrap_or_else(|| unix_now().to_bits());
@@ -532,13 +743,13 @@ pub async fn run(
         every = %humantime::format_duration(args.every),
         faults = ?args.faults,
         target = %args.common.target,
-        dry_run = args.common.dry_run,
+        dry_run,
         "chaos run (replay with --seed {seed})"
     );
     let shared = Shared {
         state: Arc::new(Mutex::new(RunState {
             seed,
-            dry_run: args.common.dry_run,
+            dry_run,
             ..RunState::default()
         })),
         token: token.map(Arc::from),
@@ -630,10 +841,10 @@ pub async fn run(
             target,
             pids,
             ended: None,
-            dry_run: args.common.dry_run,
+            dry_run,
             error,
         };
-        let view = match cluster.view().await {
+        let view = match backend.view().await {
             Ok(view) => view,
             Err(err) => {
                 skip(
@@ -654,7 +865,7 @@ pub async fn run(
                 continue;
             }
         };
-        if args.common.dry_run {
+        if dry_run {
             tracing::info!(fault = %step.fault, target = id, "dry run: would inject");
             plan.injected();
             skip("dry_run", Some(record(Some(id), Vec::new(), None)));
@@ -662,15 +873,20 @@ pub async fn run(
         }
         let span = tracing::info_span!("chaos.fault", fault = %step.fault, target = id);
         let shape = args.common.shape();
-        let injected = match injector.inject(step.fault, &view, id, shape).await {
+        let injected = match backend.inject(step.fault, &view, id, shape).await {
             Ok(injected) => injected,
             Err(err) => {
                 tracing::warn!(parent: &span, error = format!("{err:#}"), "injection failed");
                 // Tried: with --cycle the next fault's turn comes (a fault that cannot be
                 // injected does not hold up the others).
                 plan.injected();
+                let reason = if err.downcast_ref::<Refused>().is_some() {
+                    "disruption_budget"
+                } else {
+                    "failed"
+                };
                 skip(
-                    "failed",
+                    reason,
                     Some(record(Some(id), Vec::new(), Some(format!("{err:#}")))),
                 );
                 continue;
@@ -698,8 +914,7 @@ pub async fn run(
                 node: id,
                 injected,
                 pause: args.duration,
-                injector: injector.clone(),
-                cluster: cluster.clone(),
+                backend: backend.clone(),
                 shared: shared.clone(),
                 span,
             },
@@ -809,8 +1024,7 @@ struct EndOfFault {
     node: u32,
     injected: Injected,
     pause: Duration,
-    injector: Injector,
-    cluster: LocalCluster,
+    backend: Backend,
     shared: Shared,
     span: tracing::Span,
 }
@@ -830,26 +1044,18 @@ async fn end_of_fault(end: EndOfFault, heal_now: CancellationToken, shutdown: Ca
                 () = heal_now.cancelled() => {}
                 () = shutdown.cancelled() => {}
             }
-            match end.injector.heal(&end.injected).await {
+            match end.backend.heal(&end.injected).await {
                 Ok(()) => tracing::info!(parent: &end.span, "healed"),
                 Err(err) => {
                     tracing::error!(parent: &end.span, error = format!("{err:#}"), "healing failed")
                 }
             }
         }
-        Fault::Kill | Fault::Shutdown => {
+        Fault::Kill | Fault::Shutdown | Fault::Evict => {
             let deadline = Instant::now() + RECOVERY_WATCH;
             while Instant::now() < deadline && !heal_now.is_cancelled() {
-                let back = (end.cluster.view().await.ok())
-                    .and_then(|view| view.nodes.into_iter().find(|n| n.id == end.node))
-                    .is_some_and(|n| {
-                        n.ready
-                            && !end
-                                .injected
-                                .pids
-                                .iter()
-                                .any(|&p| p == n.node_pid || p == n.paxos_pid)
-                    });
+                let back = (end.backend.view().await.ok())
+                    .is_some_and(|view| replaced(&view, end.node, &end.injected));
                 if back {
                     tracing::info!(parent: &end.span, "the node is ready again");
                     break;
@@ -910,7 +1116,7 @@ pub async fn main_with_args(args: Vec<String>) -> anyhow::Result<()> {
                     .join(","),
                 humantime::format_duration(args.every),
                 args.common.target,
-                args.common.cluster,
+                args.common.cluster.as_deref().unwrap_or("Kubernetes"),
                 listener.local_addr()?
             );
             run(args, listener, shutdown).await.map(drop)

@@ -32,9 +32,16 @@ impl FromStr for Target {
             "leader" => Ok(Target::Leader),
             "follower" => Ok(Target::Follower),
             "random" => Ok(Target::Random),
-            id => id.parse().map(Target::Node).map_err(|_| {
-                format!("a target is leader, follower, random or a node id, not {text:?}")
-            }),
+            // A node id, or a StatefulSet pod's name (`bank-2` is node 2).
+            id => (id.parse().ok())
+                .or_else(|| crate::kubernetes::ordinal(id))
+                .map(Target::Node)
+                .ok_or_else(|| {
+                    format!(
+                        "a target is leader, follower, random, a node id or a pod name \
+                         (bank-2), not {text:?}"
+                    )
+                }),
         }
     }
 }
@@ -70,6 +77,9 @@ pub enum NoTarget {
 /// The youngest of a node's running processes' ages (a node whose process is not running has
 /// age zero).
 pub fn node_age(node: &NodeView) -> Duration {
+    if let Some(pod) = &node.pod {
+        return pod.age;
+    }
     [node.node_pid, node.paxos_pid]
         .into_iter()
         .map(|pid| (pid != 0).then(|| process_age(pid)).flatten())
@@ -141,6 +151,7 @@ mod tests {
             netns: None,
             ip: String::new(),
             proxy_url: None,
+            pod: None,
         };
         ClusterView {
             mode,
@@ -156,9 +167,14 @@ mod tests {
         for text in ["leader", "follower", "random", "2"] {
             assert_eq!(text.parse::<Target>().unwrap().to_string(), text);
         }
+        assert_eq!(
+            "bank-2".parse::<Target>(),
+            Ok(Target::Node(2)),
+            "a pod name"
+        );
         let err = "boss".parse::<Target>().unwrap_err();
         assert!(
-            err.contains("leader, follower, random or a node id"),
+            err.contains("leader, follower, random, a node id or a pod name"),
             "{err}"
         );
     }

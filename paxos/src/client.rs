@@ -247,6 +247,39 @@ impl PaxosClient {
     }
 }
 
+/// Asks every paxos process in `urls` for its status at once, each given `timeout`: the
+/// replies of those that answered. How the prober and chaos find the leader of a cluster whose
+/// processes they reach directly (Kubernetes pods); see [`leader_of`].
+pub async fn survey(
+    http: &reqwest::Client,
+    token: &str,
+    urls: &[String],
+    timeout: Duration,
+) -> Vec<StatusReply> {
+    let token: Arc<str> = Arc::from(token);
+    let mut asks = tokio::task::JoinSet::new();
+    for url in urls {
+        let paxos = PaxosClient::with_http(http.clone(), url, token.clone());
+        asks.spawn(async move { tokio::time::timeout(timeout, paxos.status()).await });
+    }
+    let mut replies = Vec::new();
+    while let Some(answer) = asks.join_next().await {
+        if let Ok(Ok(Ok(reply))) = answer {
+            replies.push(reply);
+        }
+    }
+    replies
+}
+
+/// The leader among `replies`: a process that says it leads; if several do, a stale one has not
+/// heard of the newer ballot yet, so the one with the highest ballot.
+pub fn leader_of(replies: &[StatusReply]) -> Option<u32> {
+    (replies.iter())
+        .filter(|r| r.status.is_leader)
+        .max_by_key(|r| r.status.ballot)
+        .map(|r| r.status.id)
+}
+
 /// The body of `POST /local/compact`: the last slot the snapshot covers and the application's
 /// bytes. Encoding a large snapshot is CPU work: call it off the async workers.
 pub fn encode_compact(slot: Slot, data: &Bytes) -> Result<Vec<u8>, postcard::Error> {

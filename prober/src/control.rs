@@ -274,27 +274,11 @@ impl KubernetesControl {
     /// says it leads; if several do, a stale one has not heard of the newer ballot yet: the
     /// one with the highest ballot).
     async fn ask_for_leader(&self, nodes: &[NodeView]) -> (Option<Mode>, Option<u32>) {
-        let asks = nodes.iter().map(|node| {
-            let paxos =
-                PaxosClient::with_http(self.http.clone(), &node.paxos_url, self.token.as_str());
-            async move {
-                tokio::time::timeout(Duration::from_millis(500), paxos.status())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
-        });
-        let replies: Vec<_> = futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let urls: Vec<String> = nodes.iter().map(|n| n.paxos_url.clone()).collect();
+        let replies =
+            paxos::client::survey(&self.http, &self.token, &urls, Duration::from_millis(500)).await;
         let mode = replies.first().map(|r| r.mode);
-        let leader = (replies.iter())
-            .filter(|r| r.status.is_leader)
-            .max_by_key(|r| r.status.ballot)
-            .map(|r| r.status.id);
-        (mode, leader)
+        (mode, paxos::client::leader_of(&replies))
     }
 
     /// Patches the external Service's selector to the pod of node `node`: a JSON merge patch

@@ -9,36 +9,20 @@
 //! leader: elect a healthy pod, wait for it to lead, patch the Service) makes exactly the calls
 //! the RBAC rules of the manifests grant: list pods, get and patch one Service.
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::routing::{get, post};
 use paxos::Mode;
-use paxos::ballot::Ballot;
-use paxos::core::{Metrics, Status};
-use paxos::wire::StatusReply;
 use prober::control::{Control, KubernetesControl, KubernetesTarget};
 use prober::probe::{Failure, Outcome};
 use prober::recovery::Recovery;
+use testkit::{Call, FakeApiServer, StubPaxos};
 
-type Body = kube::client::Body;
-
-/// One request the fake API server received.
-#[derive(Clone, Debug, PartialEq)]
-struct Call {
-    method: String,
-    uri: String,
-    content_type: Option<String>,
-    body: Option<serde_json::Value>,
-}
-
-/// The fake API server's state: the Service's selector, and the calls.
-#[derive(Default)]
+/// The fake API server, and the Service's selector as patched.
 struct Fake {
-    pod_in_selector: Mutex<String>,
-    calls: Mutex<Vec<Call>>,
+    api: FakeApiServer,
+    pod_in_selector: Arc<Mutex<String>>,
 }
 
 const PODS: [(&str, &str); 4] = [
@@ -79,125 +63,35 @@ fn service(pod: &str) -> serde_json::Value {
     })
 }
 
-/// Serves the fake API server over the mock until the client is dropped.
-fn fake_api_server() -> (kube::Client, Arc<Fake>) {
-    let (service_mock, mut handle) =
-        tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
-    let fake = Arc::new(Fake::default());
-    *fake.pod_in_selector.lock().unwrap() = "bank-0".into();
-    let state = fake.clone();
-    tokio::spawn(async move {
-        while let Some((request, send)) = handle.next_request().await {
-            let (parts, body) = request.into_parts();
-            let bytes = body.collect_bytes().await.unwrap();
-            let call = Call {
-                method: parts.method.to_string(),
-                // kube writes `?` before an empty query on some verbs: not part of the request.
-                uri: parts.uri.to_string().trim_end_matches('?').to_owned(),
-                content_type: (parts.headers.get(http::header::CONTENT_TYPE))
-                    .map(|v| v.to_str().unwrap().to_owned()),
-                body: (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap()),
-            };
-            state.calls.lock().unwrap().push(call.clone());
-            let path = parts.uri.path();
-            let (status, reply) = match (call.method.as_str(), path) {
-                ("GET", "/api/v1/namespaces/bank/pods") => (200, pod_list()),
-                ("GET", "/api/v1/namespaces/bank/services/bank") => {
-                    (200, service(&state.pod_in_selector.lock().unwrap()))
-                }
-                ("PATCH", "/api/v1/namespaces/bank/services/bank") => {
-                    let pod = call.body.as_ref().unwrap()["spec"]["selector"]
-                        ["statefulset.kubernetes.io/pod-name"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned();
-                    *state.pod_in_selector.lock().unwrap() = pod.clone();
-                    (200, service(&pod))
-                }
-                _ => (
-                    404,
-                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-                ),
-            };
-            let response = http::Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                .unwrap();
-            send.send_response(response);
+/// A fake API server with the bank's pods and its Service (selecting bank-0 at first).
+fn fake_api_server() -> (kube::Client, Fake) {
+    let pod_in_selector = Arc::new(Mutex::new("bank-0".to_owned()));
+    let selected = pod_in_selector.clone();
+    let (client, api) = FakeApiServer::start("bank", move |call| {
+        match (call.method.as_str(), call.path()) {
+            ("GET", "/api/v1/namespaces/bank/pods") => (200, pod_list()),
+            ("GET", "/api/v1/namespaces/bank/services/bank") => {
+                (200, service(&selected.lock().unwrap()))
+            }
+            ("PATCH", "/api/v1/namespaces/bank/services/bank") => {
+                let pod = call.body.as_ref().unwrap()["spec"]["selector"]
+                    ["statefulset.kubernetes.io/pod-name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                *selected.lock().unwrap() = pod.clone();
+                (200, service(&pod))
+            }
+            _ => (404, testkit::status(404, "NotFound", "not found")),
         }
     });
-    (kube::Client::new(service_mock, "bank"), fake)
-}
-
-/// Stub paxos processes of the three pods, on one port: `GET /status` says who leads,
-/// `POST /elect` makes that pod the leader (as a real election would, at once).
-struct Paxos {
-    port: u16,
-    leader: Arc<AtomicU32>,
-    elections: Arc<Mutex<Vec<u32>>>,
-}
-
-fn status(id: u32, leader: u32) -> StatusReply {
-    StatusReply {
-        mode: Mode::Leader,
-        status: Status {
-            id,
-            leader: Some(leader),
-            is_leader: id == leader,
-            leading: Vec::new(),
-            ballot: Ballot::new(7, leader),
-            decided: 10,
-            frontier: 10,
-            compacted: 0,
-            pending: 0,
-            incarnation: 0,
+    (
+        client,
+        Fake {
+            api,
+            pod_in_selector,
         },
-        metrics: Metrics::default(),
-    }
-}
-
-async fn stub_paxos(leader: u32) -> Paxos {
-    let leader = Arc::new(AtomicU32::new(leader));
-    let elections = Arc::new(Mutex::new(Vec::new()));
-    'port: for _ in 0..20 {
-        let first = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
-        let port = first.local_addr().unwrap().port();
-        let mut listeners = vec![first];
-        for ip in ["127.0.0.3", "127.0.0.4"] {
-            match tokio::net::TcpListener::bind((ip.parse::<IpAddr>().unwrap(), port)).await {
-                Ok(listener) => listeners.push(listener),
-                Err(_) => continue 'port,
-            }
-        }
-        for (id, listener) in listeners.into_iter().enumerate() {
-            let id = id as u32;
-            let (lead, elect) = (leader.clone(), elections.clone());
-            let app = axum::Router::new()
-                .route(
-                    "/status",
-                    get({
-                        let lead = lead.clone();
-                        move || async move { axum::Json(status(id, lead.load(Ordering::SeqCst))) }
-                    }),
-                )
-                .route(
-                    "/elect",
-                    post(move || async move {
-                        elect.lock().unwrap().push(id);
-                        lead.store(id, Ordering::SeqCst);
-                        axum::Json(status(id, id))
-                    }),
-                );
-            tokio::spawn(async move { axum::serve(listener, app).await });
-        }
-        return Paxos {
-            port,
-            leader,
-            elections,
-        };
-    }
-    panic!("no port free on 127.0.0.2-4");
+    )
 }
 
 fn control(client: kube::Client, paxos_port: u16) -> Control {
@@ -257,7 +151,7 @@ fn patch_to(pod: &str) -> Call {
 
 #[tokio::test]
 async fn the_view_comes_from_the_pods_their_paxos_processes_and_the_service() {
-    let paxos = stub_paxos(1).await;
+    let paxos = StubPaxos::start(1).await;
     let (client, fake) = fake_api_server();
     let control = control(client, paxos.port);
     let view = control.view().await.unwrap();
@@ -285,19 +179,19 @@ async fn the_view_comes_from_the_pods_their_paxos_processes_and_the_service() {
     paxos.leader.store(2, Ordering::SeqCst);
     assert_eq!(control.view().await.unwrap().leader, Some(2));
     assert_eq!(
-        *fake.calls.lock().unwrap(),
+        fake.api.calls(),
         [get_call(LIST_PODS), get_call(THE_SERVICE)]
     );
 }
 
 #[tokio::test]
 async fn a_retarget_is_one_merge_patch_of_the_services_pod_name_selector() {
-    let paxos = stub_paxos(1).await;
+    let paxos = StubPaxos::start(1).await;
     let (client, fake) = fake_api_server();
     let control = control(client, paxos.port);
     control.retarget(2).await.unwrap();
     assert_eq!(
-        *fake.calls.lock().unwrap(),
+        fake.api.calls(),
         [
             get_call(LIST_PODS),
             get_call(THE_SERVICE),
@@ -371,7 +265,7 @@ where
 #[tokio::test]
 async fn a_gray_failure_of_the_leader_pod_elects_a_healthy_pod_and_patches_the_service() {
     let events = outage_events();
-    let paxos = stub_paxos(0).await;
+    let paxos = StubPaxos::start(0).await;
     let (client, fake) = fake_api_server();
     let control = control(client, paxos.port);
     let mut recovery = Recovery::new(2, Duration::from_secs(10), true);
@@ -422,7 +316,7 @@ async fn a_gray_failure_of_the_leader_pod_elects_a_healthy_pod_and_patches_the_s
         );
     }
     assert_eq!(
-        *fake.calls.lock().unwrap(),
+        fake.api.calls(),
         [
             get_call(LIST_PODS),
             get_call(THE_SERVICE),
@@ -449,7 +343,7 @@ async fn a_gray_failure_of_the_leader_pod_elects_a_healthy_pod_and_patches_the_s
 /// election.
 #[tokio::test]
 async fn a_leader_elected_by_the_cluster_gets_the_service_without_an_election() {
-    let paxos = stub_paxos(2).await;
+    let paxos = StubPaxos::start(2).await;
     let (client, fake) = fake_api_server();
     let control = control(client, paxos.port);
     let mut recovery = Recovery::new(2, Duration::from_secs(10), true);
@@ -470,7 +364,7 @@ async fn a_leader_elected_by_the_cluster_gets_the_service_without_an_election() 
         (record.action, record.elected_by, record.new_leader),
         (Some("retargeted"), "cluster", Some(2))
     );
-    assert_eq!(fake.calls.lock().unwrap().last(), Some(&patch_to("bank-2")));
+    assert_eq!(fake.api.calls().last(), Some(&patch_to("bank-2")));
 }
 
 #[test]

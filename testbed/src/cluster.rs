@@ -273,7 +273,7 @@ impl ClusterSpec {
         else {
             unreachable!("parsed as run");
         };
-        args.common.cluster = front.to_owned();
+        args.common.cluster = Some(front.to_owned());
         args.common.target = spec.target;
         args.common.dry_run = spec.dry_run;
         args.faults = spec.faults.clone();

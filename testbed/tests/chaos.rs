@@ -258,9 +258,9 @@ async fn what_a_killed_chaos_left_paused_is_continued_by_the_next_run() {
     chaos.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(stopped(before.0), "nobody continued it");
-    let args = chaos::HealArgs {
-        cluster: tb.url.clone(),
-        cluster_token_file: None,
+    let cli = <chaos::Cli as clap::Parser>::parse_from(["chaos", "heal", "--cluster", &tb.url]);
+    let chaos::Command::Heal(args) = cli.command else {
+        panic!("heal");
     };
     assert_eq!(chaos::heal(args.clone()).await.unwrap(), 1);
     assert!(!stopped(before.0), "continued");
