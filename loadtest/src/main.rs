@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if matches!(
         args.get(1).map(String::as_str),
-        Some("up" | "node" | "paxos")
+        Some("up" | "node" | "paxos" | "prober" | "chaos" | "linkproxy")
     ) {
         return testbed::main_with_args(args);
     }

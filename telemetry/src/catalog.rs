@@ -89,12 +89,13 @@ pub fn register_all(metrics: &[Metric]) {
 }
 
 /// What every process exports besides its own metrics: `build_info` and the process figures.
-pub const EVERY_PROCESS: [&str; 5] = [
+pub const EVERY_PROCESS: [&str; 6] = [
     "build_info",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
     "process_open_fds",
     "process_threads",
+    "process_start_time_seconds",
 ];
 
 /// True if the Prometheus `text` has a sample of the series `name` (a histogram's `_bucket`,

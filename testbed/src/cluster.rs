@@ -678,6 +678,7 @@ impl Cluster {
                 .build()?,
             prober: std::sync::OnceLock::new(),
             chaos: std::sync::OnceLock::new(),
+            prometheus: std::sync::OnceLock::new(),
             request_timeout: crate::frontdoor::REQUEST_TIMEOUT,
         });
         // The front door's own metrics (`/_testbed/metrics`), at zero from the start.
@@ -769,9 +770,12 @@ impl Cluster {
                 &services,
                 spec.mode.as_str(),
                 &metrics_token_file,
+                &data_dir,
             ),
         )
         .with_context(|| format!("writing {}", prometheus_config.display()))?;
+        crate::prometheus::write_rules(&data_dir)
+            .with_context(|| format!("writing {}", data_dir.join("rules").display()))?;
         let prometheus_url = match &spec.prometheus {
             Some((binary, port)) => {
                 let port = match port {
@@ -790,8 +794,10 @@ impl Cluster {
                     data_dir.join("prometheus.log"),
                     spec.restart,
                 );
-                tasks.push(tokio::spawn(child.supervise(shutdown.clone())));
-                Some(format!("http://127.0.0.1:{port}"))
+                tasks.push(tokio::spawn(child.clone().supervise(shutdown.clone())));
+                let url = format!("http://127.0.0.1:{port}");
+                let _ = door.prometheus.set((url.clone(), child));
+                Some(url)
             }
             None => None,
         };

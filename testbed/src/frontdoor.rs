@@ -141,6 +141,8 @@ pub struct FrontDoor {
     pub prober: std::sync::OnceLock<(String, Arc<Child>)>,
     /// Chaos's base URL and process, when the cluster runs it.
     pub chaos: std::sync::OnceLock<(String, Arc<Child>)>,
+    /// Prometheus's base URL and process (`testbed up --prometheus`).
+    pub prometheus: std::sync::OnceLock<(String, Arc<Child>)>,
     /// How long a proxied request may take before it counts as unanswered.
     pub request_timeout: Duration,
 }
@@ -174,9 +176,13 @@ pub struct ClusterInfo {
     /// Chaos, when the cluster runs it (`testbed up --chaos`).
     #[serde(default)]
     pub chaos: Option<ServiceInfo>,
+    /// Prometheus, when the cluster runs one (`testbed up --prometheus`): it loads the rules of
+    /// `dashboards/rules/` and scrapes every process.
+    #[serde(default)]
+    pub prometheus: Option<ServiceInfo>,
 }
 
-/// The prober or chaos in [`ClusterInfo`].
+/// The prober, chaos or Prometheus in [`ClusterInfo`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ServiceInfo {
     /// Its base URL: `/status` (JSON) and `/metrics`.
@@ -295,6 +301,10 @@ impl FrontDoor {
                 pid: child.pid().unwrap_or(0),
             }),
             chaos: self.chaos.get().map(|(url, child)| ServiceInfo {
+                url: url.clone(),
+                pid: child.pid().unwrap_or(0),
+            }),
+            prometheus: self.prometheus.get().map(|(url, child)| ServiceInfo {
                 url: url.clone(),
                 pid: child.pid().unwrap_or(0),
             }),
@@ -684,6 +694,7 @@ mod tests {
             client: reqwest::Client::new(),
             prober: std::sync::OnceLock::new(),
             chaos: std::sync::OnceLock::new(),
+            prometheus: std::sync::OnceLock::new(),
             request_timeout,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -395,6 +395,26 @@ async fn testbed_prometheus_scrapes_every_process() {
         !text.contains(TOKEN),
         "the token is never written into the config"
     );
+    // It loads the rules of dashboards/rules/ (written to <data-dir>/rules/).
+    let rules: Value = tb
+        .client
+        .get(format!("{prometheus}/api/v1/rules"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let groups: Vec<&str> = (rules["data"]["groups"].as_array().unwrap().iter())
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    for group in [
+        "sloth-slo-sli-recordings-bank-availability",
+        "sloth-slo-alerts-bank-latency",
+        "bank-alerts",
+    ] {
+        assert!(groups.contains(&group), "{group} not loaded: {groups:?}");
+    }
     // Some traffic so the paxos decided index is above zero.
     let account = open_account(&tb.client, &tb.url).await;
     assert_eq!(
