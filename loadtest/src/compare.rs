@@ -52,7 +52,9 @@ impl Cluster {
                 .chain(extra.split_whitespace()),
         )
         .with_context(|| format!("--testbed-args {extra:?}"))?;
-        let testbed::cli::Command::Up(mut up) = up.command;
+        let testbed::cli::Command::Up(mut up) = up.command else {
+            anyhow::bail!("--testbed-args are the arguments of `testbed up`");
+        };
         up.mode = mode;
         up.nodes = nodes;
         up.port = 0;

@@ -668,7 +668,9 @@ fn every_query_and_recording_rule_returns_data_from_a_live_cluster() {
         data.to_str().unwrap(),
     ])
     .unwrap();
-    let testbed::cli::Command::Up(up) = up.command;
+    let testbed::cli::Command::Up(up) = up.command else {
+        panic!("up");
+    };
     let mut spec =
         testbed::cluster::ClusterSpec::from_up_args(&up, PathBuf::from(LOADTEST), None).unwrap();
     spec.env.push(("RUST_LOG".to_owned(), "warn".to_owned()));

@@ -80,6 +80,11 @@ pub const DROP_REASONS: [&str; 5] = [
 /// `paxos_snapshot_transfers_total{outcome}`.
 pub const TRANSFER_OUTCOMES: [&str; 2] = ["sent", "given_up"];
 
+/// `paxos_leadership_handoffs_total{outcome}`.
+pub const HAND_OFFS: &str = "paxos_leadership_handoffs_total";
+/// Its `outcome` label: a follower took over, or it did not in time.
+pub const HAND_OFF_OUTCOMES: [&str; 2] = ["handed_off", "timed_out"];
+
 /// Every metric of the paxos process.
 pub const METRICS: &[Metric] = &[
     counter(COMMANDS_PROPOSED, "Client commands accepted by propose"),
@@ -110,6 +115,10 @@ pub const METRICS: &[Metric] = &[
         "Snapshots received from a peer and installed",
     ),
     counter(SNAPSHOT_BYTES_SENT, "Snapshot bytes sent to lagging peers"),
+    counter(
+        HAND_OFFS,
+        "Leaders asked to stop that handed their lead to a follower first, by outcome (handed_off, timed_out)",
+    ),
     counter(
         SNAPSHOT_TRANSFERS,
         "Snapshot transfers to a peer, by outcome (sent, given_up)",
@@ -158,7 +167,7 @@ pub fn describe() {
 
 /// Every series of the paxos process at zero, labelled ones with each of their known labels.
 pub fn register() {
-    let labelled = [MESSAGES, MESSAGES_DROPPED, SNAPSHOT_TRANSFERS];
+    let labelled = [MESSAGES, MESSAGES_DROPPED, SNAPSHOT_TRANSFERS, HAND_OFFS];
     let plain: Vec<Metric> = (METRICS.iter())
         .filter(|m| !labelled.contains(&m.name))
         .copied()
@@ -175,6 +184,14 @@ pub fn register() {
     for outcome in TRANSFER_OUTCOMES {
         metrics::counter!(SNAPSHOT_TRANSFERS, "outcome" => outcome).increment(0);
     }
+    for outcome in HAND_OFF_OUTCOMES {
+        metrics::counter!(HAND_OFFS, "outcome" => outcome).increment(0);
+    }
+}
+
+/// Counts a leader's hand-off on stopping.
+pub(crate) fn hand_off(outcome: &'static str) {
+    metrics::counter!(HAND_OFFS, "outcome" => outcome).increment(1);
 }
 
 pub(crate) fn count_message(direction: &'static str, envelope: &Envelope) {

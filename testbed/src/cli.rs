@@ -18,6 +18,24 @@ pub struct Cli {
 pub enum Command {
     /// Start a local cluster and its front door; Ctrl-C stops everything.
     Up(UpArgs),
+    /// Restart every node of a running cluster one at a time, without failing a request.
+    Restart(RestartArgs),
+}
+
+/// `testbed restart --rolling`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RestartArgs {
+    /// One node at a time, followers first, the leader last after handing its lead over (the
+    /// only form there is: a flag so that the command says what it does).
+    #[arg(long, required = true)]
+    pub rolling: bool,
+    /// The cluster's front door.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub cluster: String,
+    /// File holding the cluster token (else BANK_CLUSTER_TOKEN, else the token file the
+    /// cluster names).
+    #[arg(long, env = "BANK_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<std::path::PathBuf>,
 }
 
 /// `testbed up`.

@@ -500,6 +500,15 @@ impl ClusterHandle {
         node.node.start();
     }
 
+    /// Restarts every node in turn without failing a request ([`crate::rolling`]); `progress`
+    /// hears a line per step.
+    pub async fn rolling_restart(
+        &self,
+        progress: impl FnMut(String),
+    ) -> anyhow::Result<Vec<crate::rolling::NodeReport>> {
+        crate::rolling::rolling_restart(&self.door, progress).await
+    }
+
     /// A lost disk: both processes of node `id` down, both data folders deleted, then back;
     /// the paxos process rejoins as `--initial-cluster-state existing`.
     pub async fn wipe(&self, id: u32) {
@@ -659,6 +668,8 @@ impl Cluster {
                     .map(|p| format!("http://{}:{p}", ports.host)),
                 proxy: (spec.proxy_args(&layout, id))
                     .map(|args| child("proxy", "linkproxy", args.to_args())),
+                draining: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
             });
         }
         let door = Arc::new(FrontDoor {
@@ -680,6 +691,7 @@ impl Cluster {
             chaos: std::sync::OnceLock::new(),
             prometheus: std::sync::OnceLock::new(),
             request_timeout: crate::frontdoor::REQUEST_TIMEOUT,
+            restarting: AtomicBool::new(false),
         });
         // The front door's own metrics (`/_testbed/metrics`), at zero from the start.
         telemetry::install_prometheus();

@@ -60,6 +60,10 @@ pub struct NodeHandle {
     pub proxy_url: Option<String>,
     /// Its link proxy (`--proxies`).
     pub proxy: Option<Arc<Child>>,
+    /// Being restarted (a rolling restart): no new requests go there.
+    pub draining: AtomicBool,
+    /// Requests the front door is proxying to it now.
+    pub in_flight: AtomicUsize,
 }
 
 /// Outlier detection of one node: consecutive proxied requests that got no answer, and when
@@ -145,6 +149,8 @@ pub struct FrontDoor {
     pub prometheus: std::sync::OnceLock<(String, Arc<Child>)>,
     /// How long a proxied request may take before it counts as unanswered.
     pub request_timeout: Duration,
+    /// A rolling restart is running (one at a time).
+    pub restarting: AtomicBool,
 }
 
 /// The default of [`FrontDoor::request_timeout`]: above the nodes' own deadlines (a write waits
@@ -382,9 +388,27 @@ impl FrontDoor {
 }
 
 impl NodeHandle {
-    /// Ready at the last check and not ejected.
+    /// Ready at the last check, not ejected, not draining.
     fn is_healthy(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.outlier.is_ejected()
+        self.ready.load(Ordering::SeqCst)
+            && !self.outlier.is_ejected()
+            && !self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a request in flight to a node while alive.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(count: &'a AtomicUsize) -> InFlight<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -398,6 +422,7 @@ pub fn router(door: Arc<FrontDoor>) -> Router {
         )
         .route("/_testbed/cluster", get(cluster))
         .route("/_testbed/target", post(set_target))
+        .route("/_testbed/rolling-restart", post(rolling_restart))
         .route("/_testbed/nodes/{id}/{action}", post(node_action))
         .route("/_testbed/metrics", get(|| async { telemetry::render() }))
         .fallback(proxy)
@@ -458,6 +483,47 @@ async fn cluster(State(door): State<Arc<FrontDoor>>) -> Json<ClusterInfo> {
 
 fn authorized(door: &FrontDoor, headers: &HeaderMap) -> bool {
     plumbing::bearer_matches(headers, &door.token)
+}
+
+/// `POST /_testbed/rolling-restart` (cluster token): restarts every node in turn
+/// ([`crate::rolling`]), answering a line of text per step as it happens, then `ok <JSON
+/// report>` or `error: ...`. 409 while one is running.
+async fn rolling_restart(State(door): State<Arc<FrontDoor>>, headers: HeaderMap) -> Response {
+    if !authorized(&door, &headers) {
+        return plumbing::unauthorized();
+    }
+    if door.restarting.swap(true, Ordering::SeqCst) {
+        return (
+            StatusCode::CONFLICT,
+            "a rolling restart is running already\n",
+        )
+            .into_response();
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let result = crate::rolling::rolling_restart(&door, |line| {
+            tracing::info!("{line}");
+            let _ = tx.send(format!("{line}\n"));
+        })
+        .await;
+        let last = match result {
+            Ok(reports) => format!(
+                "ok {}\n",
+                serde_json::to_string(&reports).unwrap_or_default()
+            ),
+            Err(err) => format!("error: {err:#}\n"),
+        };
+        let _ = tx.send(last);
+        door.restarting.store(false, Ordering::SeqCst);
+    });
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 #[derive(Deserialize)]
@@ -550,6 +616,7 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
     let mut maybe_applied = false;
     for index in door.candidates() {
         let node = &door.nodes[index];
+        let _in_flight = InFlight::new(&node.in_flight);
         let mut outgoing = door
             .client
             .request(parts.method.clone(), format!("{}{}", node.public_url, path))
@@ -661,6 +728,8 @@ mod tests {
             ip: "127.0.0.1".into(),
             proxy_url: None,
             proxy: None,
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -696,6 +765,7 @@ mod tests {
             chaos: std::sync::OnceLock::new(),
             prometheus: std::sync::OnceLock::new(),
             request_timeout,
+            restarting: AtomicBool::new(false),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -20,6 +20,7 @@ pub mod frontdoor;
 pub mod linkproxy;
 pub mod netns;
 pub mod prometheus;
+pub mod rolling;
 pub mod status_page;
 pub mod supervisor;
 pub mod up;
@@ -50,6 +51,7 @@ pub fn main_with_args(args: Vec<String>) -> std::process::ExitCode {
                     telemetry.shutdown().await;
                     result
                 }),
+                cli::Command::Restart(args) => runtime.block_on(rolling::restart_command(args)),
             },
         },
     };

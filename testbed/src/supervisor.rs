@@ -27,6 +27,8 @@ pub struct Child {
     pub held: AtomicBool,
     wake: Notify,
     kill_now: Notify,
+    /// The next exit was asked for ([`Child::terminate_and_restart`]): start again at once.
+    planned: AtomicBool,
 }
 
 impl Child {
@@ -52,6 +54,7 @@ impl Child {
             restarts: AtomicU64::new(0),
             held: AtomicBool::new(false),
             wake: Notify::new(),
+            planned: AtomicBool::new(false),
             kill_now: Notify::new(),
         })
     }
@@ -91,6 +94,19 @@ impl Child {
         self.wake.notify_one();
     }
 
+    /// SIGTERM to the running process (a graceful stop: the node drains its requests, a
+    /// leading paxos process hands its lead over); the supervisor starts it again at once,
+    /// without counting a restart or backing off. Returns the PID signalled.
+    pub fn terminate_and_restart(&self) -> Option<u32> {
+        let pid = self.pid()?;
+        self.planned.store(true, Ordering::SeqCst);
+        // SAFETY: a signal to our own child.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+        Some(pid)
+    }
+
     /// Keeps the process running until `shutdown`; restarts it when it dies (unless disabled).
     pub async fn supervise(self: Arc<Self>, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
@@ -125,6 +141,10 @@ impl Child {
             };
             self.pid.store(0, Ordering::SeqCst);
             if self.held.load(Ordering::SeqCst) {
+                continue;
+            }
+            if self.planned.swap(false, Ordering::SeqCst) {
+                tracing::info!(name = %self.name, ?status, "stopped for a restart: starting again");
                 continue;
             }
             tracing::warn!(name = %self.name, ?status, "process exited");

@@ -35,7 +35,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::driver::Driver;
+use self::driver::{Driver, LocalRequest};
 use self::http::{HttpState, router};
 use crate::ballot::NodeId;
 use crate::core::{Config, Replica};
@@ -123,6 +123,9 @@ pub async fn run_with_storage(
         }
     }
     let replica = Replica::new(cfg.core.clone(), state);
+    // `shutdown` (a signal, `POST /shutdown`, the caller) starts the stop; `stop` is the stop
+    // itself, once a leader has handed its lead to a follower (see [`hand_off`]).
+    let stop = CancellationToken::new();
     let (requests_tx, requests_rx) = mpsc::channel(4_096);
     let (inbound_tx, inbound_rx) = mpsc::channel(1_024);
     let client = reqwest::Client::builder()
@@ -142,7 +145,7 @@ pub async fn run_with_storage(
             &cfg.token,
             cfg.peer_limits,
             cfg.peer_queue,
-            shutdown.clone(),
+            stop.clone(),
         )));
     }
     let decided = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -150,7 +153,7 @@ pub async fn run_with_storage(
     let driver_gone = CancellationToken::new();
     let mut driver_task = {
         let (gone, driver) = (driver_gone.clone(), driver);
-        let run = driver.run(cfg.tick_ms, requests_rx, inbound_rx, shutdown.clone());
+        let run = driver.run(cfg.tick_ms, requests_rx, inbound_rx, stop.clone());
         tokio::spawn(async move {
             let _gone = gone.drop_guard();
             run.await
@@ -158,7 +161,7 @@ pub async fn run_with_storage(
     };
     let state = HttpState {
         snapshots: crate::storage::snapshot_dir(&path).into(),
-        requests: requests_tx,
+        requests: requests_tx.clone(),
         inbound: inbound_tx,
         tokens: plumbing::Tokens::new(cfg.token.as_str(), cfg.metrics_token.as_deref()),
         shutdown: shutdown.clone(),
@@ -173,18 +176,34 @@ pub async fn run_with_storage(
         listener,
         app,
         plumbing::Limits::DEFAULT,
-        shutdown.clone().cancelled_owned(),
+        stop.clone().cancelled_owned(),
     );
-    tokio::select! {
+    let handing_off = {
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
+        let (requests, client) = (requests_tx.clone(), client.clone());
+        let (peers, token, me) = (cfg.peers.clone(), cfg.token.clone(), cfg.core.id);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    hand_off(&requests, &client, &peers, &token, me).await;
+                }
+                () = stop.cancelled() => {}
+            }
+            stop.cancel();
+        })
+    };
+    let _stop_guard = stop.clone().drop_guard();
+    let result = tokio::select! {
         served = server => {
             served?;
-            shutdown.cancel();
+            stop.cancel();
             driver_task.await.context("driver task")??;
             Ok(())
         }
         ended = &mut driver_task => {
             let stopping = shutdown.is_cancelled();
             shutdown.cancel();
+            stop.cancel();
             let err = match ended {
                 Ok(Ok(())) if stopping => return Ok(()),
                 Ok(Ok(())) => anyhow::anyhow!("the driver stopped without a shutdown"),
@@ -194,7 +213,76 @@ pub async fn run_with_storage(
             tracing::error!(error = %format!("{err:#}"), "paxos driver failed; the process exits");
             Err(err.context("paxos driver failed"))
         }
+    };
+    handing_off.abort();
+    result
+}
+
+/// The longest a leader that is asked to stop waits for a follower to take over.
+pub const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A leader that is asked to stop first hands its lead to a follower, so that the cluster does
+/// not wait an election timeout for the next one (a rolling restart, a Kubernetes pod replaced):
+/// it asks every peer's status, tells the one that has decided the most to start an election
+/// (`POST /elect`, what the prober does), and waits until it has seen that higher ballot (it is a
+/// follower then) or [`HAND_OFF_TIMEOUT`] passed. Any follower is safe to elect (its phase 1
+/// learns whatever a majority accepted); the most up to date one has the least to catch up. A
+/// replica that does not lead (or leaderless mode) stops at once.
+async fn hand_off(
+    requests: &mpsc::Sender<LocalRequest>,
+    client: &reqwest::Client,
+    peers: &[String],
+    token: &str,
+    me: NodeId,
+) {
+    let status = || async {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        requests.send(LocalRequest::Status { reply }).await.ok()?;
+        rx.await.ok()
+    };
+    let Some(mine) = status().await else { return };
+    if !mine.status.is_leader {
+        return;
     }
+    let urls: Vec<String> = (peers.iter().enumerate())
+        .filter(|(id, _)| *id as NodeId != me)
+        .map(|(_, url)| url.clone())
+        .collect();
+    let replies = crate::client::survey(client, token, &urls, Duration::from_millis(500)).await;
+    let Some(successor) = replies
+        .iter()
+        .max_by_key(|r| (r.status.decided, r.status.id))
+    else {
+        tracing::warn!("stopping as leader: no follower answered, nobody to hand the lead to");
+        return;
+    };
+    let to = successor.status.id;
+    let paxos = crate::client::PaxosClient::with_http(client.clone(), &peers[to as usize], token);
+    let started = std::time::Instant::now();
+    if let Err(err) = paxos.elect().await {
+        tracing::warn!(to, error = %err, "stopping as leader: the hand-off was refused");
+        return;
+    }
+    while started.elapsed() < HAND_OFF_TIMEOUT {
+        match status().await {
+            Some(now) if !now.status.is_leader => {
+                crate::metrics::hand_off("handed_off");
+                tracing::info!(
+                    to,
+                    ms = started.elapsed().as_millis() as u64,
+                    "stopping: handed the lead to a follower"
+                );
+                return;
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            None => return,
+        }
+    }
+    crate::metrics::hand_off("timed_out");
+    tracing::warn!(
+        to,
+        "stopping as leader: the follower did not take over in time"
+    );
 }
 
 /// A replica told `new` with an empty data dir must not vote as new in a cluster that already

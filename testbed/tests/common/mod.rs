@@ -251,7 +251,9 @@ fn up_args(mode: &str, extra: &[&str]) -> UpArgs {
     ];
     let extra = with_or_without_prober(extra);
     let cli = testbed::cli::Cli::try_parse_from(args.iter().chain(&extra)).unwrap();
-    let testbed::cli::Command::Up(up) = cli.command;
+    let testbed::cli::Command::Up(up) = cli.command else {
+        panic!("up");
+    };
     up
 }
 
