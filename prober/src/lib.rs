@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod control;
+pub mod follow;
 pub mod metrics;
 pub mod probe;
 pub mod recovery;
@@ -287,8 +288,20 @@ pub async fn run(
         .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
         .build()
         .context("building the HTTP client")?;
-    let timeout = Duration::from_millis(config.timeout_ms);
     let control = control(&config, http.clone(), token).await?;
+    run_with(config, control, http, listener, shutdown).await
+}
+
+/// [`run`] through `control` (tests: a Kubernetes control over a fake API server).
+pub async fn run_with(
+    config: Config,
+    control: Control,
+    http: reqwest::Client,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let timeout = Duration::from_millis(config.timeout_ms);
     let state = Arc::new(Mutex::new(State::new(config.objective)));
     let period = Duration::from_secs(config.slo_days * 24 * 60 * 60);
     crate::metrics::describe();
@@ -335,6 +348,7 @@ pub async fn run(
             state: state.clone(),
             started,
             period,
+            follow: !config.no_recovery,
         },
         shutdown.clone(),
     ));
@@ -405,6 +419,8 @@ struct NodeLoopShared {
     state: Arc<Mutex<State>>,
     started: Instant,
     period: Duration,
+    /// Point the load balancer at a new leader before the entry probe fails ([`follow`]).
+    follow: bool,
 }
 
 /// Probes every node directly every `interval`, on its own schedule: the view of the cluster,
@@ -419,6 +435,7 @@ async fn probe_nodes(
 ) {
     let mut jitter = Jitter::new();
     let mut last_leader = None;
+    let mut follower = follow::Follower::default();
     while !shutdown.is_cancelled() {
         let round = Instant::now();
         match control.view().await {
@@ -439,6 +456,26 @@ async fn probe_nodes(
                     }
                 }
                 last_leader = view.leader.or(last_leader);
+                if let Some(leader) = follower.observe(&view, &outcomes)
+                    && shared.follow
+                {
+                    match control.retarget(leader).await {
+                        Ok(()) => {
+                            ::metrics::counter!(crate::metrics::RECOVERIES, "outcome" => "followed_leader")
+                                .increment(1);
+                            tracing::info!(
+                                leader,
+                                before = ?view.target,
+                                "the leader moved: pointed the load balancer at it"
+                            );
+                        }
+                        Err(err) => tracing::warn!(
+                            leader,
+                            error = format!("{err:#}"),
+                            "could not point the load balancer at the leader"
+                        ),
+                    }
+                }
                 *shared.latest.lock().expect("nodes lock") = Some(NodeRound {
                     at: Instant::now(),
                     view,

@@ -31,8 +31,13 @@ pub const RECOVERIES: &str = "prober_recoveries_total";
 pub const FAILOVER_DURATION: &str = "prober_failover_duration_seconds";
 
 /// How a recovery ended: the `outcome` label of `prober_recoveries_total`.
-pub const RECOVERY_OUTCOMES: [&str; 4] =
-    ["retargeted", "no_healthy_node", "leader_healthy", "failed"];
+pub const RECOVERY_OUTCOMES: [&str; 5] = [
+    "retargeted",
+    "no_healthy_node",
+    "leader_healthy",
+    "failed",
+    "followed_leader",
+];
 
 /// Every metric of the prober.
 pub const METRICS: &[Metric] = &[

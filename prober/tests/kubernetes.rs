@@ -95,6 +95,10 @@ fn fake_api_server() -> (kube::Client, Fake) {
 }
 
 fn control(client: kube::Client, paxos_port: u16) -> Control {
+    control_with(client, 8080, paxos_port)
+}
+
+fn control_with(client: kube::Client, public_port: u16, paxos_port: u16) -> Control {
     Control::Kubernetes(KubernetesControl::new(
         client,
         reqwest::Client::new(),
@@ -103,7 +107,7 @@ fn control(client: kube::Client, paxos_port: u16) -> Control {
             namespace: "bank".into(),
             service: "bank".into(),
             pod_selector: "app.kubernetes.io/name=bank".into(),
-            public_port: 8080,
+            public_port,
             paxos_port,
         },
     ))
@@ -373,4 +377,76 @@ fn node_ids_are_statefulset_ordinals() {
     assert_eq!(KubernetesControl::ordinal("paxos-bank-12"), Some(12));
     assert_eq!(KubernetesControl::ordinal("bank-canary"), None);
     assert_eq!(KubernetesControl::ordinal("bank"), None);
+}
+
+/// Stub `node` processes of the three pods on one port: `GET /readyz` answers 200.
+async fn stub_ready_nodes() -> u16 {
+    'port: for _ in 0..20 {
+        let first = tokio::net::TcpListener::bind((testkit::STUB_IPS[0], 0))
+            .await
+            .unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut listeners = vec![first];
+        for ip in &testkit::STUB_IPS[1..] {
+            match tokio::net::TcpListener::bind((*ip, port)).await {
+                Ok(listener) => listeners.push(listener),
+                Err(_) => continue 'port,
+            }
+        }
+        for listener in listeners {
+            let app =
+                axum::Router::new().route("/readyz", axum::routing::get(|| async { "ready" }));
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        return port;
+    }
+    panic!("no port free on 127.0.0.2-4");
+}
+
+/// The whole prober on Kubernetes, following a leader that moved (a hand-off: the old leader's
+/// pod is about to stop): the Service selects bank-0, the paxos processes say bank-2 leads and
+/// every pod's node answers. Within a few node rounds the prober patches the Service to bank-2,
+/// though the entry point never failed a probe in a way recovery acts on (recovery would need
+/// 1,000 failures here): the following alone moved it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prober_moves_the_service_to_a_leader_that_moved_before_anything_fails() {
+    use clap::Parser as _;
+    let paxos = StubPaxos::start(2).await;
+    let public_port = stub_ready_nodes().await;
+    let (client, fake) = fake_api_server();
+    let control = control_with(client, public_port, paxos.port);
+    let config = prober::Config::parse_from([
+        "prober",
+        // Nothing answers there: the entry probe fails, and recovery waits for 1,000 failures.
+        "--target=http://127.0.0.1:9",
+        "--kubernetes",
+        "--node-interval-ms=100",
+        "--interval-ms=1000",
+        "--failures-before-recovery=1000",
+    ]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let prober = tokio::spawn(prober::run_with(
+        config,
+        control,
+        reqwest::Client::new(),
+        listener,
+        shutdown.clone(),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while *fake.pod_in_selector.lock().unwrap() != "bank-2" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Service still selects {}: {:?}",
+            fake.pod_in_selector.lock().unwrap(),
+            fake.api.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        paxos.elections.lock().unwrap().is_empty(),
+        "no election: the cluster had its leader"
+    );
+    shutdown.cancel();
+    prober.await.unwrap().unwrap();
 }
