@@ -98,7 +98,12 @@ async fn a_paused_leader_node_is_replaced_by_the_prober_and_nothing_is_lost() {
             status(&prober).await
         );
     };
-    let new = handle.leader().unwrap();
+    // The front door learns the new leader on its next poll (every 100 ms): the write that
+    // succeeded may have come first.
+    let new = handle
+        .wait_leader(Some(old), Duration::from_secs(5))
+        .await
+        .expect("another replica leads");
     assert_ne!(new, old, "another replica leads");
     let record = wait_recovery(&prober, Duration::from_secs(5)).await;
     assert_eq!(record["action"], "retargeted", "{record:#}");
