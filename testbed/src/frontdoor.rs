@@ -396,6 +396,9 @@ impl NodeHandle {
     }
 }
 
+/// The header naming the node that answered a proxied request (experiments record it).
+pub const NODE_HEADER: &str = "x-bank-node";
+
 /// Counts a request in flight to a node while alive.
 struct InFlight<'a>(&'a AtomicUsize);
 
@@ -631,7 +634,9 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
         outgoing = outgoing.headers(telemetry::trace::current_headers());
         match outgoing.send().await {
             Ok(reply) => {
-                let mut response = Response::builder().status(reply.status());
+                let mut response = Response::builder()
+                    .status(reply.status())
+                    .header(NODE_HEADER, node.id.to_string());
                 for (name, value) in reply.headers() {
                     if !HOP_BY_HOP.contains(&name.as_str()) {
                         response = response.header(name, value);
@@ -869,6 +874,28 @@ mod tests {
             "ready again: the target first"
         );
         assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    /// A draining node (a rolling restart) gets no new requests, though it is ready and the
+    /// target; every reply names the node that answered (`x-bank-node`).
+    #[tokio::test]
+    async fn a_draining_node_is_passed_over_and_replies_name_their_node() {
+        let (hung, connections) = hangs().await;
+        let nodes = vec![hung, answers().await];
+        let (door, state) =
+            serve_door(paxos::Mode::Leader, nodes, Duration::from_millis(200)).await;
+        state.nodes[0].draining.store(true, Ordering::SeqCst);
+        let client = reqwest::Client::new();
+        for _ in 0..5 {
+            let reply = (client.get(format!("http://{door}/account_balance?account_id=x")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), 200);
+            assert_eq!(reply.headers()[NODE_HEADER], "1");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 0);
+        assert_eq!(state.nodes[1].in_flight.load(Ordering::SeqCst), 0);
     }
 
     /// Sends `method /deposit_money` through a front door over `nodes`; returns status and code.

@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod experiment;
 pub mod frontdoor;
 pub mod linkproxy;
 pub mod netns;
