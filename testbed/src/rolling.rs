@@ -48,20 +48,17 @@ async fn until<F: std::future::Future<Output = bool>>(
     anyhow::bail!("{what}: not within {STEP_LIMIT:?}")
 }
 
-/// The decided index of every node's paxos process that answers, by node.
-async fn decided(door: &FrontDoor) -> Vec<Option<u64>> {
-    let asks = door.nodes.iter().map(|node| {
-        let paxos =
-            PaxosClient::with_http(door.client.clone(), &node.paxos_url, door.token.as_str());
-        async move {
-            tokio::time::timeout(Duration::from_millis(500), paxos.status())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|reply| reply.status.decided)
-        }
-    });
-    futures::future::join_all(asks).await
+/// The decided index of the paxos processes of `ids` that answer, by node id
+/// (`paxos::client::survey`: all asked at once, 500 ms each).
+async fn decided(door: &FrontDoor, ids: &[u32]) -> std::collections::BTreeMap<u32, u64> {
+    let urls: Vec<String> = (ids.iter())
+        .map(|&id| door.nodes[id as usize].paxos_url.clone())
+        .collect();
+    paxos::client::survey(&door.client, &door.token, &urls, Duration::from_millis(500))
+        .await
+        .into_iter()
+        .map(|reply| (reply.status.id, reply.status.decided))
+        .collect()
 }
 
 fn leader(door: &FrontDoor) -> Option<u32> {
@@ -85,12 +82,11 @@ pub async fn rolling_restart(
         let node = &door.nodes[id as usize];
         let mut handed_to = None;
         if door.mode == paxos::Mode::Leader && leader(door) == Some(id) {
-            let all = decided(door).await;
-            let successor = (0..n)
-                .filter(|&other| {
-                    other != id && door.nodes[other as usize].ready.load(Ordering::SeqCst)
-                })
-                .max_by_key(|&other| all[other as usize])
+            let others: Vec<u32> = (0..n).filter(|&other| other != id).collect();
+            let all = decided(door, &others).await;
+            let successor = (others.into_iter())
+                .filter(|&other| door.nodes[other as usize].ready.load(Ordering::SeqCst))
+                .max_by_key(|other| all.get(other).copied())
                 .context("no ready follower to hand the lead to")?;
             let paxos = PaxosClient::with_http(
                 door.client.clone(),
@@ -127,12 +123,10 @@ pub async fn rolling_restart(
                 return Err(err);
             }
         };
-        let target = decided(door)
+        let others: Vec<u32> = (0..n).filter(|&other| other != id).collect();
+        let target = decided(door, &others)
             .await
-            .iter()
-            .enumerate()
-            .filter(|(other, _)| *other as u32 != id)
-            .filter_map(|(_, d)| *d)
+            .into_values()
             .max()
             .unwrap_or(0);
         let old = (node.paxos.pid(), node.node.pid());
@@ -148,7 +142,10 @@ pub async fn rolling_restart(
             let restarted = new.0.is_some() && new.1.is_some() && new.0 != old.0 && new.1 != old.1;
             restarted
                 && node.ready.load(Ordering::SeqCst)
-                && decided(door).await[id as usize].is_some_and(|d| d >= target)
+                && decided(door, &[id])
+                    .await
+                    .get(&id)
+                    .is_some_and(|&d| d >= target)
         })
         .await;
         node.draining.store(false, Ordering::SeqCst);

@@ -86,6 +86,9 @@ fn default_target() -> String {
     "leader".into()
 }
 
+/// The most requests one mode of a plan may send (each is kept as a sample for the report).
+pub const MAX_REQUESTS: u64 = 10_000_000;
+
 /// A validated plan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -168,6 +171,14 @@ impl Plan {
             (1..=7).contains(&file.nodes),
             "nodes = {}: 1 to 7",
             file.nodes
+        );
+        // Every request is a sample kept until the report: bound them (10 million is about 1 GB).
+        let requests = u64::from(file.rate) * plan_duration.as_secs();
+        anyhow::ensure!(
+            requests <= MAX_REQUESTS,
+            "rate = {} for duration = {:?} is {requests} requests per mode: at most {MAX_REQUESTS}",
+            file.rate,
+            file.duration
         );
         let store = match file.store.as_str() {
             "embedded" => node::store::StoreKind::Embedded,
@@ -327,6 +338,10 @@ mod tests {
             ),
             ("name = \"t/..\"\nduration = \"1m\"", "letters, digits"),
             ("name = \"t\"\nduration = \"1m\"\nrate = 0", "rate = 0"),
+            (
+                "name = \"t\"\nduration = \"24h\"\nrate = 10000",
+                "864000000 requests per mode: at most 10000000",
+            ),
             (
                 "name = \"t\"\nduration = \"1m\"\nstore = \"sqlite\"",
                 "store = \"sqlite\"",
