@@ -411,7 +411,7 @@ async fn testbed_prometheus_scrapes_every_process() {
     for group in [
         "sloth-slo-sli-recordings-bank-availability",
         "sloth-slo-alerts-bank-latency",
-        "bank-alerts",
+        "bank",
     ] {
         assert!(groups.contains(&group), "{group} not loaded: {groups:?}");
     }
