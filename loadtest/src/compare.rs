@@ -210,52 +210,25 @@ pub fn table(results: &[RunResult]) -> String {
     out
 }
 
-/// A small SVG line chart of per-second values.
+/// A line chart of per-second values, one line per run.
 fn chart(title: &str, series: &[(String, Vec<(f64, f64)>)], unit: &str) -> String {
-    const W: f64 = 640.0;
-    const H: f64 = 220.0;
-    const PAD: f64 = 40.0;
-    let max_x = series
+    let series: Vec<testbed::plot::Series> = series
         .iter()
-        .flat_map(|(_, points)| points.iter().map(|p| p.0))
-        .fold(1.0, f64::max);
-    let max_y = series
-        .iter()
-        .flat_map(|(_, points)| points.iter().map(|p| p.1))
-        .fold(1e-9, f64::max);
-    let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
-    ];
-    let mut svg = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}'>\
-         <text x='{PAD}' y='16' font-family='sans-serif' font-size='13'>{title} (max {max_y:.1} {unit})</text>\
-         <line x1='{PAD}' y1='{}' x2='{}' y2='{}' stroke='#888'/>\
-         <line x1='{PAD}' y1='{PAD}' x2='{PAD}' y2='{}' stroke='#888'/>",
-        H - PAD,
-        W - 10.0,
-        H - PAD,
-        H - PAD
-    );
-    for (i, (name, points)) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
-        let path: Vec<String> = points
-            .iter()
-            .map(|(x, y)| {
-                let px = PAD + x / max_x * (W - PAD - 10.0);
-                let py = H - PAD - y / max_y * (H - 2.0 * PAD);
-                format!("{px:.1},{py:.1}")
-            })
-            .collect();
-        svg.push_str(&format!(
-            "<polyline fill='none' stroke='{color}' stroke-width='1.5' points='{}'/>\
-             <text x='{}' y='{}' font-family='sans-serif' font-size='11' fill='{color}'>{name}</text>",
-            path.join(" "),
-            W - 150.0,
-            30.0 + 14.0 * i as f64
-        ));
-    }
-    svg.push_str("</svg>");
-    svg
+        .enumerate()
+        .map(|(i, (name, points))| testbed::plot::Series {
+            name: name.clone(),
+            points: points.clone(),
+            dashed: false,
+            colour: i,
+        })
+        .collect();
+    testbed::plot::lines(&testbed::plot::Lines {
+        title,
+        x_label: "seconds",
+        y_label: unit,
+        series: &series,
+        ..testbed::plot::Lines::default()
+    })
 }
 
 /// The HTML report: the table and, per mode, throughput and p99 over time.

@@ -1,13 +1,14 @@
 //! The paxos bank's load test, on goose: how fast is each mode, and is the money still right?
 //!
 //! Layout: [`workload`] (the goose scenarios and what each operation records), [`ledger`] (the
-//! record of acknowledged operations and the invariant check), [`stats`] (latency percentiles
+//! record of acknowledged operations and the invariant check; it lives in the testbed, whose
+//! experiments check the bank with it too), [`stats`] (latency percentiles
 //! and throughput from the load test's own samples), [`compare`] (leader vs leaderless on fresh
 //! testbed clusters, and the reports), [`metrics`] (the load generator's own metrics). The binary (`src/main.rs`) also plays the testbed and its
 //! children, so `--compare` needs nothing else built.
 
 pub mod compare;
-pub mod ledger;
+pub use testbed::ledger;
 pub mod metrics;
 pub mod stats;
 pub mod workload;

@@ -13,6 +13,7 @@ pub mod control;
 pub mod follow;
 pub mod metrics;
 pub mod probe;
+pub mod probe_log;
 pub mod recovery;
 pub mod slo;
 
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::{ClusterView, Control, KubernetesControl, KubernetesTarget, TestbedControl};
 use crate::probe::{EntryProbe, Outcome};
+use crate::probe_log::ProbeLog;
 use crate::recovery::{Recovery, RecoveryRecord};
 use crate::slo::Slo;
 
@@ -109,6 +111,9 @@ pub struct Config {
     /// Log lines: human or json.
     #[arg(long, env = "BANK_LOG_FORMAT", default_value = "human")]
     pub log_format: telemetry::LogFormat,
+    /// Append every probe and every recovery to this CSV file (`unix_s,target,outcome,latency_ms`).
+    #[arg(long, env = "PROBER_PROBE_LOG")]
+    pub probe_log: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -145,6 +150,9 @@ impl Config {
         }
         if self.no_recovery {
             args.push("--no-recovery".to_owned());
+        }
+        if let Some(file) = &self.probe_log {
+            args.push(format!("--probe-log={}", file.display()));
         }
         if self.kubernetes {
             args.push("--kubernetes".to_owned());
@@ -301,6 +309,10 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let probe_log = match &config.probe_log {
+        Some(path) => ProbeLog::open(path)?,
+        None => ProbeLog::disabled(),
+    };
     let timeout = Duration::from_millis(config.timeout_ms);
     let state = Arc::new(Mutex::new(State::new(config.objective)));
     let period = Duration::from_secs(config.slo_days * 24 * 60 * 60);
@@ -349,6 +361,7 @@ pub async fn run_with(
             started,
             period,
             follow: !config.no_recovery,
+            probe_log: probe_log.clone(),
         },
         shutdown.clone(),
     ));
@@ -367,6 +380,7 @@ pub async fn run_with(
             warm.store(true, Ordering::SeqCst);
         }
         if warm.load(Ordering::SeqCst) {
+            probe_log.probe(ENTRY, &outcome);
             state
                 .lock()
                 .expect("state lock")
@@ -384,6 +398,10 @@ pub async fn run_with(
                 .after_probe(&outcome, view, outcomes, &control)
                 .await;
             if let Some(record) = record {
+                if let Some(passed) = record.first_success {
+                    let took = Duration::from_secs_f64((passed - record.first_failure).max(0.0));
+                    probe_log.recovery(passed, record.action.unwrap_or("none"), took);
+                }
                 let mut state = state.lock().expect("state lock");
                 if state.recoveries.len() == HISTORY {
                     state.recoveries.pop_front();
@@ -421,6 +439,8 @@ struct NodeLoopShared {
     period: Duration,
     /// Point the load balancer at a new leader before the entry probe fails ([`follow`]).
     follow: bool,
+    /// Where every probe goes too.
+    probe_log: ProbeLog,
 }
 
 /// Probes every node directly every `interval`, on its own schedule: the view of the cluster,
@@ -451,6 +471,7 @@ async fn probe_nodes(
                     state.view = Some(view.clone());
                     if shared.warm.load(Ordering::SeqCst) {
                         for (id, outcome) in &outcomes {
+                            shared.probe_log.probe(&format!("node-{id}"), outcome);
                             state.observe(&format!("node-{id}"), outcome, seconds, shared.period);
                         }
                     }
@@ -463,6 +484,13 @@ async fn probe_nodes(
                         Ok(()) => {
                             ::metrics::counter!(crate::metrics::RECOVERIES, "outcome" => "followed_leader")
                                 .increment(1);
+                            shared.probe_log.recovery(
+                                SystemTime::now()
+                                    .duration_since(UNIX_EPOCH)
+                                    .map_or(0.0, |d| d.as_secs_f64()),
+                                "followed_leader",
+                                Duration::ZERO,
+                            );
                             tracing::info!(
                                 leader,
                                 before = ?view.target,

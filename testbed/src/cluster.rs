@@ -147,6 +147,7 @@ impl ClusterSpec {
             prober: (!args.no_prober).then_some(ProberSpec {
                 port: args.prober_port,
                 interval_ms: args.prober_interval_ms,
+                probe_log: None,
             }),
             chaos: args.chaos.clone().map(|faults| ChaosSpec {
                 port: args.chaos_port,
@@ -214,6 +215,7 @@ impl ClusterSpec {
         config.listen = ([127, 0, 0, 1], port).into();
         if let Some(spec) = &self.prober {
             config.interval_ms = spec.interval_ms;
+            config.probe_log = spec.probe_log.clone();
         }
         config
     }
@@ -293,6 +295,8 @@ pub struct ProberSpec {
     pub port: u16,
     /// Milliseconds between probe rounds.
     pub interval_ms: u64,
+    /// Where it appends every probe (`prober --probe-log`).
+    pub probe_log: Option<PathBuf>,
 }
 
 /// The ports of one node's three listeners.

@@ -9,7 +9,7 @@
 //!
 //! Layout: [`cluster`] (the cluster API: a spec, a running cluster and a handle to it, used by
 //! `up`, the tests and the load test), [`supervisor`] (child processes), [`frontdoor`] (the proxy
-//! and the `/_testbed` API), [`status_page`] (`/_testbed/`), [`prometheus`] (scrape config,
+//! and the `/_testbed` API), [`status_page`] (`/_testbed/`), [`ledger`] (what a load did and the bank invariant check on it, shared with the load test), [`experiment`] (`testbed experiment`), [`prometheus`] (scrape config,
 //! `--prometheus`), [`cli`] and [`up`]
 //! (`testbed up`: the arguments and the printed URLs).
 #![deny(missing_docs)]
@@ -18,8 +18,10 @@ pub mod cli;
 pub mod cluster;
 pub mod experiment;
 pub mod frontdoor;
+pub mod ledger;
 pub mod linkproxy;
 pub mod netns;
+pub mod plot;
 pub mod prometheus;
 pub mod rolling;
 pub mod status_page;

@@ -330,7 +330,7 @@ pub async fn testbed_nodes(base: &str) -> Vec<String> {
     let Ok(response) = reqwest::get(format!("{base}/_testbed/cluster")).await else {
         return Vec::new();
     };
-    let Ok(cluster) = response.json::<testbed::frontdoor::ClusterInfo>().await else {
+    let Ok(cluster) = response.json::<crate::frontdoor::ClusterInfo>().await else {
         return Vec::new();
     };
     cluster.nodes.into_iter().map(|n| n.public_url).collect()
