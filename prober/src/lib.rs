@@ -400,7 +400,7 @@ pub async fn run_with(
             if let Some(record) = record {
                 if let Some(passed) = record.first_success {
                     let took = Duration::from_secs_f64((passed - record.first_failure).max(0.0));
-                    probe_log.recovery(passed, record.action.unwrap_or("none"), took);
+                    probe_log.recovery(passed, record.action.unwrap_or("no_action"), took);
                 }
                 let mut state = state.lock().expect("state lock");
                 if state.recoveries.len() == HISTORY {

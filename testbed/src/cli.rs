@@ -20,6 +20,43 @@ pub enum Command {
     Up(UpArgs),
     /// Restart every node of a running cluster one at a time, without failing a request.
     Restart(RestartArgs),
+    /// Run an availability experiment: for each mode of a plan, a fresh cluster, an open-model
+    /// load, the prober and the plan's faults; then a report (`testbed/plans/` has ready plans).
+    Experiment(ExperimentArgs),
+}
+
+/// `testbed experiment <plan.toml>`: flags override the plan's values.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ExperimentArgs {
+    /// The plan (TOML; see `testbed/plans/`).
+    pub plan: PathBuf,
+    /// How long the measured load runs, per mode (`30s`, `10m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Load before the measurement, per mode.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub warmup: Option<std::time::Duration>,
+    /// Requests per second (open model: sent on schedule whatever earlier ones do).
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Nodes per cluster.
+    #[arg(long)]
+    pub nodes: Option<u32>,
+    /// Storage backend.
+    #[arg(long, value_enum)]
+    pub store: Option<node::store::StoreKind>,
+    /// Seed of the fault schedule's choices and of the load's operation mix.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Only these modes (comma-separated), instead of the plan's.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub modes: Option<Vec<paxos::Mode>>,
+    /// The results folder (default: `./results/<plan>-<time>/`); must not exist or be empty.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bar (lines only).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 /// `testbed restart --rolling`.

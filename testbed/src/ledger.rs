@@ -141,7 +141,7 @@ pub fn amount(cents: i64) -> String {
 }
 
 /// What the check found.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
     /// Accounts read back.
     pub accounts: usize,

@@ -55,6 +55,9 @@ pub fn main_with_args(args: Vec<String>) -> std::process::ExitCode {
                     result
                 }),
                 cli::Command::Restart(args) => runtime.block_on(rolling::restart_command(args)),
+                cli::Command::Experiment(args) => {
+                    runtime.block_on(experiment::experiment_command(args))
+                }
             },
         },
     };

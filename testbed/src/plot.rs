@@ -127,6 +127,17 @@ pub fn html_escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// An axis label: whole numbers without decimals, small ones with what they need.
+fn number(v: f64) -> String {
+    if v == v.round() {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{}", (v * 1000.0).round() / 1000.0)
+    }
+}
+
 fn e(err: impl std::fmt::Display) -> String {
     err.to_string()
 }
@@ -184,6 +195,8 @@ pub fn lines(chart: &Lines) -> String {
                 ctx.configure_mesh()
                     .x_desc(chart.x_label)
                     .y_desc(chart.y_label)
+                    .x_label_formatter(&|v| number(*v))
+                    .y_label_formatter(&|v| number(*v))
                     .light_line_style(RGBColor(235, 235, 235))
                     .draw()
                     .map_err(e)?;

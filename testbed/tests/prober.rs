@@ -241,36 +241,13 @@ async fn leaderless_front_door_stops_sending_to_a_paused_node() {
     assert_eq!(balances, vec![served]);
 }
 
-fn chromium() -> Option<std::path::PathBuf> {
-    if let Ok(path) = std::env::var("CHROMIUM") {
-        return Some(path.into());
-    }
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| {
-            let found = std::process::Command::new("which")
-                .arg(name)
-                .output()
-                .ok()?;
-            found
-                .status
-                .success()
-                .then(|| String::from_utf8_lossy(&found.stdout).trim().into())
-        })
-}
-
 /// The status page at `/_testbed/`, rendered by headless Chromium after its scripts ran: every
 /// node with its role, the prober's targets with their availability, the objective.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_renders_nodes_and_slos_in_headless_chromium() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but chromium is not installed: .ci/run must apt-get install chromium"
-        );
-        eprintln!(
-            "\n*** SKIPPED the_status_page_renders_nodes_and_slos_in_headless_chromium: chromium not found (apt-get install chromium) ***\n"
-        );
+    let Some(browser) = testkit::browser::chromium_or_skip(
+        "the_status_page_renders_nodes_and_slos_in_headless_chromium",
+    ) else {
         return;
     };
     let tb = Testbed::up("leader", &["--with-prober"]);
@@ -286,28 +263,13 @@ async fn the_status_page_renders_nodes_and_slos_in_headless_chromium() {
         .unwrap();
     assert_eq!(relayed["objective"], 0.999);
     let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(&browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("{}/_testbed/", tb.url))
-        .output()
-        .expect("running chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let rendered = testkit::browser::render(
+        &browser,
+        profile.path(),
+        &["--virtual-time-budget=3000"],
+        &format!("{}/_testbed/", tb.url),
     );
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = rendered.dom;
     assert!(
         dom.contains("<title>paxos bank: cluster status</title>"),
         "{dom}"

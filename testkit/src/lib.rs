@@ -5,8 +5,11 @@
 //!   the exact calls a Kubernetes-facing component makes can be asserted, which is also the
 //!   RBAC it needs;
 //! - [`StubPaxos`]: three stub paxos processes on 127.0.0.2, .3 and .4 sharing one port, as
-//!   pods do: `GET /status` names the leader, `POST /elect` makes the asked one lead at once.
+//!   pods do: `GET /status` names the leader, `POST /elect` makes the asked one lead at once;
+//! - [`browser`]: headless Chromium, rendering a page and collecting its console.
 #![deny(missing_docs)]
+
+pub mod browser;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -8,11 +8,13 @@
 //! recorded as `overload` without being sent (the client would have had to queue it), and every
 //! request has a timeout.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::{Rng as _, SeedableRng as _};
+
+use crate::ledger::{Answer, Ledger};
 
 /// One request, as `requests.csv` has it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -47,6 +49,29 @@ pub struct OpenLoad {
     pub max_in_flight: usize,
     /// Seed of the operation mix.
     pub seed: u64,
+    /// Idempotency keys are `<key_prefix>-<i>`: distinct per load (a warm-up and the measured
+    /// load of one run must not share keys, or the second would replay the first's answers).
+    pub key_prefix: String,
+    /// Where writes are recorded for the invariant check: acknowledged, refused or unknown.
+    pub ledger: Option<Arc<Mutex<Ledger>>>,
+    /// Running counts, for a progress display.
+    pub tally: Arc<Tally>,
+}
+
+/// Requests so far, updated as they end.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Acknowledged.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Every other outcome.
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+impl Tally {
+    fn count(&self, ok: bool) {
+        let which = if ok { &self.ok } else { &self.failed };
+        which.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The header the front door names the answering node in.
@@ -69,8 +94,8 @@ impl OpenLoad {
             let pick = rng.random_range(0..100u32);
             let a = rng.random_range(0..self.accounts.len());
             let b = (a + 1 + rng.random_range(0..self.accounts.len() - 1)) % self.accounts.len();
-            let cents = rng.random_range(1..500u32);
-            let amount = format!("{}.{:02}", cents / 100, cents % 100);
+            let amount_cents = rng.random_range(1..500i64);
+            let amount = crate::ledger::amount(amount_cents);
             let (op, method, path, body) = if pick < 60 {
                 let body = serde_json::json!({"account_id": self.accounts[a], "amount": amount});
                 (
@@ -103,6 +128,7 @@ impl OpenLoad {
                     outcome: "overload".to_owned(),
                     node: None,
                 };
+                self.tally.count(false);
                 tasks.push(tokio::spawn(async move { sample }));
                 continue;
             }
@@ -110,33 +136,58 @@ impl OpenLoad {
             let mut request = http
                 .request(method, format!("{}{path}", self.base))
                 .timeout(self.timeout);
+            let key = format!("{}-{i}", self.key_prefix);
+            // What the write does if applied, for the ledger.
+            let changes: Vec<(String, i64)> = match op {
+                "deposit" => vec![(self.accounts[a].clone(), amount_cents)],
+                "move" => vec![
+                    (self.accounts[a].clone(), -amount_cents),
+                    (self.accounts[b].clone(), amount_cents),
+                ],
+                _ => Vec::new(),
+            };
+            let write = body.clone().map(|body| (path.clone(), body));
             if let Some(body) = body {
-                request = request
-                    .json(&body)
-                    .header("idempotency-key", format!("open-{}-{i}", self.seed));
+                request = request.json(&body).header("idempotency-key", &key);
             }
             let in_flight = in_flight.clone();
+            let ledger = self.ledger.clone();
+            let tally = self.tally.clone();
             tasks.push(tokio::spawn(async move {
                 let answer = request.send().await;
-                let (outcome, node) = match answer {
+                let (outcome, node, status, reply) = match answer {
                     Ok(response) => {
                         let node = (response.headers().get(NODE_HEADER))
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse().ok());
                         let status = response.status();
                         // The body is part of the answer: a latency ends when it is read.
-                        let _ = response.bytes().await;
-                        let outcome = if status.is_success() {
-                            "ok".to_owned()
-                        } else {
-                            format!("status_{}", status.as_u16())
+                        let body = response.bytes().await;
+                        let outcome = match &body {
+                            Ok(_) if status.is_success() => "ok".to_owned(),
+                            Ok(_) => format!("status_{}", status.as_u16()),
+                            Err(_) => "connection".to_owned(),
                         };
-                        (outcome, node)
+                        let reply = body
+                            .ok()
+                            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+                        (outcome, node, Some(status.as_u16()), reply)
                     }
-                    Err(err) if err.is_timeout() => ("timeout".to_owned(), None),
-                    Err(_) => ("connection".to_owned(), None),
+                    Err(err) if err.is_timeout() => ("timeout".to_owned(), None, None, None),
+                    Err(_) => ("connection".to_owned(), None, None, None),
                 };
                 in_flight.fetch_sub(1, Ordering::SeqCst);
+                tally.count(outcome == "ok");
+                if let (Some(ledger), Some((path, body))) = (ledger, write) {
+                    // A status whose body did not arrive is no answer: the write may or may not
+                    // have been applied.
+                    let answer = match (status, reply) {
+                        (Some(status), Some(reply)) => Answer::Status(status, reply),
+                        _ => Answer::None,
+                    };
+                    (ledger.lock().expect("ledger lock"))
+                        .record(&path, &body, &key, &answer, &changes);
+                }
                 Sample {
                     at: due,
                     op,
@@ -183,6 +234,10 @@ mod tests {
         (url, most)
     }
 
+    fn ledger_of(load: &OpenLoad) -> Ledger {
+        load.ledger.as_ref().unwrap().lock().unwrap().clone()
+    }
+
     fn load(base: String, rate: u32, max_in_flight: usize, timeout: Duration) -> OpenLoad {
         OpenLoad {
             base,
@@ -192,6 +247,9 @@ mod tests {
             timeout,
             max_in_flight,
             seed: 3,
+            key_prefix: "t".into(),
+            ledger: Some(Arc::new(Mutex::new(Ledger::default()))),
+            tally: Arc::default(),
         }
     }
 
@@ -201,10 +259,17 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_go_out_on_schedule_whatever_earlier_ones_do() {
         let (base, most) = slow_bank(Duration::from_millis(300)).await;
-        let samples = load(base, 50, 1_000, Duration::from_secs(5))
-            .run(&reqwest::Client::new())
-            .await;
+        let load = load(base, 50, 1_000, Duration::from_secs(5));
+        let samples = load.run(&reqwest::Client::new()).await;
         assert_eq!(samples.len(), 50);
+        assert_eq!(load.tally.ok.load(Ordering::SeqCst), 50);
+        // Every write was answered 200: acknowledged in the ledger, nothing unknown.
+        let writes = samples.iter().filter(|s| s.op != "balance").count() as u64;
+        let ledger = load.ledger.unwrap();
+        let ledger = ledger.lock().unwrap();
+        assert_eq!((ledger.ok, ledger.unknown, ledger.refused), (writes, 0, 0));
+        let moved: i64 = (ledger.accounts.values()).map(|a| a.expected_cents).sum();
+        assert!(moved > 0, "deposits add money, moves keep it: {moved}");
         assert!(
             samples
                 .iter()
@@ -228,9 +293,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn overload_timeouts_and_refusals_are_outcomes() {
         let (base, _) = slow_bank(Duration::from_secs(2)).await;
-        let samples = load(base, 20, 5, Duration::from_millis(500))
-            .run(&reqwest::Client::new())
-            .await;
+        let samples_load = load(base, 20, 5, Duration::from_millis(500));
+        let samples = samples_load.run(&reqwest::Client::new()).await;
         assert_eq!(samples.len(), 20);
         let count = |what: &str| samples.iter().filter(|s| s.outcome == what).count();
         assert!(
@@ -238,6 +302,12 @@ mod tests {
             "{samples:?}"
         );
         assert_eq!(count("timeout") + count("overload"), 20);
+        // A timed-out write is unknown (it may have been applied); an overload was never sent.
+        let ledger = ledger_of(&samples_load);
+        let timed_out_writes = (samples.iter())
+            .filter(|s| s.outcome == "timeout" && s.op != "balance")
+            .count() as u64;
+        assert_eq!((ledger.ok, ledger.unknown), (0, timed_out_writes));
         let refused = load("http://127.0.0.1:9".into(), 10, 100, Duration::from_secs(1))
             .run(&reqwest::Client::new())
             .await;

@@ -18,13 +18,20 @@
 //! first_after = "30s"     # default: `every`
 //! duration = "10s"        # faults that hold: pause, partition, loss, delay
 //! process = "both"        # node, paxos or both (kill, shutdown, pause)
+//! partition = "isolate"   # isolate, one_way, split or bridge (partition)
+//! loss_percent = 30       # loss: 1 to 100
+//! delay_ms = 200          # delay: each way, 1 to 60000
 //! ```
+//!
+//! In leaderless mode no node leads: `leader` means node 0 there and `follower` any other node,
+//! so both modes get the same fault at a fixed place.
 //!
 //! Unknown keys are errors (a misspelt key must not silently change an experiment).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
+use chaos::target::Target;
 use serde::Deserialize;
 
 /// A plan as written.
@@ -62,6 +69,12 @@ struct FaultFile {
     duration: Option<String>,
     #[serde(default)]
     process: chaos::fault::Processes,
+    #[serde(default)]
+    partition: Option<chaos::fault::Partition>,
+    #[serde(default)]
+    loss_percent: Option<u8>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
 }
 
 fn default_warmup() -> String {
@@ -127,8 +140,8 @@ pub struct FaultPlan {
     pub first_after: Duration,
     /// How long it holds (pause, partition, loss, delay).
     pub duration: Option<Duration>,
-    /// Which processes (kill, shutdown, pause).
-    pub process: chaos::fault::Processes,
+    /// Which processes, which links, how much loss or delay.
+    pub shape: chaos::fault::Shape,
 }
 
 fn duration(field: &str, text: &str) -> anyhow::Result<Duration> {
@@ -150,42 +163,12 @@ impl Plan {
             file.name
         );
         let plan_duration = duration("duration", &file.duration)?;
-        anyhow::ensure!(
-            plan_duration >= Duration::from_secs(5)
-                && plan_duration <= Duration::from_secs(24 * 3600),
-            "duration = {:?}: 5s to 24h",
-            file.duration
-        );
         let warmup = duration("warmup", &file.warmup)?;
-        anyhow::ensure!(
-            warmup <= Duration::from_secs(600),
-            "warmup = {:?}: at most 10m",
-            file.warmup
-        );
-        anyhow::ensure!(
-            (1..=10_000).contains(&file.rate),
-            "rate = {}: 1 to 10000 requests per second",
-            file.rate
-        );
-        anyhow::ensure!(
-            (1..=7).contains(&file.nodes),
-            "nodes = {}: 1 to 7",
-            file.nodes
-        );
-        // Every request is a sample kept until the report: bound them (10 million is about 1 GB).
-        let requests = u64::from(file.rate) * plan_duration.as_secs();
-        anyhow::ensure!(
-            requests <= MAX_REQUESTS,
-            "rate = {} for duration = {:?} is {requests} requests per mode: at most {MAX_REQUESTS}",
-            file.rate,
-            file.duration
-        );
         let store = match file.store.as_str() {
             "embedded" => node::store::StoreKind::Embedded,
             "firestore" => node::store::StoreKind::Firestore,
             other => anyhow::bail!("store = {other:?}: embedded or firestore"),
         };
-        anyhow::ensure!(!file.modes.is_empty(), "modes = []: name at least one mode");
         let mut faults = Vec::new();
         for (i, fault) in file.faults.iter().enumerate() {
             let at = |key: &str| format!("faults[{i}].{key}");
@@ -219,16 +202,33 @@ impl Plan {
             let target = fault.target.parse().map_err(|err: String| {
                 anyhow::anyhow!("{} = {:?}: {err}", at("target"), fault.target)
             })?;
+            let loss_percent = fault.loss_percent.unwrap_or(30);
+            anyhow::ensure!(
+                (1..=100).contains(&loss_percent),
+                "{} = {loss_percent}: 1 to 100",
+                at("loss_percent")
+            );
+            let delay_ms = fault.delay_ms.unwrap_or(200);
+            anyhow::ensure!(
+                (1..=60_000).contains(&delay_ms),
+                "{} = {delay_ms}: 1 to 60000",
+                at("delay_ms")
+            );
             faults.push(FaultPlan {
                 fault: fault.fault,
                 target,
                 every,
                 first_after,
                 duration: held,
-                process: fault.process,
+                shape: chaos::fault::Shape {
+                    processes: fault.process,
+                    partition: fault.partition.unwrap_or_default(),
+                    loss_percent,
+                    delay_ms,
+                },
             });
         }
-        Ok(Plan {
+        let plan = Plan {
             name: file.name,
             description: file.description,
             duration: plan_duration,
@@ -239,7 +239,54 @@ impl Plan {
             seed: file.seed,
             modes: file.modes,
             faults,
-        })
+        };
+        plan.check()?;
+        Ok(plan)
+    }
+
+    /// Checks the plan's bounds (again after a command line changed it).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let text = |d: Duration| humantime::format_duration(d).to_string();
+        anyhow::ensure!(
+            self.duration >= Duration::from_secs(5)
+                && self.duration <= Duration::from_secs(24 * 3600),
+            "duration = {:?}: 5s to 24h",
+            text(self.duration)
+        );
+        anyhow::ensure!(
+            self.warmup <= Duration::from_secs(600),
+            "warmup = {:?}: at most 10m",
+            text(self.warmup)
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.rate),
+            "rate = {}: 1 to 10000 requests per second",
+            self.rate
+        );
+        anyhow::ensure!(
+            (1..=7).contains(&self.nodes),
+            "nodes = {}: 1 to 7",
+            self.nodes
+        );
+        // Every request is a sample kept until the report: bound them (10 million is about 1 GB).
+        let requests = u64::from(self.rate) * self.duration.as_secs();
+        anyhow::ensure!(
+            requests <= MAX_REQUESTS,
+            "rate = {} for duration = {:?} is {requests} requests per mode: at most {MAX_REQUESTS}",
+            self.rate,
+            text(self.duration)
+        );
+        anyhow::ensure!(!self.modes.is_empty(), "modes = []: name at least one mode");
+        for (i, fault) in self.faults.iter().enumerate() {
+            if let Target::Node(id) = fault.target {
+                anyhow::ensure!(
+                    id < self.nodes,
+                    "faults[{i}].target = {id}: the cluster has nodes 0 to {}",
+                    self.nodes - 1
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Reads and parses the plan at `path`.
@@ -353,6 +400,14 @@ mod tests {
             (
                 "name = \"t\"\nduration = \"1m\"\n[[faults]]\nfault = \"kill\"\nevery = \"10s\"\ntarget = \"boss\"",
                 "faults[0].target = \"boss\"",
+            ),
+            (
+                "name = \"t\"\nduration = \"1m\"\n[[faults]]\nfault = \"kill\"\nevery = \"10s\"\ntarget = \"3\"",
+                "faults[0].target = 3: the cluster has nodes 0 to 2",
+            ),
+            (
+                "name = \"t\"\nduration = \"1m\"\n[[faults]]\nfault = \"loss\"\nevery = \"10s\"\nduration = \"5s\"\nloss_percent = 0",
+                "faults[0].loss_percent = 0: 1 to 100",
             ),
             (
                 "name = \"t\"\nduration = \"1m\"\n[[faults]]\nfault = \"loss\"\nevery = \"10s\"\nduration = \"20s\"",
