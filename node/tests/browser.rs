@@ -11,21 +11,6 @@ use std::time::Duration;
 use common::NodeProcess;
 use serde_json::{Value, json};
 
-fn chromium() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("CHROMIUM") {
-        return Some(path.into());
-    }
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| {
-            let found = Command::new("which").arg(name).output().ok()?;
-            found
-                .status
-                .success()
-                .then(|| String::from_utf8_lossy(&found.stdout).trim().into())
-        })
-}
-
 fn headless(
     browser: &PathBuf,
     profile: &std::path::Path,
@@ -52,13 +37,9 @@ fn headless(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_page_renders_in_headless_chromium() {
-    let Some(browser) = chromium() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true but chromium is not installed: .ci/run must apt-get install chromium");
-        }
-        eprintln!(
-            "\n*** SKIPPED accounts_page_renders_in_headless_chromium: chromium not found (apt-get install chromium) ***\n"
-        );
+    let Some(browser) =
+        testkit::browser::chromium_or_skip("accounts_page_renders_in_headless_chromium")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -72,15 +72,9 @@ pub fn results_dir(out: Option<&Path>, plan: &plan::Plan) -> anyhow::Result<Path
     Ok(dir)
 }
 
-/// The commit of the working tree, when there is one.
+/// The commit this binary was built from (`testbed/build.rs`), when it was built in a checkout.
 fn commit() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    Some(env!("TESTBED_GIT_COMMIT").to_owned()).filter(|c| !c.is_empty())
 }
 
 /// `testbed experiment`: runs the plan, writes the results; fails when an invariant broke.

@@ -50,7 +50,8 @@ pub struct FaultOutage {
     pub outcome: String,
     /// From the fault to the first acknowledgement of a request sent after it, ms.
     pub outage_ms: Option<f64>,
-    /// Requests sent from the fault until the next one (or the end) that failed.
+    /// Requests that failed from the fault until the next one was injected (by when they
+    /// ended: a timeout ends when it expires).
     pub failed: u64,
     /// From the fault to the end of the last of those failures, ms (`None`: none failed).
     pub last_failure_ms: Option<f64>,
@@ -119,28 +120,36 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Outage after each fault, from the requests (sorted by due time).
-pub fn outages(samples: &[Sample], faults: &[FaultRecord], end: f64) -> Vec<FaultOutage> {
-    let mut starts: Vec<f64> = faults.iter().map(|f| f.at).collect();
-    starts.push(end);
+/// Outage after each fault, from the requests. The outage runs from the fault to the first
+/// acknowledgement of a request sent at or after it. A failed request belongs to the last fault
+/// injected before it **ended** (its error or timeout): one sent just before the next fault and
+/// timed out by it is that next fault's, and one in flight when a fault hit is this one's.
+pub fn outages(samples: &[Sample], faults: &[FaultRecord]) -> Vec<FaultOutage> {
+    let ended = |s: &Sample| s.at.as_secs_f64() + s.latency.as_secs_f64();
+    let injected: Vec<f64> = (faults.iter())
+        .filter(|f| f.outcome == "injected")
+        .map(|f| f.at)
+        .collect();
     faults
         .iter()
-        .enumerate()
-        .map(|(i, fault)| {
-            let next = starts[i + 1..].iter().copied().fold(end, f64::min);
-            let after = samples.iter().filter(|s| s.at.as_secs_f64() >= fault.at);
-            let first_ok = after
-                .clone()
-                .filter(|s| s.outcome == "ok")
-                .map(|s| s.at.as_secs_f64() + s.latency.as_secs_f64())
+        .map(|fault| {
+            // A fault that was skipped or failed did nothing to measure.
+            let measured = fault.outcome == "injected";
+            let next = (injected.iter().copied())
+                .filter(|&at| at > fault.at)
+                .fold(f64::INFINITY, f64::min);
+            let first_ok = (samples.iter())
+                .filter(|s| measured && s.outcome == "ok" && s.at.as_secs_f64() >= fault.at)
+                .map(ended)
                 .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.min(t))));
-            let failures: Vec<&Sample> = after
-                .filter(|s| s.at.as_secs_f64() < next && s.outcome != "ok")
+            let failures: Vec<f64> = (samples.iter())
+                .filter(|s| measured && s.outcome != "ok")
+                .map(ended)
+                .filter(|&t| t >= fault.at && t < next)
                 .collect();
-            let last_failure = failures
-                .iter()
-                .map(|s| s.at.as_secs_f64() + s.latency.as_secs_f64())
-                .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+            let last_failure = failures.iter().copied().fold(None, |m: Option<f64>, t| {
+                Some(m.map_or(t, |m: f64| m.max(t)))
+            });
             FaultOutage {
                 at: fault.at,
                 fault: fault.fault.to_string(),
@@ -209,7 +218,7 @@ pub fn summarize(run: &ModeRun) -> ModeSummary {
         outcomes,
         worst_window: windows.iter().map(|w| w.1).fold(1.0, f64::min),
         windows,
-        faults: outages(&run.samples, &run.faults, end),
+        faults: outages(&run.samples, &run.faults),
         prober_availability: (!entry.is_empty()).then(|| {
             ratio(
                 entry.iter().filter(|p| p.outcome == "ok").count() as u64,
@@ -563,8 +572,8 @@ pub fn markdown(
         "# Experiment `{}`\n\n{}\n\n{} per mode after a {} warm-up, {} requests/s (open model), \
          {} nodes, {} store, seed {}.\n\n## Summary\n\n{}\n\
          Availability: acknowledged / sent requests. Outage: from a fault to the first \
-         acknowledgement of a request sent after it. Failed: requests sent after a fault (until \
-         the next) that were not acknowledged.\n",
+         acknowledgement of a request sent after it. Failed: requests that failed (ended with an \
+         error or a timeout) from a fault until the next.\n",
         plan.name,
         plan.description,
         humantime::format_duration(plan.duration),
@@ -627,8 +636,8 @@ pub fn html(plan: &Plan, summaries: &[ModeSummary], plots: &[(&str, String, Stri
         "<h1>Experiment <code>{}</code></h1><p>{}</p><p>{} per mode after a {} warm-up, {} \
          requests/s (open model), {} nodes, {} store, seed {}.</p><h2>Summary</h2>{}\
          <p class='note'>Availability: acknowledged / sent requests. Outage: from a fault to the \
-         first acknowledgement of a request sent after it. Failed: requests sent after a fault \
-         (until the next) that were not acknowledged. Raw logs: <a href='requests.csv'>requests.csv</a>, \
+         first acknowledgement of a request sent after it. Failed: requests that failed (ended with \
+         an error or a timeout) from a fault until the next. Raw logs: <a href='requests.csv'>requests.csv</a>, \
          <a href='probes.csv'>probes.csv</a>, <a href='faults.csv'>faults.csv</a>; numbers: \
          <a href='report.json'>report.json</a>.</p>",
         html_escape(&plan.name),
@@ -738,7 +747,15 @@ mod tests {
                 if failing { "timeout" } else { "ok" },
             ));
         }
-        let out = outages(&samples, &[fault(1.0), fault(2.5)], 3.0);
+        let mut skipped = fault(0.5);
+        skipped.outcome = "skipped";
+        let out = outages(&samples, &[skipped, fault(1.0), fault(2.5)]);
+        assert_eq!(
+            (out[0].outage_ms, out[0].failed),
+            (None, 0),
+            "skipped: nothing measured"
+        );
+        let out = &out[1..];
         assert_eq!(out[0].outage_ms.map(f64::round), Some(1030.0));
         assert_eq!(out[0].failed, 10);
         assert_eq!(out[0].last_failure_ms.map(f64::round), Some(1400.0));
