@@ -272,3 +272,66 @@ fn bad_plans_and_flags_are_refused_with_the_reason() {
     assert!(!taken.status.success());
     assert!(says.contains("is not empty"), "{says}");
 }
+
+/// Ctrl-C (here SIGTERM) in the middle of a mode stops that mode's cluster, every process of it,
+/// and ends the run with an error and no report.
+#[test]
+fn an_interrupted_experiment_leaves_no_process_behind() {
+    use std::io::{BufRead as _, BufReader};
+    let work = tempfile::tempdir().unwrap();
+    let plan = work.path().join("p.toml");
+    std::fs::write(
+        &plan,
+        PLAN.replace("duration = \"30s\"", "duration = \"5m\""),
+    )
+    .unwrap();
+    let out = work.path().join("results");
+    let mut child = testbed()
+        .arg("experiment")
+        .arg(&plan)
+        .arg("--out")
+        .arg(&out)
+        .args(["--no-progress", "--modes", "leader"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !said.contains("measuring") {
+        assert!(std::time::Instant::now() < deadline, "{said}");
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{said}");
+        said.push_str(&line);
+    }
+    let cluster: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("leader/cluster/cluster.json")).unwrap(),
+    )
+    .unwrap();
+    let pids: Vec<i32> = (cluster["nodes"].as_array().unwrap().iter())
+        .flat_map(|n| {
+            [
+                n["node_pid"].as_i64().unwrap(),
+                n["paxos_pid"].as_i64().unwrap(),
+            ]
+        })
+        .map(|p| p as i32)
+        .collect();
+    assert_eq!(pids.len(), 6, "{cluster}");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{said}{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(!out.join("report.json").exists());
+    for pid in pids {
+        // SAFETY: signal 0 only asks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(
+            !alive,
+            "process {pid} of the interrupted cluster is still running"
+        );
+    }
+}

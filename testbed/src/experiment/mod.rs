@@ -97,10 +97,18 @@ pub async fn experiment_command(args: ExperimentArgs) -> anyhow::Result<()> {
         plan.seed,
         out.display()
     );
+    let interrupt = tokio_util::sync::CancellationToken::new();
+    let on_signal = interrupt.clone();
+    tokio::spawn(async move {
+        plumbing::shutdown_signal().await;
+        eprintln!("experiment: interrupted, stopping the cluster");
+        on_signal.cancel();
+    });
     let options = run::Options {
         exe,
         out: out.clone(),
         progress: !args.no_progress,
+        interrupt,
     };
     let runs = run::run_plan(&plan, &options).await?;
     let summaries = report::write(&out, &plan, &runs, commit().as_deref())?;

@@ -41,6 +41,9 @@ pub struct Options {
     pub out: PathBuf,
     /// Show a progress bar (on a terminal; lines otherwise).
     pub progress: bool,
+    /// Cancelled on Ctrl-C or SIGTERM: the running mode's cluster is stopped (its processes,
+    /// namespaces and faults gone) and the run ends without a report.
+    pub interrupt: CancellationToken,
 }
 
 /// One fault as it happened.
@@ -159,7 +162,12 @@ pub async fn run_mode(
         dir.join("cluster").display()
     );
     let cluster = Cluster::start(spec).await?;
-    let result = drive(plan, mode, options, &cluster, &probe_log).await;
+    let result = tokio::select! {
+        result = drive(plan, mode, options, &cluster, &probe_log) => result,
+        () = options.interrupt.cancelled() => Err(anyhow::anyhow!(
+            "interrupted: the {mode} cluster is stopped, no report is written"
+        )),
+    };
     cluster.stop().await;
     result
 }
