@@ -147,9 +147,9 @@ mod tests {
 
     use super::*;
 
-    /// A bank whose counter is kept in memory; `stale_from` makes reads through the URL path
-    /// prefix `/stale` answer the balance as it was at the first read (a replica that stopped
-    /// applying).
+    /// A bank whose counter is kept in memory: reads through `/<node>/check_account` answer
+    /// the current balance, except through `/stale/check_account`, which keeps answering the
+    /// balance of its first read (a replica that stopped applying).
     async fn bank() -> String {
         let balance = Arc::new(AtomicI64::new(0));
         let frozen = Arc::new(std::sync::Mutex::new(None::<i64>));
