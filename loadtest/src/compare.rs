@@ -260,25 +260,12 @@ pub fn html_report(results: &[RunResult], table: &str) -> String {
             chart("p99 latency per second", &p99, "ms")
         ));
     }
-    let rows: String = table
-        .lines()
-        .filter(|l| !l.starts_with("|---"))
-        .enumerate()
-        .map(|(i, line)| {
-            let cell = if i == 0 { "th" } else { "td" };
-            let cells: String = line
-                .trim_matches('|')
-                .split('|')
-                .map(|c| format!("<{cell}>{}</{cell}>", c.trim()))
-                .collect();
-            format!("<tr>{cells}</tr>")
-        })
-        .collect();
+    let rows = testbed::plot::markdown_table(table);
     format!(
         "<!doctype html><html><head><meta charset='utf-8'><title>paxos bank: leader vs leaderless</title>\
          <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>\
-         <h1>paxos bank: leader vs leaderless</h1><table>{rows}</table>{body}</body></html>"
+         <h1>paxos bank: leader vs leaderless</h1>{rows}{body}</body></html>"
     )
 }
 

@@ -5,30 +5,18 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::NodeProcess;
 use serde_json::{Value, json};
 
 fn headless(
-    browser: &PathBuf,
+    browser: &std::path::Path,
     profile: &std::path::Path,
     extra: &[&str],
     url: &str,
 ) -> std::process::Output {
-    Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-quic",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+    testkit::browser::headless(browser, profile)
         .args(extra)
         .arg(url)
         .output()

@@ -485,9 +485,7 @@ async fn probe_nodes(
                             ::metrics::counter!(crate::metrics::RECOVERIES, "outcome" => "followed_leader")
                                 .increment(1);
                             shared.probe_log.recovery(
-                                SystemTime::now()
-                                    .duration_since(UNIX_EPOCH)
-                                    .map_or(0.0, |d| d.as_secs_f64()),
+                                unix_seconds(SystemTime::now()),
                                 "followed_leader",
                                 Duration::ZERO,
                             );

@@ -5,7 +5,9 @@
 //! (`testbed experiment`) read it back into their `probes.csv`.
 //!
 //! Appends (a restarted prober continues the file) and writes the header only into an empty
-//! file. A write error is logged once and ends the log, never the probing.
+//! file. Bounded: the file stops growing at [`MAX_BYTES`] (about a month of probes at the
+//! default intervals). A write error, or the bound, is logged once and ends the log, never the
+//! probing.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -19,24 +21,46 @@ use crate::probe::Outcome;
 /// The first line of a probe log.
 pub const HEADER: &str = "unix_s,target,outcome,latency_ms";
 
+/// The most a probe log grows to.
+pub const MAX_BYTES: u64 = 1 << 30;
+
+/// The open file and how large it is.
+#[derive(Debug)]
+struct Writer {
+    file: std::io::BufWriter<std::fs::File>,
+    bytes: u64,
+    limit: u64,
+}
+
 /// A shared handle on the log (cheap to clone); a disabled one writes nothing.
 #[derive(Clone, Debug, Default)]
-pub struct ProbeLog(Option<Arc<Mutex<Option<std::io::BufWriter<std::fs::File>>>>>);
+pub struct ProbeLog(Option<Arc<Mutex<Option<Writer>>>>);
 
 impl ProbeLog {
-    /// Opens (or creates) `path` for appending.
+    /// Opens (or creates) `path` for appending, up to [`MAX_BYTES`].
     pub fn open(path: &Path) -> anyhow::Result<ProbeLog> {
+        ProbeLog::open_with_limit(path, MAX_BYTES)
+    }
+
+    /// Opens (or creates) `path` for appending, up to `limit` bytes.
+    pub fn open_with_limit(path: &Path, limit: u64) -> anyhow::Result<ProbeLog> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("opening the probe log {}", path.display()))?;
-        let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(true);
+        let mut bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut writer = std::io::BufWriter::new(file);
-        if empty {
+        if bytes == 0 {
             writeln!(writer, "{HEADER}")?;
             writer.flush()?;
+            bytes = HEADER.len() as u64 + 1;
         }
+        let writer = Writer {
+            file: writer,
+            bytes,
+            limit,
+        };
         Ok(ProbeLog(Some(Arc::new(Mutex::new(Some(writer))))))
     }
 
@@ -60,15 +84,25 @@ impl ProbeLog {
         let Some(shared) = &self.0 else { return };
         let mut guard = shared.lock().expect("probe log lock");
         let Some(writer) = guard.as_mut() else { return };
-        let written = writeln!(
-            writer,
-            "{at:.3},{target},{outcome},{:.3}",
+        let line = format!(
+            "{at:.3},{target},{outcome},{:.3}\n",
             latency.as_secs_f64() * 1e3
-        )
-        .and_then(|()| writer.flush());
-        if let Err(err) = written {
-            tracing::error!(error = %err, "writing the probe log failed: no more lines go to it");
+        );
+        if writer.bytes + line.len() as u64 > writer.limit {
+            tracing::error!(
+                limit = writer.limit,
+                "the probe log reached its size limit: no more lines go to it"
+            );
             *guard = None;
+            return;
+        }
+        let written = (writer.file.write_all(line.as_bytes())).and_then(|()| writer.file.flush());
+        match written {
+            Ok(()) => writer.bytes += line.len() as u64,
+            Err(err) => {
+                tracing::error!(error = %err, "writing the probe log failed: no more lines go to it");
+                *guard = None;
+            }
         }
     }
 }
@@ -120,6 +154,19 @@ mod tests {
         assert_eq!(lines[4], "1001.000,recovery,failed,0.000");
         let at: f64 = lines[1].split(',').next().unwrap().parse().unwrap();
         assert!((at - now()).abs() < 60.0, "unix seconds: {at}");
+        // The bound: a reopened log counts what is already there, and stops before it.
+        let before = std::fs::metadata(&path).unwrap().len();
+        let full = ProbeLog::open_with_limit(&path, before + 70).unwrap();
+        full.recovery(1_002.0, "retargeted", Duration::ZERO);
+        full.recovery(1_003.0, "retargeted", Duration::ZERO);
+        full.recovery(1_004.0, "retargeted", Duration::ZERO);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            7,
+            "two more lines fit in 70 bytes: {text}"
+        );
+        assert!(std::fs::metadata(&path).unwrap().len() <= before + 70);
         ProbeLog::disabled().probe(
             "entry",
             &Outcome {

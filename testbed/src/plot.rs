@@ -138,6 +138,26 @@ fn number(v: f64) -> String {
     }
 }
 
+/// A Markdown table (`| a | b |` lines, the `|---|` line skipped) as an HTML `<table>`, the
+/// first line as its header; cells escaped.
+pub fn markdown_table(markdown: &str) -> String {
+    let rows: String = markdown
+        .lines()
+        .filter(|l| l.starts_with('|') && !l.starts_with("|---"))
+        .enumerate()
+        .map(|(i, line)| {
+            let cell = if i == 0 { "th" } else { "td" };
+            let cells: String = line
+                .trim_matches('|')
+                .split('|')
+                .map(|c| format!("<{cell}>{}</{cell}>", html_escape(c.trim())))
+                .collect();
+            format!("<tr>{cells}</tr>")
+        })
+        .collect();
+    format!("<table>{rows}</table>")
+}
+
 fn e(err: impl std::fmt::Display) -> String {
     err.to_string()
 }
@@ -476,6 +496,16 @@ mod tests {
         // Bars and legend swatches, by colour: one bar of the first series, two of the second.
         assert_eq!(count(&bars, "fill=\"#0072B2\""), 1 + 1, "{bars}");
         assert_eq!(count(&bars, "fill=\"#D55E00\""), 2 + 1, "{bars}");
+    }
+
+    #[test]
+    fn a_markdown_table_becomes_an_escaped_html_table() {
+        let html = markdown_table("| mode | p99 |\n|---|---|\n| leader | <1 & 2> |\nnot a row\n");
+        assert_eq!(
+            html,
+            "<table><tr><th>mode</th><th>p99</th></tr>\
+             <tr><td>leader</td><td>&lt;1 &amp; 2&gt;</td></tr></table>"
+        );
     }
 
     #[test]

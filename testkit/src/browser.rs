@@ -49,10 +49,11 @@ pub struct Rendered {
     pub stderr: String,
 }
 
-/// Renders `url` with a fresh profile in `profile`; `extra` flags go before the URL (for
-/// example `--virtual-time-budget=3000` to let timers run). Panics if Chromium fails.
-pub fn render(browser: &Path, profile: &Path, extra: &[&str], url: &str) -> Rendered {
-    let out = Command::new(browser)
+/// Headless Chromium with the profile in `profile` and nothing that reaches the network on its
+/// own (no sandbox: tests run as root in CI); add flags and the URL.
+pub fn headless(browser: &Path, profile: &Path) -> Command {
+    let mut command = Command::new(browser);
+    command
         .args([
             "--headless",
             "--no-sandbox",
@@ -62,11 +63,16 @@ pub fn render(browser: &Path, profile: &Path, extra: &[&str], url: &str) -> Rend
             "--disable-sync",
             "--no-first-run",
             "--disable-quic",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--dump-dom",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--user-data-dir={}", profile.display()));
+    command
+}
+
+/// Renders `url` with a fresh profile in `profile`; `extra` flags go before the URL (for
+/// example `--virtual-time-budget=3000` to let timers run). Panics if Chromium fails.
+pub fn render(browser: &Path, profile: &Path, extra: &[&str], url: &str) -> Rendered {
+    let out = headless(browser, profile)
+        .args(["--enable-logging=stderr", "--v=0", "--dump-dom"])
         .args(extra)
         .arg(url)
         .output()

@@ -28,9 +28,14 @@ pub struct CounterReport {
     pub reads: BTreeMap<String, u64>,
     /// Reads that failed (no answer, or an error status), per node URL.
     pub failed_reads: BTreeMap<String, u64>,
-    /// Stale reads, described.
+    /// Stale reads.
+    pub stale_reads: u64,
+    /// The first [`MAX_VIOLATIONS`] stale reads, described.
     pub violations: Vec<String>,
 }
+
+/// The most stale reads described (all are counted).
+pub const MAX_VIOLATIONS: usize = 100;
 
 /// The counter check's settings.
 #[derive(Clone, Debug)]
@@ -119,6 +124,9 @@ impl Counter {
                     Some(balance) => {
                         *report.reads.entry(node.clone()).or_default() += 1;
                         if balance < before {
+                            report.stale_reads += 1;
+                        }
+                        if balance < before && report.violations.len() < MAX_VIOLATIONS {
                             report.violations.push(format!(
                                 "stale read: {node} answered {balance} cents for the counter, \
                                  but {before} deposits of 1 cent were acknowledged before the \
@@ -230,6 +238,8 @@ mod tests {
             !report.violations.is_empty() && report.violations.iter().all(|v| v.contains("/stale")),
             "{report:?}"
         );
+        assert!(report.stale_reads >= report.violations.len() as u64);
+        assert!(report.violations.len() <= MAX_VIOLATIONS);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

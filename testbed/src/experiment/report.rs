@@ -202,6 +202,13 @@ pub fn summarize(run: &ModeRun) -> ModeSummary {
     }
     let mut violations = run.check.violations.clone();
     violations.extend(run.counter.violations.iter().cloned());
+    let undescribed = run
+        .counter
+        .stale_reads
+        .saturating_sub(run.counter.violations.len() as u64);
+    if undescribed > 0 {
+        violations.push(format!("and {undescribed} more stale reads"));
+    }
     ModeSummary {
         mode: run.mode,
         requests,
@@ -306,8 +313,8 @@ pub fn write_logs(dir: &Path, runs: &[ModeRun]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The plots of a report, as `(file name, title, svg)`.
-pub fn plots(runs: &[ModeRun]) -> Vec<(&'static str, String, String)> {
+/// The plots of a report, as `(file name, title, svg)`; `summaries` are the runs' own, in order.
+pub fn plots(runs: &[ModeRun], summaries: &[ModeSummary]) -> Vec<(&'static str, String, String)> {
     let markers: Vec<Marker> = (runs.first().into_iter())
         .flat_map(|run| run.faults.iter())
         .filter(|f| f.outcome == "injected")
@@ -316,29 +323,24 @@ pub fn plots(runs: &[ModeRun]) -> Vec<(&'static str, String, String)> {
             label: f.fault.to_string(),
         })
         .collect();
+    // Latencies of the acknowledged requests, per second of the load, sorted.
     let per_second = |run: &ModeRun| {
-        let seconds = run.duration.as_secs_f64().ceil() as usize;
-        let mut buckets: Vec<Vec<f64>> = vec![Vec::new(); seconds.max(1)];
-        let mut failed = vec![0u64; seconds.max(1)];
-        for s in &run.samples {
-            let i = (s.at.as_secs() as usize).min(buckets.len() - 1);
-            if s.outcome == "ok" {
-                buckets[i].push(ms(s.latency));
-            } else {
-                failed[i] += 1;
-            }
+        let seconds = (run.duration.as_secs_f64().ceil() as usize).max(1);
+        let mut buckets: Vec<Vec<f64>> = vec![Vec::new(); seconds];
+        for s in run.samples.iter().filter(|s| s.outcome == "ok") {
+            buckets[(s.at.as_secs() as usize).min(seconds - 1)].push(ms(s.latency));
         }
         for b in &mut buckets {
             b.sort_by(f64::total_cmp);
         }
-        (buckets, failed)
+        buckets
     };
     let mut throughput = Vec::new();
     let mut latency = Vec::new();
     let mut availability = Vec::new();
     let mut distribution = Vec::new();
-    for (i, run) in runs.iter().enumerate() {
-        let (buckets, _) = per_second(run);
+    for (i, (run, summary)) in runs.iter().zip(summaries).enumerate() {
+        let buckets = per_second(run);
         throughput.push(Series {
             name: format!("{} ok/s", run.mode),
             points: (buckets.iter().enumerate())
@@ -360,9 +362,8 @@ pub fn plots(runs: &[ModeRun]) -> Vec<(&'static str, String, String)> {
         }
         availability.push(Series {
             name: run.mode.to_string(),
-            points: windows(&run.samples, WINDOW_S, run.duration.as_secs_f64())
-                .into_iter()
-                .map(|(at, a)| (at + WINDOW_S / 2.0, a * 100.0))
+            points: (summary.windows.iter())
+                .map(|&(at, a)| (at + WINDOW_S / 2.0, a * 100.0))
                 .collect(),
             dashed: false,
             colour: i,
@@ -383,7 +384,6 @@ pub fn plots(runs: &[ModeRun]) -> Vec<(&'static str, String, String)> {
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .fold(100.0, f64::min);
     let modes: Vec<String> = runs.iter().map(|r| r.mode.to_string()).collect();
-    let summaries: Vec<ModeSummary> = runs.iter().map(summarize).collect();
     let most = summaries.iter().map(|s| s.faults.len()).max().unwrap_or(0);
     let groups: Vec<BarGroup> = (0..most)
         .map(|i| BarGroup {
@@ -612,24 +612,6 @@ pub fn markdown(
     out
 }
 
-fn table_html(markdown: &str) -> String {
-    let rows: String = markdown
-        .lines()
-        .filter(|l| l.starts_with('|') && !l.starts_with("|---"))
-        .enumerate()
-        .map(|(i, line)| {
-            let cell = if i == 0 { "th" } else { "td" };
-            let cells: String = line
-                .trim_matches('|')
-                .split('|')
-                .map(|c| format!("<{cell}>{}</{cell}>", html_escape(c.trim())))
-                .collect();
-            format!("<tr>{cells}</tr>")
-        })
-        .collect();
-    format!("<table>{rows}</table>")
-}
-
 /// `report.html`: one self-contained page, the plots inline.
 pub fn html(plan: &Plan, summaries: &[ModeSummary], plots: &[(&str, String, String)]) -> String {
     let mut body = format!(
@@ -648,7 +630,7 @@ pub fn html(plan: &Plan, summaries: &[ModeSummary], plots: &[(&str, String, Stri
         plan.nodes,
         plan.store,
         plan.seed,
-        table_html(&summary_table(summaries))
+        plot::markdown_table(&summary_table(summaries))
     );
     for (_, title, svg) in plots {
         let _ = write!(
@@ -670,7 +652,7 @@ pub fn html(plan: &Plan, summaries: &[ModeSummary], plots: &[(&str, String, Stri
             body,
             "<h2>{} mode</h2>{}<p class='{class}'>Invariants: {}</p><ul>{violations}</ul>",
             s.mode,
-            table_html(&fault_table(s)),
+            plot::markdown_table(&fault_table(s)),
             html_escape(verdict(s).lines().next().unwrap_or_default())
         );
     }
@@ -693,7 +675,7 @@ pub fn write(
 ) -> anyhow::Result<Vec<ModeSummary>> {
     write_logs(dir, runs)?;
     let summaries: Vec<ModeSummary> = runs.iter().map(summarize).collect();
-    let plots = plots(runs);
+    let plots = plots(runs, &summaries);
     for (file, _, svg) in &plots {
         std::fs::write(dir.join(file), svg)?;
     }
@@ -763,6 +745,24 @@ mod tests {
         assert_eq!((out[1].failed, out[1].last_failure_ms), (0, None));
         let w = windows(&samples, 1.0, 3.0);
         assert_eq!(w, vec![(0.0, 1.0), (1.0, 0.0), (2.0, 1.0)]);
+    }
+
+    /// A request sent just before the next fault and timed out by it is that fault's failure,
+    /// not the earlier one's (the first measured runs counted it for the earlier fault: a
+    /// "last failure" 65 s after a fault 60 s apart).
+    #[test]
+    fn a_failure_belongs_to_the_fault_before_it_ended() {
+        let samples = vec![
+            sample(500, 20, "ok"),
+            sample(1_100, 20, "ok"),
+            // Sent 10 ms before the second fault, timed out 500 ms later.
+            sample(1_990, 500, "timeout"),
+            sample(2_600, 20, "ok"),
+        ];
+        let out = outages(&samples, &[fault(1.0), fault(2.0)]);
+        assert_eq!((out[0].failed, out[0].last_failure_ms), (0, None));
+        assert_eq!(out[1].failed, 1);
+        assert_eq!(out[1].last_failure_ms.map(f64::round), Some(490.0));
     }
 
     #[test]
