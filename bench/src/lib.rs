@@ -1,0 +1,192 @@
+//! The side-by-side benchmark: the paxos bank and etcd on one workload shape, in one run.
+//!
+//! Files: `systems` (starting and stopping a testbed and an etcd cluster, reading their
+//! processes' CPU), `workload` (the clients: transfers with a conserved total, and the bank's
+//! mixed workload), `report` (summaries, ratios, the Markdown table).
+
+pub mod report;
+pub mod systems;
+pub mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use report::{Run, System};
+use workload::Workload;
+
+/// `bench`: the paxos bank and etcd side by side.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "bench",
+    about = "The paxos bank and etcd side by side on the same workload."
+)]
+pub struct Cli {
+    /// Concurrent clients, one run per count (each client waits for its answer before the
+    /// next request: a closed loop).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 64])]
+    pub clients: Vec<u32>,
+    /// Measured time of each run.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Load before each measured window (not counted).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Paxos bank modes to run.
+    #[arg(long, value_delimiter = ',', default_values_t = [paxos::Mode::Leader, paxos::Mode::Leaderless])]
+    pub modes: Vec<paxos::Mode>,
+    /// Workloads: `transfers` (both systems) and `mixed` (the bank alone: 40% move, 25% deposit,
+    /// 15% withdraw, 20% check over --mixed-accounts accounts).
+    #[arg(long, value_delimiter = ',', default_values_t = [Workload::Transfers, Workload::Mixed])]
+    pub workloads: Vec<Workload>,
+    /// Accounts of the transfers workload (every one starts with 1,000.00).
+    #[arg(long, default_value_t = 100)]
+    pub accounts: u32,
+    /// Accounts of the mixed workload.
+    #[arg(long, default_value_t = 1000)]
+    pub mixed_accounts: u32,
+    /// Skip etcd (the ratios are then missing).
+    #[arg(long)]
+    pub no_etcd: bool,
+    /// The etcd binary (Debian: `apt-get install etcd-server`).
+    #[arg(long, default_value = "etcd")]
+    pub etcd: PathBuf,
+    /// Nodes of the paxos bank and members of etcd.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also write the Markdown tables here.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Seed of the clients' random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// The binary's `main` for everything but the testbed roles it plays.
+pub fn main_with_args(args: Vec<String>) -> ExitCode {
+    use clap::Parser as _;
+    let cli = Cli::parse_from(args);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Cli {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.clients.is_empty() && self.clients.iter().all(|&c| (1..=1024).contains(&c)),
+            "--clients: between 1 and 1024 each"
+        );
+        anyhow::ensure!(
+            self.accounts >= 2 && self.mixed_accounts >= 2,
+            "--accounts and --mixed-accounts: at least 2 (a transfer needs two accounts)"
+        );
+        anyhow::ensure!(
+            self.accounts <= 100_000 && self.mixed_accounts <= 100_000,
+            "--accounts and --mixed-accounts: at most 100,000"
+        );
+        anyhow::ensure!(
+            self.duration >= Duration::from_secs(1) && self.duration <= Duration::from_secs(3600),
+            "--duration: between 1 s and 1 h"
+        );
+        anyhow::ensure!(
+            self.warmup <= Duration::from_secs(600),
+            "--warmup: at most 10 min"
+        );
+        anyhow::ensure!((1..=7).contains(&self.nodes), "--nodes: between 1 and 7");
+        Ok(())
+    }
+}
+
+/// Runs every system, mode, workload and client count of `cli`, prints the tables, writes the
+/// files; an error when a run's total was not conserved or a system failed.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    cli.validate()?;
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let dir = tempfile::Builder::new()
+        .prefix("bench-")
+        .tempdir()
+        .context("creating a data folder")?;
+    let mut runs: Vec<Run> = Vec::new();
+    for &mode in &cli.modes {
+        let system = System::Bank(mode);
+        eprintln!("== {system}: starting a {}-node testbed", cli.nodes);
+        let cluster =
+            systems::Testbed::start(&exe, mode, cli.nodes, &dir.path().join(mode.as_str())).await?;
+        for &workload in &cli.workloads {
+            for &clients in &cli.clients {
+                let run = workload::run_bank(&cli, &cluster, system, workload, clients).await;
+                runs.push(report_progress(run?));
+            }
+        }
+        cluster.stop().await;
+    }
+    if cli.no_etcd {
+        eprintln!("== etcd: skipped (--no-etcd): no ratios");
+    } else if cli.workloads.contains(&Workload::Transfers) {
+        eprintln!("== etcd: starting {} members", cli.nodes);
+        let etcd = systems::Etcd::start(&cli.etcd, cli.nodes, &dir.path().join("etcd")).await?;
+        for &clients in &cli.clients {
+            let run = workload::run_etcd(&cli, &etcd, clients).await;
+            runs.push(report_progress(run?));
+        }
+        etcd.stop().await;
+    }
+    let tables = report::tables(&runs);
+    println!("{tables}");
+    if let Some(path) = &cli.markdown {
+        std::fs::write(path, &tables).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&runs)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let broken: Vec<String> = runs
+        .iter()
+        .filter(|run| run.conserved == Some(false))
+        .map(|run| format!("{} {} {} clients", run.system, run.workload, run.clients))
+        .collect();
+    anyhow::ensure!(
+        broken.is_empty(),
+        "the money was not conserved in: {}",
+        broken.join(", ")
+    );
+    Ok(())
+}
+
+fn report_progress(run: Run) -> Run {
+    eprintln!(
+        "   {} {} {} clients: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} cores, {:.2} ms CPU/op, {} errors, total {}",
+        run.system,
+        run.workload,
+        run.clients,
+        run.ops_per_s,
+        run.p50_ms,
+        run.p99_ms,
+        run.cpu_cores,
+        run.cpu_ms_per_op,
+        run.errors,
+        match run.conserved {
+            Some(true) => "conserved",
+            Some(false) => "NOT CONSERVED",
+            None => "not checked",
+        }
+    );
+    for what in &run.error_examples {
+        eprintln!("     error: {what}");
+    }
+    run
+}

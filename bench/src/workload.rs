@@ -1,0 +1,519 @@
+//! The clients. Each of `clients` tasks runs a closed loop (one request at a time, the next as
+//! soon as the answer is in) for warm-up + duration; operations that end inside the measured
+//! window count, and the systems' processes' CPU is read at the window's two ends.
+//!
+//! Transfers move 0.01 to 1.00 between two distinct random accounts of `--accounts`, each opened
+//! with 1,000.00: the total never changes, and it is checked after the run. On etcd an account
+//! is a key holding its cents; a transfer reads both keys (a linearizable read transaction) and
+//! writes both only if neither changed since (a transaction comparing their mod revisions),
+//! again from the read when another client got there first.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::json;
+
+use crate::Cli;
+use crate::report::{self, Run, Sample, System};
+use crate::systems::{Etcd, Process, Testbed, cpu_seconds};
+
+/// What the clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Transfers between accounts (both systems).
+    Transfers,
+    /// 40% transfers, 25% deposits, 15% withdrawals, 20% balance checks (the bank).
+    Mixed,
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Workload::Transfers => "transfers",
+            Workload::Mixed => "mixed",
+        })
+    }
+}
+
+/// Cents every account starts with.
+pub const OPENING_CENTS: i64 = 100_000;
+
+/// Longest wait for one answer (a slower answer is an error).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A transfer or mixed-workload step between `from` and `to` (distinct) of `amount` cents.
+fn pick(rng: &mut rand::rngs::StdRng, accounts: usize) -> (usize, usize, i64) {
+    let from = rng.random_range(0..accounts);
+    let mut to = rng.random_range(0..accounts - 1);
+    if to >= from {
+        to += 1;
+    }
+    (from, to, rng.random_range(1..=100))
+}
+
+fn amount(cents: i64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+/// The outcome of one operation.
+enum Outcome {
+    /// Done (including a refusal the bank's rules call for, such as insufficient funds).
+    Done,
+    /// A deposit (+) or withdrawal (-) of these cents was acknowledged.
+    Changed(i64),
+    /// No answer, or an answer that is not the bank's: what happened.
+    Error(String),
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct ClientEnd {
+    samples: Vec<Sample>,
+    /// Cents deposited minus cents withdrawn, acknowledged.
+    changed: i64,
+    /// The first failures, described.
+    errors: Vec<String>,
+}
+
+/// Failures described per run (the rest are counted).
+const ERROR_EXAMPLES: usize = 5;
+
+impl ClientEnd {
+    fn failed(&mut self, what: String) {
+        if self.errors.len() < ERROR_EXAMPLES {
+            self.errors.push(what);
+        }
+    }
+}
+
+/// Every client's samples in the window (the rest merged) and the CPU of `processes` over the
+/// window.
+async fn drive<F, Fut>(
+    cli: &Cli,
+    clients: u32,
+    processes: &[Process],
+    client: F,
+) -> (ClientEnd, Vec<(String, f64)>)
+where
+    F: Fn(u32, Instant, Instant) -> Fut,
+    Fut: std::future::Future<Output = ClientEnd> + Send + 'static,
+{
+    let start = Instant::now();
+    let window_start = start + cli.warmup;
+    let window_end = window_start + cli.duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| tokio::spawn(client(i, start, window_end)))
+        .collect();
+    tokio::time::sleep_until(window_start.into()).await;
+    let before: Vec<Option<f64>> = processes.iter().map(|p| cpu_seconds(p.pid)).collect();
+    tokio::time::sleep_until(window_end.into()).await;
+    let after: Vec<Option<f64>> = processes.iter().map(|p| cpu_seconds(p.pid)).collect();
+    let cpu = processes
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(p, (b, a))| {
+            let used = match (b, a) {
+                (Some(b), Some(a)) => a - b,
+                _ => f64::NAN,
+            };
+            (p.role.clone(), used)
+        })
+        .collect();
+    let mut all = ClientEnd::default();
+    for task in tasks {
+        if let Ok(mut end) = task.await {
+            all.samples.append(&mut end.samples);
+            all.changed += end.changed;
+            for what in end.errors {
+                all.failed(what);
+            }
+        }
+    }
+    let from = window_start.duration_since(start);
+    let to = window_end.duration_since(start);
+    all.samples.retain(|s| s.end >= from && s.end <= to);
+    (all, cpu)
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(REQUEST_TIMEOUT)
+        .build()?)
+}
+
+/// The status and JSON body of a POST, or what went wrong.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: serde_json::Value,
+) -> Result<(u16, serde_json::Value), String> {
+    let response = client
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .json()
+        .await
+        .map_err(|e| format!("POST {url}: {status}, {e}"))?;
+    Ok((status, body))
+}
+
+/// An answer that is not among `expected` as an error.
+fn unexpected(answer: &Result<(u16, serde_json::Value), String>) -> Outcome {
+    match answer {
+        Ok((status, body)) => Outcome::Error(format!("{status} {body}")),
+        Err(e) => Outcome::Error(e.clone()),
+    }
+}
+
+/// Opens `n` accounts with 1,000.00 each; their ids.
+async fn open_accounts(url: &str, n: u32) -> anyhow::Result<Vec<String>> {
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()?;
+    let url = url.to_owned();
+    let opened = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (client, url, permit) = (client.clone(), url.clone(), opened.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit.acquire().await;
+            let (status, body) = post(&client, &format!("{url}/open_account"), json!({}))
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("opening an account")?;
+            anyhow::ensure!(status == 200, "open_account answered {status}: {body}");
+            let id = body["account_id"]
+                .as_str()
+                .context("no account_id")?
+                .to_owned();
+            let (status, body) = post(
+                &client,
+                &format!("{url}/deposit_money"),
+                json!({"account_id": id, "amount": amount(OPENING_CENTS)}),
+            )
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("depositing the opening balance")?;
+            anyhow::ensure!(status == 200, "deposit_money answered {status}: {body}");
+            Ok(id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await??);
+    }
+    Ok(ids)
+}
+
+/// The bank's total over `ids`, in cents.
+async fn bank_total(url: &str, ids: &[String]) -> anyhow::Result<i64> {
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()?;
+    let mut total = 0;
+    for id in ids {
+        let body: serde_json::Value = client
+            .get(format!("{url}/check_account"))
+            .query(&[("account_id", id)])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        total += testbed::ledger::cents(&body["balance"]).context("a balance")?;
+    }
+    Ok(total)
+}
+
+/// One operation of the bank's workload; mixed steps drawn from `roll` (0..100).
+async fn bank_step(
+    client: &reqwest::Client,
+    url: &str,
+    ids: &[String],
+    workload: Workload,
+    rng: &mut rand::rngs::StdRng,
+) -> Outcome {
+    let (from, to, cents) = pick(rng, ids.len());
+    let roll = match workload {
+        Workload::Transfers => 0,
+        Workload::Mixed => rng.random_range(0..100),
+    };
+    let answer = match roll {
+        0..40 => {
+            post(
+                client,
+                &format!("{url}/move_money"),
+                json!({"source": {"account_id": ids[from]}, "destination": {"account_id": ids[to]}, "amount": amount(cents)}),
+            )
+            .await
+        }
+        40..65 => {
+            let answer = post(
+                client,
+                &format!("{url}/deposit_money"),
+                json!({"account_id": ids[from], "amount": amount(cents)}),
+            )
+            .await;
+            return match answer {
+                Ok((200, _)) => Outcome::Changed(cents),
+                _ => unexpected(&answer),
+            };
+        }
+        65..80 => {
+            let answer = post(
+                client,
+                &format!("{url}/withdraw_money"),
+                json!({"account_id": ids[from], "amount": amount(cents)}),
+            )
+            .await;
+            return match answer {
+                Ok((200, _)) => Outcome::Changed(-cents),
+                Ok((409, _)) => Outcome::Done,
+                _ => unexpected(&answer),
+            };
+        }
+        _ => {
+            let response = client
+                .get(format!("{url}/check_account"))
+                .query(&[("account_id", &ids[from])])
+                .send()
+                .await;
+            return match response {
+                Ok(r) if r.status() == 200 => match r.bytes().await {
+                    Ok(_) => Outcome::Done,
+                    Err(e) => Outcome::Error(format!("GET check_account: {e}")),
+                },
+                Ok(r) => Outcome::Error(format!("GET check_account: {}", r.status())),
+                Err(e) => Outcome::Error(format!("GET check_account: {e}")),
+            };
+        }
+    };
+    match answer {
+        // 409: insufficient funds, an answer the bank's rules call for.
+        Ok((200 | 409, _)) => Outcome::Done,
+        _ => unexpected(&answer),
+    }
+}
+
+/// One run of `workload` on the testbed with `clients` clients.
+pub async fn run_bank(
+    cli: &Cli,
+    testbed: &Testbed,
+    system: System,
+    workload: Workload,
+    clients: u32,
+) -> anyhow::Result<Run> {
+    let accounts = match workload {
+        Workload::Transfers => cli.accounts,
+        Workload::Mixed => cli.mixed_accounts,
+    };
+    let ids = Arc::new(open_accounts(&testbed.url, accounts).await?);
+    let opening = bank_total(&testbed.url, &ids).await?;
+    let url: Arc<str> = testbed.url.as_str().into();
+    let seed = cli.seed;
+    let (all, cpu) = drive(cli, clients, &testbed.processes, |i, start, end| {
+        let (ids, url) = (ids.clone(), url.clone());
+        async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (u64::from(i) << 32));
+            let mut mine = ClientEnd::default();
+            let client = match http_client() {
+                Ok(client) => client,
+                Err(e) => {
+                    mine.failed(format!("building an HTTP client: {e}"));
+                    return mine;
+                }
+            };
+            while Instant::now() < end {
+                let began = Instant::now();
+                let outcome = bank_step(&client, &url, &ids, workload, &mut rng).await;
+                let mut sample = Sample::new(start, began, false);
+                match outcome {
+                    Outcome::Done => {}
+                    Outcome::Changed(c) => mine.changed += c,
+                    Outcome::Error(what) => {
+                        sample.error = true;
+                        mine.failed(what);
+                    }
+                }
+                mine.samples.push(sample);
+                if sample.error {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            mine
+        }
+    })
+    .await;
+    let closing = bank_total(&testbed.url, &ids).await?;
+    // An error leaves a write's fate unknown: the total is then not checked exactly.
+    let conserved = all
+        .errors
+        .is_empty()
+        .then_some(closing == opening + all.changed);
+    let mut run = report::summarize(system, workload, clients, cli.duration, &all.samples, cpu);
+    run.conserved = conserved;
+    run.error_examples = all.errors;
+    run.total_cents = Some(closing);
+    run.leader = testbed.leader().await;
+    Ok(run)
+}
+
+fn key(i: usize) -> String {
+    format!("bench/account/{i:06}")
+}
+
+/// One transfer on etcd: read both keys, then write both if neither changed; retried from the
+/// read on a conflict. The conflicts it met, or an error.
+async fn etcd_transfer(
+    kv: &mut etcd_client::KvClient,
+    from: usize,
+    to: usize,
+    cents: i64,
+) -> Result<u64, etcd_client::Error> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+    let (a, b) = (key(from), key(to));
+    let mut conflicts = 0;
+    loop {
+        let read = kv
+            .txn(Txn::new().and_then([TxnOp::get(a.clone(), None), TxnOp::get(b.clone(), None)]))
+            .await?;
+        let mut found = read.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
+                let cents: i64 = std::str::from_utf8(kv.value())
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                (cents, kv.mod_revision())
+            }),
+            _ => None,
+        });
+        let (Some((balance_a, revision_a)), Some((balance_b, revision_b))) =
+            (found.next().flatten(), found.next().flatten())
+        else {
+            return Err(etcd_client::Error::InvalidArgs(format!(
+                "{a} or {b} is missing"
+            )));
+        };
+        if balance_a < cents {
+            return Ok(conflicts);
+        }
+        let write = kv
+            .txn(
+                Txn::new()
+                    .when([
+                        Compare::mod_revision(a.clone(), CompareOp::Equal, revision_a),
+                        Compare::mod_revision(b.clone(), CompareOp::Equal, revision_b),
+                    ])
+                    .and_then([
+                        TxnOp::put(a.clone(), (balance_a - cents).to_string(), None),
+                        TxnOp::put(b.clone(), (balance_b + cents).to_string(), None),
+                    ]),
+            )
+            .await?;
+        if write.succeeded() {
+            return Ok(conflicts);
+        }
+        conflicts += 1;
+    }
+}
+
+/// etcd's total over the accounts, in cents.
+async fn etcd_total(kv: &mut etcd_client::KvClient, accounts: u32) -> anyhow::Result<i64> {
+    let all = kv
+        .get(
+            "bench/account/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    anyhow::ensure!(
+        all.kvs().len() == accounts as usize,
+        "{} accounts in etcd, {accounts} expected",
+        all.kvs().len()
+    );
+    all.kvs()
+        .iter()
+        .map(|kv| {
+            std::str::from_utf8(kv.value())
+                .ok()
+                .and_then(|v| v.parse::<i64>().ok())
+                .context("a balance that is not a number")
+        })
+        .sum()
+}
+
+/// One run of transfers on etcd with `clients` clients (all on one gRPC connection to the
+/// leader, as etcd's own client shares one).
+pub async fn run_etcd(cli: &Cli, etcd: &Etcd, clients: u32) -> anyhow::Result<Run> {
+    let leader = etcd.leader_endpoint().await?;
+    let client = etcd_client::Client::connect([&leader], None).await?;
+    let mut kv = client.kv_client();
+    for i in 0..cli.accounts as usize {
+        kv.put(key(i), OPENING_CENTS.to_string(), None).await?;
+    }
+    let opening = etcd_total(&mut kv, cli.accounts).await?;
+    let accounts = cli.accounts as usize;
+    let seed = cli.seed;
+    let (all, cpu) = drive(cli, clients, &etcd.processes, |i, start, end| {
+        let mut kv = kv.clone();
+        async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (u64::from(i) << 32));
+            let mut mine = ClientEnd::default();
+            while Instant::now() < end {
+                let (from, to, cents) = pick(&mut rng, accounts);
+                let began = Instant::now();
+                let outcome =
+                    tokio::time::timeout(REQUEST_TIMEOUT, etcd_transfer(&mut kv, from, to, cents))
+                        .await;
+                let mut sample = Sample::new(start, began, false);
+                match outcome {
+                    Ok(Ok(conflicts)) => {
+                        sample.retries = u32::try_from(conflicts).unwrap_or(u32::MAX)
+                    }
+                    Ok(Err(e)) => {
+                        sample.error = true;
+                        mine.failed(format!("transfer: {e}"));
+                    }
+                    Err(_) => {
+                        sample.error = true;
+                        mine.failed("transfer: no answer in 10 s".to_owned());
+                    }
+                }
+                mine.samples.push(sample);
+                if sample.error {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            mine
+        }
+    })
+    .await;
+    let closing = etcd_total(&mut kv, cli.accounts).await?;
+    let mut run = report::summarize(
+        System::Etcd,
+        Workload::Transfers,
+        clients,
+        cli.duration,
+        &all.samples,
+        cpu,
+    );
+    run.error_examples = all.errors;
+    // A transfer is both writes or neither whatever the errors: the total must hold exactly.
+    run.conserved = Some(closing == opening);
+    run.total_cents = Some(closing);
+    run.version = Some(etcd.version.clone());
+    // The next run starts from fresh balances.
+    kv.delete(
+        "bench/account/",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await?;
+    Ok(run)
+}
