@@ -62,6 +62,10 @@ pub struct Cli {
     /// Also write the Markdown tables here.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Also run transfers from one client pacing itself to this many per second (0: not): the
+    /// latency of a lightly loaded cluster, where nothing else fills the batches.
+    #[arg(long, default_value_t = 20.0)]
+    pub paced_rate: f64,
     /// Seed of the clients' random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -85,6 +89,11 @@ pub fn main_with_args(args: Vec<String>) -> ExitCode {
 }
 
 impl Cli {
+    /// The paced run's rate, if any.
+    fn paced(&self) -> Option<f64> {
+        (self.paced_rate > 0.0).then_some(self.paced_rate)
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             !self.clients.is_empty() && self.clients.iter().all(|&c| (1..=1024).contains(&c)),
@@ -128,9 +137,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             systems::Testbed::start(&exe, mode, cli.nodes, &dir.path().join(mode.as_str())).await?;
         for &workload in &cli.workloads {
             for &clients in &cli.clients {
-                let run = workload::run_bank(&cli, &cluster, system, workload, clients).await;
+                let run = workload::run_bank(&cli, &cluster, system, workload, clients, None).await;
                 runs.push(report_progress(run?));
             }
+        }
+        if let Some(rate) = cli.paced() {
+            let run =
+                workload::run_bank(&cli, &cluster, system, Workload::Transfers, 1, Some(rate))
+                    .await;
+            runs.push(report_progress(run?));
         }
         cluster.stop().await;
     }
@@ -140,7 +155,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         eprintln!("== etcd: starting {} members", cli.nodes);
         let etcd = systems::Etcd::start(&cli.etcd, cli.nodes, &dir.path().join("etcd")).await?;
         for &clients in &cli.clients {
-            let run = workload::run_etcd(&cli, &etcd, clients).await;
+            let run = workload::run_etcd(&cli, &etcd, clients, None).await;
+            runs.push(report_progress(run?));
+        }
+        if let Some(rate) = cli.paced() {
+            let run = workload::run_etcd(&cli, &etcd, 1, Some(rate)).await;
             runs.push(report_progress(run?));
         }
         etcd.stop().await;
@@ -157,7 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let broken: Vec<String> = runs
         .iter()
         .filter(|run| run.conserved == Some(false))
-        .map(|run| format!("{} {} {} clients", run.system, run.workload, run.clients))
+        .map(|run| format!("{} {} {}", run.system, run.workload, run.shape()))
         .collect();
     anyhow::ensure!(
         broken.is_empty(),
@@ -169,10 +188,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn report_progress(run: Run) -> Run {
     eprintln!(
-        "   {} {} {} clients: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} cores, {:.2} ms CPU/op, {} errors, total {}",
+        "   {} {} {}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} cores, {:.2} ms CPU/op, {} errors, total {}",
         run.system,
         run.workload,
-        run.clients,
+        run.shape(),
         run.ops_per_s,
         run.p50_ms,
         run.p99_ms,

@@ -71,8 +71,10 @@ pub struct Run {
     pub system: System,
     /// Its workload.
     pub workload: Workload,
-    /// Closed-loop clients.
+    /// Clients (each waits for its answer before its next request).
     pub clients: u32,
+    /// Requests per second each client paces itself to (`None`: as fast as answered).
+    pub rate: Option<f64>,
     /// Length of the measured window, seconds.
     pub seconds: f64,
     /// Operations that ended in the window, errors included.
@@ -105,6 +107,20 @@ pub struct Run {
     pub error_examples: Vec<String>,
 }
 
+impl Run {
+    /// `64 clients`, or `1 client at 20/s`.
+    pub fn shape(&self) -> String {
+        let clients = match self.clients {
+            1 => "1 client".to_owned(),
+            n => format!("{n} clients"),
+        };
+        match self.rate {
+            Some(rate) => format!("{clients} at {rate}/s"),
+            None => clients,
+        }
+    }
+}
+
 /// The `q` quantile (0..=1) of sorted `values`, in milliseconds.
 fn quantile_ms(sorted_us: &[u32], q: f64) -> f64 {
     if sorted_us.is_empty() {
@@ -120,6 +136,7 @@ pub fn summarize(
     system: System,
     workload: Workload,
     clients: u32,
+    rate: Option<f64>,
     window: Duration,
     samples: &[Sample],
     cpu: Vec<(String, f64)>,
@@ -144,6 +161,7 @@ pub fn summarize(
         system,
         workload,
         clients,
+        rate,
         seconds,
         ops: samples.len() as u64,
         ops_per_s: ok / seconds,
@@ -191,7 +209,10 @@ pub fn tables(runs: &[Run]) -> String {
     );
     for run in runs {
         let etcd = runs.iter().find(|r| {
-            r.system == System::Etcd && r.workload == run.workload && r.clients == run.clients
+            r.system == System::Etcd
+                && r.workload == run.workload
+                && r.clients == run.clients
+                && r.rate == run.rate
         });
         let (ops, p50, p99, cpu) = match (etcd, run.system) {
             (Some(e), System::Bank(_)) => (
@@ -207,7 +228,7 @@ pub fn tables(runs: &[Run]) -> String {
             out,
             "| {} | {} | {} | {:.0} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {} |",
             run.workload,
-            run.clients,
+            run.shape(),
             run.system,
             run.ops_per_s,
             dash(ops),
@@ -241,7 +262,7 @@ pub fn tables(runs: &[Run]) -> String {
                 out,
                 "| {} | {} | {} | {} | {:.1} | {:.3} |",
                 run.workload,
-                run.clients,
+                run.shape(),
                 run.system,
                 p.role,
                 p.cores * 100.0,
@@ -275,6 +296,7 @@ mod tests {
             System::Bank(paxos::Mode::Leader),
             Workload::Transfers,
             1,
+            None,
             Duration::from_secs(2),
             &samples,
             vec![("node-0".into(), 0.5), ("paxos-0".into(), 1.5)],
@@ -297,6 +319,7 @@ mod tests {
             System::Bank(paxos::Mode::Leader),
             Workload::Transfers,
             1,
+            None,
             Duration::from_secs(1),
             &samples,
             vec![("paxos-0".into(), 0.01)],
@@ -305,6 +328,7 @@ mod tests {
             System::Etcd,
             Workload::Transfers,
             1,
+            None,
             Duration::from_secs(1),
             &samples[..5],
             vec![("etcd-0".into(), 0.01)],
@@ -320,6 +344,8 @@ mod tests {
         assert!(row.contains("| 1.00 | 0.50x |"), "{row}");
         let etcd_row = text.lines().find(|l| l.contains("| etcd |")).unwrap();
         assert!(etcd_row.contains("| 5 | - |"), "{etcd_row}");
-        assert!(text.contains("| transfers | 1 | paxos bank (leader) | paxos-0 | 1.0 | 1.000 |"));
+        assert!(
+            text.contains("| transfers | 1 client | paxos bank (leader) | paxos-0 | 1.0 | 1.000 |")
+        );
     }
 }

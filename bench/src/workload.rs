@@ -68,6 +68,29 @@ enum Outcome {
     Error(String),
 }
 
+/// A client's pace: one request every 1/rate seconds (a request that takes longer delays the
+/// next, never piles up), or none.
+struct Pace {
+    every: Option<Duration>,
+    next: Instant,
+}
+
+impl Pace {
+    fn new(rate: Option<f64>) -> Pace {
+        Pace {
+            every: rate.map(|r| Duration::from_secs_f64(1.0 / r)),
+            next: Instant::now(),
+        }
+    }
+
+    async fn wait(&mut self) {
+        if let Some(every) = self.every {
+            tokio::time::sleep_until(self.next.into()).await;
+            self.next = Instant::now().max(self.next) + every;
+        }
+    }
+}
+
 /// What one client saw.
 #[derive(Default)]
 struct ClientEnd {
@@ -310,6 +333,7 @@ pub async fn run_bank(
     system: System,
     workload: Workload,
     clients: u32,
+    rate: Option<f64>,
 ) -> anyhow::Result<Run> {
     let accounts = match workload {
         Workload::Transfers => cli.accounts,
@@ -331,7 +355,9 @@ pub async fn run_bank(
                     return mine;
                 }
             };
+            let mut pace = Pace::new(rate);
             while Instant::now() < end {
+                pace.wait().await;
                 let began = Instant::now();
                 let outcome = bank_step(&client, &url, &ids, workload, &mut rng).await;
                 let mut sample = Sample::new(start, began, false);
@@ -358,7 +384,15 @@ pub async fn run_bank(
         .errors
         .is_empty()
         .then_some(closing == opening + all.changed);
-    let mut run = report::summarize(system, workload, clients, cli.duration, &all.samples, cpu);
+    let mut run = report::summarize(
+        system,
+        workload,
+        clients,
+        rate,
+        cli.duration,
+        &all.samples,
+        cpu,
+    );
     run.conserved = conserved;
     run.error_examples = all.errors;
     run.total_cents = Some(closing);
@@ -451,7 +485,12 @@ async fn etcd_total(kv: &mut etcd_client::KvClient, accounts: u32) -> anyhow::Re
 
 /// One run of transfers on etcd with `clients` clients (all on one gRPC connection to the
 /// leader, as etcd's own client shares one).
-pub async fn run_etcd(cli: &Cli, etcd: &Etcd, clients: u32) -> anyhow::Result<Run> {
+pub async fn run_etcd(
+    cli: &Cli,
+    etcd: &Etcd,
+    clients: u32,
+    rate: Option<f64>,
+) -> anyhow::Result<Run> {
     let leader = etcd.leader_endpoint().await?;
     let client = etcd_client::Client::connect([&leader], None).await?;
     let mut kv = client.kv_client();
@@ -466,7 +505,9 @@ pub async fn run_etcd(cli: &Cli, etcd: &Etcd, clients: u32) -> anyhow::Result<Ru
         async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (u64::from(i) << 32));
             let mut mine = ClientEnd::default();
+            let mut pace = Pace::new(rate);
             while Instant::now() < end {
+                pace.wait().await;
                 let (from, to, cents) = pick(&mut rng, accounts);
                 let began = Instant::now();
                 let outcome =
@@ -500,6 +541,7 @@ pub async fn run_etcd(cli: &Cli, etcd: &Etcd, clients: u32) -> anyhow::Result<Ru
         System::Etcd,
         Workload::Transfers,
         clients,
+        rate,
         cli.duration,
         &all.samples,
         cpu,

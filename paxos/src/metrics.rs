@@ -156,7 +156,7 @@ pub const METRICS: &[Metric] = &[
     histogram(
         PEER_RPC_DURATION,
         Some(Unit::Seconds),
-        "One batch of messages to a peer",
+        "Writing one frame of messages to a peer's stream (a slow peer fills its socket and makes this grow)",
     ),
 ];
 

@@ -107,6 +107,7 @@ impl Peer {
         client: reqwest::Client,
         base: &str,
         token: &str,
+        me: Option<NodeId>,
         limits: PeerLimits,
         queue_len: usize,
         shutdown: CancellationToken,
@@ -116,9 +117,12 @@ impl Peer {
         let snapshots = Arc::new(watch::Sender::new(None));
         let base = base.trim_end_matches('/').to_owned();
         tokio::spawn(send_messages(
-            client.clone(),
-            format!("{base}/peer/messages"),
-            token.to_owned(),
+            StreamTarget {
+                client: client.clone(),
+                url: format!("{base}/peer/stream"),
+                token: token.to_owned(),
+                me,
+            },
             rx,
             queued_bytes.clone(),
             limits,
@@ -181,28 +185,118 @@ impl Peer {
     }
 }
 
-/// Sends queued messages in batches whose encoded size stays within half the body limit.
-async fn send_messages(
+/// The `Upgrade` protocol of a peer stream (`GET /peer/stream`).
+pub const STREAM_PROTOCOL: &str = "paxos-peer/1";
+
+/// Header of the stream request naming the sending replica (a newer stream from the same
+/// replica replaces the older one at the receiver).
+pub const STREAM_FROM: &str = "x-paxos-from";
+
+/// A sender with nothing to send writes an empty frame this often, so the receiver (which
+/// closes a stream silent for [`STREAM_IDLE`]) keeps the stream and a dead link is noticed.
+pub const STREAM_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// The receiver closes a stream that carried no frame for this long.
+pub const STREAM_IDLE: Duration = Duration::from_secs(20);
+
+/// Data written to a peer and not acknowledged by its kernel for this long aborts the stream
+/// (`TCP_USER_TIMEOUT`): a partitioned or frozen peer costs a reconnect, not a stalled stream.
+pub const STREAM_USER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The length-delimited framing of a peer stream: frames up to `max_frame` bytes.
+pub fn stream_codec(max_frame: usize) -> tokio_util::codec::LengthDelimitedCodec {
+    tokio_util::codec::LengthDelimitedCodec::builder()
+        .max_frame_length(max_frame)
+        .new_codec()
+}
+
+/// W3C trace headers (name, value) carried in a frame.
+pub type TraceHeaders = Vec<(String, String)>;
+
+/// Where a peer's stream goes, and as whom.
+struct StreamTarget {
     client: reqwest::Client,
+    /// `<base>/peer/stream`.
     url: String,
     token: String,
+    /// This replica (sent as `x-paxos-from`).
+    me: Option<NodeId>,
+}
+
+/// A frame's body: the trace headers (`traceparent`, `tracestate`; empty unless a message of the
+/// frame belongs to a sampled trace), then a postcard `Vec<Envelope>` (a varint count and the
+/// items back to back).
+pub fn decode_frame(frame: &[u8]) -> Option<(TraceHeaders, Vec<Envelope>)> {
+    let (trace, rest) = postcard::take_from_bytes::<TraceHeaders>(frame).ok()?;
+    let envelopes = postcard::from_bytes::<Vec<Envelope>>(rest).ok()?;
+    Some((trace, envelopes))
+}
+
+/// Opens a stream to the peer: `GET /peer/stream` with the cluster token, upgraded.
+async fn open_stream(target: &StreamTarget) -> anyhow::Result<reqwest::Upgraded> {
+    let StreamTarget {
+        client,
+        url,
+        token,
+        me,
+    } = target;
+    let mut request = client
+        .get(url)
+        .bearer_auth(token)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, STREAM_PROTOCOL);
+    if let Some(me) = me {
+        request = request.header(STREAM_FROM, me.to_string());
+    }
+    let response = tokio::time::timeout(crate::runtime::peer_timeout(0), request.send())
+        .await
+        .context("no answer")??;
+    anyhow::ensure!(
+        response.status() == reqwest::StatusCode::SWITCHING_PROTOCOLS,
+        "{url} answered {} to the stream upgrade",
+        response.status()
+    );
+    Ok(response.upgrade().await?)
+}
+
+/// Sends queued messages over one long-lived stream per peer (an upgraded HTTP connection),
+/// in length-delimited frames whose size stays within half the body limit. Nothing is answered
+/// per frame: frames are written back to back as messages arrive. A stream that fails (the
+/// peer is down, partitioned or too slow to take a frame) is dropped with what was queued for it
+/// (Paxos resends what matters) and opened again with a backoff.
+async fn send_messages(
+    target: StreamTarget,
     mut queue: mpsc::Receiver<Outbound>,
     queued_bytes: Arc<AtomicUsize>,
     limits: PeerLimits,
     shutdown: CancellationToken,
 ) {
+    use futures::SinkExt as _;
     use tracing::Instrument as _;
     let budget = limits.max_body_bytes / 2;
     let mut waiting: std::collections::VecDeque<Outbound> = std::collections::VecDeque::new();
     let mut received = Vec::with_capacity(256);
     let mut failures: u32 = 0;
+    let mut stream = None;
+    let drop_queued = |waiting: &mut std::collections::VecDeque<Outbound>,
+                       queue: &mut mpsc::Receiver<Outbound>| {
+        let mut dropped = waiting.len();
+        waiting.clear();
+        while let Ok((envelope, _)) = queue.try_recv() {
+            queued_bytes.fetch_sub(approx_bytes(&envelope.msg), Ordering::Relaxed);
+            dropped += 1;
+        }
+        metrics::counter!(crate::metrics::MESSAGES_DROPPED, "reason" => "peer_unreachable")
+            .increment(dropped as u64);
+    };
     loop {
         if waiting.is_empty() {
             let n = tokio::select! {
                 () = shutdown.cancelled() => return,
                 n = queue.recv_many(&mut received, 256) => n,
+                () = tokio::time::sleep(STREAM_KEEPALIVE), if stream.is_some() => 0,
             };
-            if n == 0 {
+            if n == 0 && queue.is_closed() {
                 return;
             }
             for (envelope, trace) in received.drain(..) {
@@ -210,7 +304,30 @@ async fn send_messages(
                 waiting.push_back((envelope, trace));
             }
         }
-        // One body: postcard's Vec<Envelope> is a varint count and the items back to back.
+        let framed = match &mut stream {
+            Some(framed) => framed,
+            None => match open_stream(&target).await {
+                Ok(upgraded) => {
+                    failures = 0;
+                    stream.insert(tokio_util::codec::FramedWrite::new(
+                        upgraded,
+                        stream_codec(limits.max_body_bytes),
+                    ))
+                }
+                Err(err) => {
+                    tracing::debug!(url = %target.url, error = %err, "no stream to the peer");
+                    drop_queued(&mut waiting, &mut queue);
+                    failures = failures.saturating_add(1);
+                    let backoff = Duration::from_millis((10u64 << failures.min(6)).min(500));
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    continue;
+                }
+            },
+        };
+        // One frame: the messages that fit in the budget (none: a keepalive).
         let mut items: Vec<Vec<u8>> = Vec::new();
         let mut traces = Vec::new();
         let mut size = 0;
@@ -227,54 +344,47 @@ async fn send_messages(
             let (_, trace) = waiting.pop_front().expect("front exists");
             traces.extend(trace);
         }
-        if items.is_empty() {
-            continue;
-        }
         let count = items.len();
-        let mut body = postcard::to_stdvec(&(count as u64)).expect("a count encodes");
+        let span = telemetry::trace::batch_span("paxos.peer_send", traces.iter());
+        let trace: TraceHeaders = match &span {
+            Some(span) => span.in_scope(|| {
+                telemetry::trace::current_headers()
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                    .collect()
+            }),
+            None => Vec::new(),
+        };
+        let mut body = postcard::to_stdvec(&trace).expect("headers encode");
+        body.extend(postcard::to_stdvec(&(count as u64)).expect("a count encodes"));
         for item in items {
             body.extend_from_slice(&item);
         }
         if body.len() > limits.max_body_bytes {
-            // One message larger than a body: it cannot be sent (it would be refused).
+            // One message larger than a frame: it cannot be sent (it would be refused).
             metrics::counter!(crate::metrics::MESSAGES_DROPPED, "reason" => "too_large")
                 .increment(1);
             continue;
         }
-        let span = telemetry::trace::batch_span("paxos.peer_send", traces.iter());
         let started = std::time::Instant::now();
-        let request = client
-            .post(&url)
-            .timeout(crate::runtime::peer_timeout(body.len()))
-            .bearer_auth(&token)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(body);
+        let timeout = crate::runtime::peer_timeout(body.len());
+        let write = tokio::time::timeout(timeout, framed.send(Bytes::from(body)));
         let sent = match span {
-            Some(span) => {
-                let request =
-                    span.in_scope(|| request.headers(telemetry::trace::current_headers()));
-                request.send().instrument(span).await
-            }
-            None => request.send().await,
+            Some(span) => write.instrument(span).await,
+            None => write.await,
         };
         match sent {
-            Ok(response) if response.status().is_success() => {
-                failures = 0;
-                metrics::histogram!(crate::metrics::PEER_RPC_DURATION)
-                    .record(started.elapsed().as_secs_f64());
+            Ok(Ok(())) => {
+                if count > 0 {
+                    metrics::histogram!(crate::metrics::PEER_RPC_DURATION)
+                        .record(started.elapsed().as_secs_f64());
+                }
             }
             _ => {
-                // The peer is down or slow: drop this batch and what queued meanwhile (Paxos
-                // resends what matters) and back off so a dead peer costs little.
                 metrics::counter!(crate::metrics::MESSAGES_DROPPED, "reason" => "peer_unreachable")
                     .increment(count as u64);
-                failures = failures.saturating_add(1);
-                let backoff = Duration::from_millis((10u64 << failures.min(6)).min(500));
-                tokio::time::sleep(backoff).await;
-                waiting.clear();
-                while let Ok((envelope, _)) = queue.try_recv() {
-                    queued_bytes.fetch_sub(approx_bytes(&envelope.msg), Ordering::Relaxed);
-                }
+                stream = None;
+                drop_queued(&mut waiting, &mut queue);
             }
         }
     }
@@ -553,6 +663,7 @@ mod tests {
             reqwest::Client::new(),
             "http://127.0.0.1:9",
             "token",
+            None,
             limits,
             16,
             shutdown.clone(),
@@ -584,6 +695,126 @@ mod tests {
             !peer.send(accept, None),
             "20 kB over a 10 kB budget is dropped"
         );
+    }
+
+    /// A peer's end of the stream, by hand: accepts connections, checks nothing, hands each
+    /// request's head to `heads`, answers 101, then hands every frame's messages (with the
+    /// connection's number) to `frames`, and closes each connection after `per_connection`
+    /// frames.
+    async fn stream_receiver(
+        per_connection: usize,
+        frames: mpsc::UnboundedSender<(usize, Vec<Envelope>)>,
+        heads: mpsc::UnboundedSender<String>,
+    ) -> String {
+        use futures::StreamExt as _;
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            for connection in 0.. {
+                let (socket, _) = listener.accept().await.unwrap();
+                let mut reader = tokio::io::BufReader::new(socket);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).await.unwrap();
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    head.push_str(&line.to_ascii_lowercase());
+                }
+                let _ = heads.send(head);
+                reader
+                    .get_mut()
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
+                          upgrade: paxos-peer/1\r\n\r\n",
+                    )
+                    .await
+                    .unwrap();
+                let frames = frames.clone();
+                tokio::spawn(async move {
+                    let mut read =
+                        tokio_util::codec::FramedRead::new(reader, stream_codec(1 << 20));
+                    for _ in 0..per_connection {
+                        let Some(Ok(frame)) = read.next().await else {
+                            return;
+                        };
+                        let (_, envelopes) = decode_frame(&frame).expect("a frame decodes");
+                        let _ = frames.send((connection, envelopes));
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    fn heartbeat(to: NodeId) -> Envelope {
+        Envelope::new(
+            0,
+            to,
+            Message::Heartbeat(crate::messages::Heartbeat {
+                leading: Vec::new(),
+                decided: 7,
+                frontier: 7,
+                read_seq: 0,
+            }),
+        )
+    }
+
+    /// Messages travel as frames on one upgraded connection that stays open (no request or
+    /// answer per batch); when the peer drops it, the sender opens a new one and goes on.
+    #[tokio::test]
+    async fn messages_stream_over_one_connection_and_a_dropped_stream_is_reopened() {
+        let (frames_tx, mut frames) = mpsc::unbounded_channel();
+        let (heads_tx, mut heads) = mpsc::unbounded_channel();
+        let url = stream_receiver(3, frames_tx, heads_tx).await;
+        let shutdown = CancellationToken::new();
+        let _stop = shutdown.clone().drop_guard();
+        let peer = Peer::spawn(
+            reqwest::Client::new(),
+            &url,
+            "the-token",
+            Some(2),
+            PeerLimits::default(),
+            64,
+            shutdown.clone(),
+        );
+        let mut seen = Vec::new();
+        for round in 0..3 {
+            assert!(peer.send(heartbeat(1), None));
+            let (connection, envelopes) =
+                tokio::time::timeout(Duration::from_secs(5), frames.recv())
+                    .await
+                    .expect("a frame")
+                    .unwrap();
+            assert_eq!(envelopes.len(), 1, "round {round}");
+            assert!(matches!(envelopes[0].msg, Message::Heartbeat(_)));
+            seen.push(connection);
+        }
+        assert_eq!(seen, [0, 0, 0], "one connection carries every frame");
+        let head = heads.recv().await.unwrap();
+        assert!(head.starts_with("get /peer/stream http/1.1"), "{head}");
+        assert!(head.contains("authorization: bearer the-token"), "{head}");
+        assert!(head.contains("upgrade: paxos-peer/1"), "{head}");
+        assert!(head.contains("x-paxos-from: 2"), "{head}");
+        assert!(heads.try_recv().is_err(), "no second request");
+
+        // The receiver closed that connection after its third frame: the next writes fail
+        // (one may vanish into the closing socket, as any message may), and the sender opens a
+        // second stream that carries the rest.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let reconnected = loop {
+            assert!(tokio::time::Instant::now() < deadline, "no second stream");
+            peer.send(heartbeat(1), None);
+            if let Ok(Some((connection, _))) =
+                tokio::time::timeout(Duration::from_millis(100), frames.recv()).await
+            {
+                break connection;
+            }
+        };
+        assert_eq!(reconnected, 1);
+        assert!(heads.recv().await.unwrap().starts_with("get /peer/stream"));
     }
 
     fn chunk(offset: usize, total: usize) -> Chunk {

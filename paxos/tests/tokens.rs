@@ -62,6 +62,7 @@ async fn the_metrics_token_reads_metrics_only() {
         (reqwest::Method::GET, "/status"),
         (reqwest::Method::POST, "/local/propose"),
         (reqwest::Method::POST, "/peer/messages"),
+        (reqwest::Method::GET, "/peer/stream"),
         (reqwest::Method::POST, "/shutdown"),
     ] {
         let reply = call(method.clone(), path, METRICS_TOKEN).await.unwrap();

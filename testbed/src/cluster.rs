@@ -570,9 +570,22 @@ pub struct Cluster {
     netns: crate::netns::Owned,
 }
 
+/// Tokio worker threads per child process of a cluster of `nodes` pairs: the machine's cores
+/// shared among its `2 * nodes` processes and the front door, at least one. Tokio's default (a
+/// worker per core in every process) put 14 workers on 2 cores for 3 nodes: more thread
+/// hand-offs and scheduler wake-ups per operation for no parallelism (the one-client transfer
+/// took 20% less CPU with one worker; docs/measurements/2026-11-30-performance.md).
+pub fn worker_threads(nodes: u32) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / (2 * nodes as usize + 1)).max(1)
+}
+
 impl Cluster {
     /// Starts every process and the front door. Returns at once: wait for readiness with
     /// [`ClusterHandle::wait_ready`].
+    ///
+    /// Each child's tokio runtime gets [`worker_threads`] workers unless the environment sets
+    /// `TOKIO_WORKER_THREADS`.
     pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
         anyhow::ensure!(
             (1..=7).contains(&spec.nodes),
@@ -581,6 +594,14 @@ impl Cluster {
         );
         let data_dir = prepare_data_dir(spec.data_dir.as_deref(), spec.keep_data)?;
         let mut env = spec.env.clone();
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none()
+            && !env.iter().any(|(k, _)| k == "TOKIO_WORKER_THREADS")
+        {
+            env.push((
+                "TOKIO_WORKER_THREADS".to_owned(),
+                worker_threads(spec.nodes).to_string(),
+            ));
+        }
         let (firestore, emulator) = match spec.store {
             StoreKind::Firestore => {
                 let (location, emulator, host) = prepare_firestore(&spec, &data_dir)?;

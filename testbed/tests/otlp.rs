@@ -105,7 +105,7 @@ async fn every_process_exports_its_spans_over_otlp_as_one_trace() {
                 ("node", "node.propose_batch"),
                 ("paxos", "POST /local/propose"),
                 ("paxos", "paxos.commit"),
-                ("paxos", "POST /peer/messages"),
+                ("paxos", "paxos.peer_receive"),
                 ("node", "node.apply"),
             ]
             .iter()

@@ -184,7 +184,7 @@ async fn one_request_is_one_trace_across_node_paxos_and_peers() {
                 .filter(|s| s.span_context.trace_id() == trace_id)
                 .cloned()
                 .collect();
-            let complete = ["node.apply", "POST /peer/messages", "paxos.commit"]
+            let complete = ["node.apply", "paxos.peer_receive", "paxos.commit"]
                 .iter()
                 .all(|name| !named(&spans, name).is_empty());
             if complete || Instant::now() > deadline {
@@ -247,7 +247,7 @@ async fn one_request_is_one_trace_across_node_paxos_and_peers() {
     for send in &sends {
         assert_eq!(parent_of(send).as_deref(), Some("paxos.commit"));
     }
-    let received = named(&spans, "POST /peer/messages");
+    let received = named(&spans, "paxos.peer_receive");
     assert!(
         !received.is_empty(),
         "peers receive the traced accepts: {names:?}"

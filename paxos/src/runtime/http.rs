@@ -40,6 +40,11 @@ pub(super) struct HttpState {
     pub(super) decided: Arc<std::sync::atomic::AtomicU64>,
     /// Where snapshot chunks from peers are assembled.
     pub(super) incoming: Arc<std::path::Path>,
+    /// The open inbound stream of each peer (by its `x-paxos-from`): a newer one cancels it.
+    pub(super) streams:
+        Arc<std::sync::Mutex<std::collections::HashMap<NodeId, (u64, CancellationToken)>>>,
+    /// Largest frame of a peer stream.
+    pub(super) max_frame: usize,
 }
 
 /// Liveness: false from the moment the driver is gone (the process is exiting).
@@ -60,6 +65,7 @@ pub(super) fn router(state: HttpState, peer_body: usize) -> Router {
             "/peer/snapshot",
             post(peer_snapshot).layer(axum::extract::DefaultBodyLimit::max(peer_body)),
         )
+        .route("/peer/stream", get(peer_stream))
         .route("/local/propose", post(propose))
         .route("/local/entries", get(entries))
         .route("/local/read_index", post(read_index))
@@ -162,6 +168,122 @@ async fn peer_snapshot(
             (StatusCode::BAD_REQUEST, err.to_string()).into_response()
         }
         Err(_) => unavailable(),
+    }
+}
+
+/// A peer's long-lived message stream: the request upgrades to
+/// [`STREAM_PROTOCOL`](crate::transfer::STREAM_PROTOCOL), then carries length-delimited
+/// frames of messages (see [`crate::transfer`]) until the peer closes it, it stays silent for
+/// [`STREAM_IDLE`](crate::transfer::STREAM_IDLE), the same peer opens a newer one, or the
+/// driver stops. Frames are handed to the driver in order; when it is behind, reading waits
+/// (TCP pushes back on the sender) instead of dropping.
+async fn peer_stream(State(state): State<HttpState>, mut request: Request) -> Response {
+    use crate::transfer::{STREAM_FROM, STREAM_PROTOCOL};
+    let wanted = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes() == STREAM_PROTOCOL.as_bytes());
+    if !wanted {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("GET /peer/stream upgrades to {STREAM_PROTOCOL} only"),
+        )
+            .into_response();
+    }
+    let from = request
+        .headers()
+        .get(STREAM_FROM)
+        .and_then(|v| v.to_str().ok()?.parse::<NodeId>().ok());
+    let upgrade = hyper::upgrade::on(&mut request);
+    static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stop = CancellationToken::new();
+    if let Some(from) = from {
+        let mut streams = state.streams.lock().expect("streams lock");
+        if let Some((_, older)) = streams.insert(from, (id, stop.clone())) {
+            older.cancel();
+        }
+    }
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        receive_stream(&state, hyper_util::rt::TokioIo::new(upgraded), &stop).await;
+        if let Some(from) = from {
+            let mut streams = state.streams.lock().expect("streams lock");
+            if streams
+                .get(&from)
+                .is_some_and(|(current, _)| *current == id)
+            {
+                streams.remove(&from);
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, STREAM_PROTOCOL)
+        .body(axum::body::Body::empty())
+        .expect("a valid response")
+}
+
+/// Reads frames from `io` into the driver until the stream ends (see [`peer_stream`]).
+async fn receive_stream(
+    state: &HttpState,
+    io: impl tokio::io::AsyncRead + Unpin,
+    stop: &CancellationToken,
+) {
+    use futures::StreamExt as _;
+    use tracing::Instrument as _;
+    let mut frames =
+        tokio_util::codec::FramedRead::new(io, crate::transfer::stream_codec(state.max_frame));
+    loop {
+        let frame = tokio::select! {
+            () = stop.cancelled() => return,
+            () = state.driver_gone.cancelled() => return,
+            frame = tokio::time::timeout(crate::transfer::STREAM_IDLE, frames.next()) => frame,
+        };
+        let frame = match frame {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(err))) => {
+                tracing::debug!(error = %err, "peer stream broken");
+                return;
+            }
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!("peer stream silent too long; closed");
+                return;
+            }
+        };
+        let Some((trace, envelopes)) = crate::transfer::decode_frame(&frame) else {
+            tracing::warn!("a peer stream frame that does not decode; stream closed");
+            return;
+        };
+        if envelopes.is_empty() {
+            continue;
+        }
+        let hand_over = state.inbound.send(envelopes);
+        let handed = if trace.is_empty() {
+            hand_over.await
+        } else {
+            let mut headers = axum::http::HeaderMap::new();
+            for (name, value) in &trace {
+                if let (Ok(name), Ok(value)) = (
+                    axum::http::HeaderName::from_bytes(name.as_bytes()),
+                    axum::http::HeaderValue::from_str(value),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
+            let parent = telemetry::trace::extract(&headers);
+            match telemetry::trace::batch_span("paxos.peer_receive", [&parent]) {
+                Some(span) => hand_over.instrument(span).await,
+                None => hand_over.await,
+            }
+        };
+        if handed.is_err() {
+            return;
+        }
     }
 }
 

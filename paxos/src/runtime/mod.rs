@@ -7,7 +7,9 @@
 //! per-peer senders, then answer whoever waits for decided entries.
 //!
 //! HTTP routes (one port; every route needs `Authorization: Bearer <cluster token>`):
-//! - `POST /peer/messages`: postcard `Vec<Envelope>` from a peer;
+//! - `GET /peer/stream`: a peer's long-lived message stream (upgraded; length-delimited frames,
+//!   see [`crate::transfer`]); `POST /peer/messages`: one postcard `Vec<Envelope>` batch (what
+//!   a peer of an older version sends);
 //! - `POST /local/propose`: postcard `Vec<Bytes>` commands -> one [`ProposeReply`](crate::wire::ProposeReply) each, once
 //!   all are decided here, handed back, or refused;
 //! - `GET /local/entries?from=&max=&wait_ms=`: decided entries from a slot -> [`EntriesReply`](crate::wire::EntriesReply)
@@ -128,9 +130,13 @@ pub async fn run_with_storage(
     let stop = CancellationToken::new();
     let (requests_tx, requests_rx) = mpsc::channel(4_096);
     let (inbound_tx, inbound_rx) = mpsc::channel(1_024);
+    // No overall timeout: message streams live long (each snapshot chunk sets its own); a peer
+    // that stops acknowledging what is written to it is cut after STREAM_USER_TIMEOUT.
     let client = reqwest::Client::builder()
         .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
-        .timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_user_timeout(crate::transfer::STREAM_USER_TIMEOUT)
+        .tcp_nodelay(true)
         .pool_max_idle_per_host(4)
         .build()?;
     let mut outbound = Vec::new();
@@ -143,6 +149,7 @@ pub async fn run_with_storage(
             client.clone(),
             url,
             &cfg.token,
+            Some(cfg.core.id),
             cfg.peer_limits,
             cfg.peer_queue,
             stop.clone(),
@@ -170,6 +177,8 @@ pub async fn run_with_storage(
         me: cfg.core.id,
         decided: decided.clone(),
         incoming: cfg.data_dir.join("paxos.incoming").into(),
+        streams: Arc::default(),
+        max_frame: cfg.peer_limits.max_body_bytes,
     };
     let app = router(state, cfg.peer_limits.max_body_bytes);
     let server = plumbing::serve(

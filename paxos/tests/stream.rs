@@ -1,0 +1,135 @@
+//! The receiving end of the peer streams on a real paxos process: a stream is an upgraded
+//! `GET /peer/stream` that carries frames of messages to the driver; a request that does not
+//! ask for the protocol is refused; a newer stream from the same peer closes the older one.
+
+use std::time::Duration;
+
+use clap::Parser as _;
+use futures::SinkExt as _;
+use paxos::messages::{Envelope, Heartbeat, LaneClaim, Message};
+use paxos::transfer::{STREAM_FROM, STREAM_PROTOCOL, stream_codec};
+use tokio::io::AsyncReadExt as _;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "cluster-token-0123456789";
+
+/// A paxos process of a 3-replica cluster (its peers unreachable), replica 0; its URL.
+async fn start(dir: &std::path::Path, shutdown: &CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = paxos::runtime::Cli::try_parse_from([
+        "paxos".to_owned(),
+        "--id=0".to_owned(),
+        format!("--peers={url},http://127.0.0.1:9,http://127.0.0.1:9"),
+        "--initial-cluster-state=new".to_owned(),
+        format!("--data-dir={}", dir.join("paxos").display()),
+    ])
+    .unwrap()
+    .into_config(TOKEN.to_owned())
+    .unwrap();
+    tokio::spawn(paxos::runtime::run(cfg, listener, None, shutdown.clone()));
+    url
+}
+
+async fn open(url: &str, from: u32) -> reqwest::Upgraded {
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        let response = client
+            .get(format!("{url}/peer/stream"))
+            .bearer_auth(TOKEN)
+            .header("connection", "upgrade")
+            .header("upgrade", STREAM_PROTOCOL)
+            .header(STREAM_FROM, from.to_string())
+            .send()
+            .await;
+        if let Ok(response) = response {
+            assert_eq!(response.status(), 101);
+            return response.upgrade().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the paxos process never answered");
+}
+
+fn frame(envelopes: &[Envelope]) -> bytes::Bytes {
+    let trace: Vec<(String, String)> = Vec::new();
+    let mut body = postcard::to_stdvec(&trace).unwrap();
+    body.extend(postcard::to_stdvec(envelopes).unwrap());
+    body.into()
+}
+
+async fn frontier(url: &str) -> Option<u64> {
+    let status: serde_json::Value = reqwest::Client::new()
+        .get(format!("{url}/status"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    status["frontier"].as_u64()
+}
+
+#[tokio::test]
+async fn a_stream_carries_frames_to_the_driver_and_a_newer_one_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let url = start(dir.path(), &shutdown).await;
+
+    // Without the Upgrade header: refused, with a reason.
+    let plain = reqwest::Client::new()
+        .get(format!("{url}/peer/stream"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400);
+    assert!(plain.text().await.unwrap().contains(STREAM_PROTOCOL));
+
+    // Replica 1 tells of slot 77 in a heartbeat, in a frame of its stream: the driver learns it.
+    let first = open(&url, 1).await;
+    let mut frames = tokio_util::codec::FramedWrite::new(first, stream_codec(1 << 20));
+    let claim = Envelope::new(
+        1,
+        0,
+        Message::Heartbeat(Heartbeat {
+            leading: vec![LaneClaim {
+                lane: 0,
+                ballot: paxos::Ballot::new(1_000_000, 1),
+                decided_up_to: 0,
+            }],
+            decided: 0,
+            frontier: 77,
+            read_seq: 0,
+        }),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        frames
+            .send(frame(std::slice::from_ref(&claim)))
+            .await
+            .unwrap();
+        if frontier(&url).await == Some(77) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heartbeat never reached the driver"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A second stream from replica 1: the process closes the first one.
+    let _second = open(&url, 1).await;
+    let mut first = frames.into_inner();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .expect("the older stream is closed, not left open");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the older stream ended: {read:?}"
+    );
+}
