@@ -45,6 +45,7 @@ impl Cluster {
                 .map(|(_, v)| v.commands().len())
                 .sum::<usize>();
         }
+        self.queue.extend(ready.early);
         self.queue.extend(ready.messages);
     }
 

@@ -19,7 +19,9 @@
 //! Whoever drives it (the runtime, the simulator, a test) must, after every input
 //! (`handle`, `propose`, `tick`, `read_index`, `compact`):
 //!
-//! 1. call [`core::Replica::take_ready`];
+//! 1. call [`core::Replica::take_ready`]; `ready.early` (accepts of a proposer whose ballot is
+//!    already durable) may be sent right away, before step 2, so the acceptors' syncs overlap
+//!    this replica's; no input (a reply among them) may reach the core before step 2 is done;
 //! 2. write `ready.persist` atomically to storage and **sync it** — before anything else (a batch
 //!    made only of `PersistOp::Decide` may skip the sync: it gates no message, and a replica
 //!    that loses a decision relearns it from its peers);

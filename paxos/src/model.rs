@@ -179,7 +179,11 @@ impl State {
                 ));
             }
         }
-        Ok(ready.messages)
+        // Early accepts leave first; this model does not crash between them and the sync (the
+        // simulator does).
+        let mut messages = ready.early;
+        messages.extend(ready.messages);
+        Ok(messages)
     }
 
     /// `p` and the replicas of `with` exchange messages until none is left between them;

@@ -56,6 +56,9 @@ pub struct SimConfig {
     pub restart_per_mille: u64,
     /// Chance that a crash loses the step it happened in (unsynced writes), per mille.
     pub torn_crash_per_mille: u64,
+    /// Chance that a replica which just sent its early accepts crashes before syncing the
+    /// step they came from, per mille of such steps.
+    pub early_crash_per_mille: u64,
     /// Per-tick chance of a new partition, per mille.
     pub partition_per_mille: u64,
     /// Per-tick chance that partitions heal, per mille.
@@ -91,6 +94,7 @@ impl SimConfig {
             crash_per_mille: 15,
             restart_per_mille: 80,
             torn_crash_per_mille: 300,
+            early_crash_per_mille: 30,
             partition_per_mille: 15,
             heal_per_mille: 40,
             propose_per_mille: 250,
@@ -121,6 +125,10 @@ pub struct SimReport {
     pub commands_dropped: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Accepts sent early (before their step was synced).
+    pub early_accepts: u64,
+    /// Crashes between a replica's early accepts and the sync of their step.
+    pub early_crashes: u64,
     /// Partitions injected.
     pub partitions: u64,
     /// Replicas wiped (durable state erased) and rejoined.
@@ -336,6 +344,11 @@ impl Sim {
 
     fn crash(&mut self, id: NodeId) {
         let torn = self.rng.chance(self.cfg.torn_crash_per_mille);
+        self.crash_with(id, torn);
+    }
+
+    /// [`Sim::crash`]; `torn`: the replica works one more step and dies before syncing it.
+    fn crash_with(&mut self, id: NodeId, torn: bool) {
         if self.trace && self.nodes[id as usize].replica.is_some() {
             eprintln!("t{} crash {id} (torn: {torn})", self.tick);
         }
@@ -343,10 +356,13 @@ impl Sim {
         if let Some(mut replica) = node.replica.take() {
             if torn {
                 // The replica works one more step, then dies before syncing it: its writes are
-                // lost and, as the driver contract requires, nothing it produced was sent.
+                // lost and, as the driver contract requires, nothing it produced was sent but
+                // its early accepts.
                 replica.tick();
-                drop(replica.take_ready());
+                let ready = replica.take_ready();
+                self.transmit(ready.early);
             }
+            let node = &mut self.nodes[id as usize];
             // A replica still recovering has nothing durable yet: it starts over from nothing.
             node.applied_floor = if replica.is_recovering() {
                 0
@@ -361,37 +377,13 @@ impl Sim {
         }
     }
 
-    /// Drains a replica's outputs: persist, send, install, apply, with every check.
-    fn drive(&mut self, id: NodeId) -> Check {
-        let Some(replica) = self.nodes[id as usize].replica.as_mut() else {
-            return Ok(());
-        };
-        let ready = replica.take_ready();
-        let before = self.nodes[id as usize].storage.state.promised.clone();
-        self.nodes[id as usize]
-            .storage
-            .write(&ready.persist)
-            .map_err(|e| e.to_string())?;
-        for (lane, old) in before {
-            let new = self.nodes[id as usize].storage.state.promised[&lane];
-            if new < old {
-                return Err(format!(
-                    "replica {id} lane {lane}: durable promise went back from {old} to {new}"
-                ));
-            }
-        }
-        let voted = ready.messages.iter().any(|e| {
-            matches!(
-                e.msg,
-                Message::Promise(_) | Message::Accepted(_) | Message::HeartbeatAck(_)
-            )
-        });
-        // A broadcast that reached only some of its receivers.
-        let reached: Option<Vec<bool>> = (self.faults
-            && ready.messages.len() > 1
-            && self.rng.chance(self.cfg.partial_per_mille))
-        .then(|| (0..self.cfg.nodes).map(|_| self.rng.chance(500)).collect());
-        for envelope in ready.messages {
+    /// Puts messages on the network, with the faults of the moment: drops, duplicates, delays,
+    /// and a broadcast that reaches only some of its receivers.
+    fn transmit(&mut self, messages: Vec<Envelope>) {
+        let reached: Option<Vec<bool>> =
+            (self.faults && messages.len() > 1 && self.rng.chance(self.cfg.partial_per_mille))
+                .then(|| (0..self.cfg.nodes).map(|_| self.rng.chance(500)).collect());
+        for envelope in messages {
             if self.faults && self.rng.chance(self.cfg.drop_per_mille) {
                 continue;
             }
@@ -414,6 +406,47 @@ impl Sim {
                 });
             }
         }
+    }
+
+    /// Drains a replica's outputs: persist, send, install, apply, with every check.
+    fn drive(&mut self, id: NodeId) -> Check {
+        let Some(replica) = self.nodes[id as usize].replica.as_mut() else {
+            return Ok(());
+        };
+        let mut ready = replica.take_ready();
+        // The early accepts leave before the step is synced, and the replica may die right then.
+        let early = std::mem::take(&mut ready.early);
+        let sent_early = !early.is_empty();
+        self.report.early_accepts += early.len() as u64;
+        self.transmit(early);
+        if sent_early && self.faults && self.rng.chance(self.cfg.early_crash_per_mille) {
+            self.report.early_crashes += 1;
+            if self.trace {
+                eprintln!("t{} replica {id} dies after its early accepts", self.tick);
+            }
+            self.crash_with(id, false);
+            return Ok(());
+        }
+        let before = self.nodes[id as usize].storage.state.promised.clone();
+        self.nodes[id as usize]
+            .storage
+            .write(&ready.persist)
+            .map_err(|e| e.to_string())?;
+        for (lane, old) in before {
+            let new = self.nodes[id as usize].storage.state.promised[&lane];
+            if new < old {
+                return Err(format!(
+                    "replica {id} lane {lane}: durable promise went back from {old} to {new}"
+                ));
+            }
+        }
+        let voted = ready.messages.iter().any(|e| {
+            matches!(
+                e.msg,
+                Message::Promise(_) | Message::Accepted(_) | Message::HeartbeatAck(_)
+            )
+        });
+        self.transmit(ready.messages);
         if let Some((slot, data)) = ready.snapshot {
             let app = App::decode(&data);
             if app.applied != slot {

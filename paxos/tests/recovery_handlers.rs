@@ -71,7 +71,7 @@ fn rejoining_replica_does_not_vote_until_it_recovered() {
         }),
     ));
     let ready = r.take_ready();
-    assert!(ready.messages.is_empty() && ready.persist.is_empty());
+    assert!(ready.messages.is_empty() && ready.early.is_empty() && ready.persist.is_empty());
     let reply = |round| RecoveryReply {
         known: 0,
         promised: vec![b(round, 1)],

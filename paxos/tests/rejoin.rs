@@ -42,6 +42,7 @@ impl Net {
     /// Moves `id`'s outputs into the network and its decisions into the record.
     fn collect(&mut self, id: NodeId) {
         let ready = self.replicas[id as usize].take_ready();
+        self.pending.extend(ready.early);
         self.pending.extend(ready.messages);
         self.decided[id as usize].extend(ready.decided);
         self.reads[id as usize].extend(ready.reads);

@@ -26,15 +26,23 @@ fn seeds(nodes: u32, mode: Mode) {
             let partitions: u64 = reports.iter().map(|r| r.partitions).sum();
             let wipes: u64 = reports.iter().map(|r| r.wipes).sum();
             let reads: u64 = reports.iter().map(|r| r.reads_checked).sum();
+            let early: u64 = reports.iter().map(|r| r.early_accepts).sum();
+            let early_crashes: u64 = reports.iter().map(|r| r.early_crashes).sum();
             let settle = reports
                 .iter()
                 .map(|r| r.settle_ticks_used)
                 .max()
                 .unwrap_or(0);
             println!(
-                "{count} seeds ({mode:?}, N={nodes}): {commands} commands decided, {reads} reads checked, {crashes} crashes, {wipes} wipes, {partitions} partitions, slowest settle {settle} ticks"
+                "{count} seeds ({mode:?}, N={nodes}): {commands} commands decided, {reads} reads checked, {crashes} crashes ({early_crashes} between early accepts and their sync; {early} accepts sent early), {wipes} wipes, {partitions} partitions, slowest settle {settle} ticks"
             );
             assert!(commands > count, "the simulations decided almost nothing");
+            // The hazard the early accepts bring (a crash before their step is synced) is
+            // exercised, not just allowed.
+            assert!(
+                early_crashes > 0 && early > count,
+                "early accepts or crashes after them never happened"
+            );
         }
         Err(failure) => panic!("{failure}"),
     }

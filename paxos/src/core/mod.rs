@@ -150,6 +150,9 @@ pub struct Replica {
     incarnations: Vec<u64>,
     /// No-op skips are proposed on ticks only, so commands that arrive meanwhile take the slots
     /// instead, and one accept carries every skip of a tick (Mencius piggybacks skips too).
+    /// This life has synced a write: its ballots can no longer be reused by a restart that
+    /// looks fresh (see [`Replica::take_ready`]).
+    synced: bool,
     fill_noops: bool,
 }
 
@@ -233,6 +236,7 @@ impl Replica {
             recovery: None,
             incarnations,
             fill_noops: false,
+            synced: false,
             cfg,
         };
         if let Some((slot, data)) = &replica.snapshot {
@@ -371,7 +375,40 @@ impl Replica {
         if let Some(recovery) = &mut self.recovery {
             recovery.deferred.append(&mut self.ready.persist);
         }
-        std::mem::take(&mut self.ready)
+        let mut ready = std::mem::take(&mut self.ready);
+        // An accept may leave before this step's writes are synced when its ballot can never
+        // be used again for another value, whatever happens to those writes:
+        // - this life already synced a write, so a crash now cannot make the next life look
+        //   fresh (a fresh replica leads at the default ballot (0, id) without phase 1, so an
+        //   accept at (0, id) sent before anything was synced could meet another value at the
+        //   same ballot after a restart);
+        // - no promise of its lane is among this step's writes (a ballot won by phase 1 had its
+        //   own promise synced before its prepare went out; a promise written now is not yet).
+        // The proposer's own vote still counts only once the step is synced: the driver handles
+        // no reply before the sync returns. See the driver contract in the crate docs.
+        if self.synced && !ready.messages.is_empty() {
+            let promising: Vec<u32> = ready
+                .persist
+                .iter()
+                .filter_map(|op| match op {
+                    PersistOp::Promise { lane, .. } => Some(*lane),
+                    _ => None,
+                })
+                .collect();
+            let (early, later) = std::mem::take(&mut ready.messages).into_iter().partition(
+                |e| matches!(&e.msg, Message::Accept(a) if !promising.contains(&a.lane)),
+            );
+            ready.early = early;
+            ready.messages = later;
+        }
+        if ready
+            .persist
+            .iter()
+            .any(|op| !matches!(op, PersistOp::Decide { .. }))
+        {
+            self.synced = true;
+        }
+        ready
     }
 
     /// A hash of everything that decides the replica's future behaviour (its metrics left
@@ -404,6 +441,7 @@ impl Replica {
             recovery,
             incarnations,
             fill_noops,
+            synced,
         } = self;
         (
             rng.0,
@@ -425,7 +463,7 @@ impl Replica {
         )
             .hash(&mut h);
         (catchup_after, read_seq, read_acks, reads, ready, recovery).hash(&mut h);
-        (incarnations, fill_noops).hash(&mut h);
+        (incarnations, fill_noops, synced).hash(&mut h);
         h.finish()
     }
 

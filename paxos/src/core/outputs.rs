@@ -77,7 +77,11 @@ pub struct Metrics {
 /// Everything the driver must act on, in the order of the crate-level driver contract.
 #[derive(Clone, Debug, Default, Hash)]
 pub struct Ready {
-    /// 1. Write atomically and sync before sending anything.
+    /// 0. May be sent before `persist` is synced (accepts of a proposer whose ballot is already
+    ///    durable; see the crate's driver contract); sending them at once lets the followers'
+    ///    syncs overlap this replica's.
+    pub early: Vec<Envelope>,
+    /// 1. Write atomically and sync before sending anything else.
     pub persist: Vec<PersistOp>,
     /// 2. Then send.
     pub messages: Vec<Envelope>,
@@ -102,6 +106,7 @@ impl Ready {
     /// True when there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.persist.is_empty()
+            && self.early.is_empty()
             && self.messages.is_empty()
             && self.snapshot.is_none()
             && self.decided.is_empty()

@@ -317,7 +317,15 @@ impl Driver {
         if ready.is_empty() {
             return Ok(());
         }
-        // 1-2: persist and sync before anything leaves. A storage error is fatal.
+        // 0: accepts whose ballot is durable leave first, so the followers' syncs overlap ours.
+        for envelope in std::mem::take(&mut ready.early) {
+            count_message("sent", &envelope);
+            let trace = self.trace_of(&envelope);
+            if let Some(Some(peer)) = self.outbound.get(envelope.to as usize) {
+                peer.send(envelope, trace);
+            }
+        }
+        // 1-2: persist and sync before anything else leaves. A storage error is fatal.
         if !ready.persist.is_empty() {
             let started = std::time::Instant::now();
             tokio::task::block_in_place(|| self.storage.write(&ready.persist))

@@ -38,9 +38,11 @@ pub fn b(round: u64, node: NodeId) -> Ballot {
     Ballot::new(round, node)
 }
 
+/// The one message of a step, early or not.
 pub fn only_message(ready: &Ready) -> &Envelope {
-    assert_eq!(ready.messages.len(), 1, "{:?}", ready.messages);
-    &ready.messages[0]
+    let all: Vec<&Envelope> = ready.early.iter().chain(&ready.messages).collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    all[0]
 }
 
 pub fn tick_until(r: &mut Replica, mut done: impl FnMut(&Ready) -> bool) -> Ready {
