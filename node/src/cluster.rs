@@ -310,21 +310,52 @@ impl ClusterLog {
     ) {
         let mut failures: u32 = 0;
         let mut last_compacted = *self.applied.borrow();
+        // The decided log, pushed by paxos as it grows; reopened from the applied index
+        // whenever it breaks or the applier did not take all of a batch.
+        let mut stream: Option<paxos::client::EntriesStream> = None;
         while !shutdown.is_cancelled() {
-            let from = *self.applied.borrow() + 1;
-            let fetched = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = self.paxos.entries(from, 4096, Duration::from_secs(1)) => r,
+            if stream.is_none() {
+                let from = *self.applied.borrow() + 1;
+                let opened = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = self.paxos.entries_stream(from, 4096) => r,
+                };
+                match opened {
+                    Ok(opened) => stream = Some(opened),
+                    Err(err) => {
+                        tracing::debug!(%err, "no entries stream from paxos");
+                        failures = failures.saturating_add(1);
+                        tokio::time::sleep(Duration::from_millis(
+                            (20u64 << failures.min(5)).min(500),
+                        ))
+                        .await;
+                        continue;
+                    }
+                }
+            }
+            let next = match stream.as_mut() {
+                Some(open) => tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = open.next() => r,
+                },
+                None => continue,
             };
-            let reply = fetched.ok();
-            let Some(reply) = reply else {
-                failures = failures.saturating_add(1);
-                tokio::time::sleep(Duration::from_millis((20u64 << failures.min(5)).min(500)))
-                    .await;
-                continue;
+            let reply = match next {
+                Ok(Some(reply)) => reply,
+                Ok(None) | Err(_) => {
+                    stream = None;
+                    failures = failures.saturating_add(1);
+                    tokio::time::sleep(Duration::from_millis((20u64 << failures.min(5)).min(500)))
+                        .await;
+                    continue;
+                }
             };
             failures = 0;
             self.touch();
+            let last = match &reply {
+                EntriesReply::Entries(entries) => entries.last().map(|(slot, _)| *slot),
+                EntriesReply::Snapshot { slot, .. } => Some(*slot),
+            };
             // A store shared by the whole cluster (leader mode on Firestore) is written by the
             // leader only; the others follow its applied index (and so never install snapshots
             // into it: it is ahead of any snapshot already).
@@ -339,6 +370,10 @@ impl ClusterLog {
                 EntriesReply::Entries(entries) => self.apply(&store, entries).await,
                 EntriesReply::Snapshot { slot, data } => self.install(&store, slot, &data).await,
             };
+            if result.is_err() || last.is_some_and(|last| *self.applied.borrow() < last) {
+                // The stream moved past what was applied: start it again from the applied index.
+                stream = None;
+            }
             if let Err(err) = result {
                 if err.is_retryable() {
                     tracing::warn!(%err, "store unavailable; retrying");

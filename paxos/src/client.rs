@@ -151,6 +151,49 @@ impl PaxosClient {
         decode(&url, &bytes)
     }
 
+    /// `GET /local/entries/stream`: the decided log from slot `from` on, pushed as it grows
+    /// (batches of at most `max` entries, or the snapshot that replaced the slots asked for;
+    /// an empty batch now and then when nothing was decided). The stream ends (`None` or an
+    /// error) when the process goes away or stays silent for three keepalive periods; open a
+    /// new one from where the application got to.
+    pub async fn entries_stream(
+        &self,
+        from: Slot,
+        max: usize,
+    ) -> Result<EntriesStream, ClientError> {
+        use crate::wire::ENTRIES_STREAM_PROTOCOL;
+        let url = self.url(&format!("/local/entries/stream?from={from}&max={max}"));
+        let request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, ENTRIES_STREAM_PROTOCOL);
+        let response = self.send(request, &url).await?;
+        let status = response.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let body = response.text().await.unwrap_or_default();
+            return Err(ClientError::Refused {
+                url,
+                status: status.as_u16(),
+                body: body.chars().take(200).collect(),
+            });
+        }
+        let upgraded = response
+            .upgrade()
+            .await
+            .map_err(|err| ClientError::AnswerLost {
+                url: url.clone(),
+                detail: err.to_string(),
+            })?;
+        Ok(EntriesStream {
+            frames: tokio_util::codec::FramedRead::new(
+                upgraded,
+                crate::transfer::stream_codec(crate::runtime::MAX_BODY_BYTES),
+            ),
+            url,
+        })
+    }
+
     /// `POST /local/read_index`: a linearizable read point (leader mode, at the leader).
     pub async fn read_index(&self) -> Result<ReadIndexReply, ClientError> {
         self.postcard_call("/local/read_index", Vec::new()).await
@@ -244,6 +287,36 @@ impl PaxosClient {
                     }
                 }
             })
+    }
+}
+
+/// The decided log pushed by a paxos process (see [`PaxosClient::entries_stream`]).
+pub struct EntriesStream {
+    frames:
+        tokio_util::codec::FramedRead<reqwest::Upgraded, tokio_util::codec::LengthDelimitedCodec>,
+    url: String,
+}
+
+impl EntriesStream {
+    /// The next batch; `Ok(None)` when the process closed the stream; an error when a frame
+    /// does not decode or nothing came for three keepalive periods.
+    pub async fn next(&mut self) -> Result<Option<EntriesReply>, ClientError> {
+        use futures::StreamExt as _;
+        let silence = crate::wire::ENTRIES_KEEPALIVE * 3;
+        let frame = tokio::time::timeout(silence, self.frames.next())
+            .await
+            .map_err(|_| ClientError::AnswerLost {
+                url: self.url.clone(),
+                detail: format!("nothing for {} ms", silence.as_millis()),
+            })?;
+        match frame {
+            None => Ok(None),
+            Some(Err(err)) => Err(ClientError::AnswerLost {
+                url: self.url.clone(),
+                detail: err.to_string(),
+            }),
+            Some(Ok(frame)) => decode(&self.url, &frame).map(Some),
+        }
     }
 }
 

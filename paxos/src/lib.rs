@@ -23,8 +23,8 @@
 //!    already durable) may be sent right away, before step 2, so the acceptors' syncs overlap
 //!    this replica's; no input (a reply among them) may reach the core before step 2 is done;
 //! 2. write `ready.persist` atomically to storage and **sync it** — before anything else (a batch
-//!    made only of `PersistOp::Decide` may skip the sync: it gates no message, and a replica
-//!    that loses a decision relearns it from its peers);
+//!    made only of `PersistOp::Decide` may skip the sync, and may be written after steps 3-6:
+//!    it gates no message, and a replica that loses a decision relearns it from its peers);
 //! 3. only then send `ready.messages` (they may promise or acknowledge what step 2 wrote);
 //! 4. install `ready.snapshot` into the application, if any;
 //! 5. apply `ready.decided` to the application in order (slots are consecutive);

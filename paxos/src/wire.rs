@@ -49,7 +49,16 @@ pub fn answers(ready: &Ready) -> impl Iterator<Item = (&Bytes, ProposeReply)> {
     decided.chain(dropped).chain(unknown)
 }
 
-/// Answer to `GET /local/entries`.
+/// The `Upgrade` protocol of `GET /local/entries/stream`: after the switch the process writes
+/// one length-delimited postcard [`EntriesReply`] per frame, each continuing where the last one
+/// ended (an empty one every [`ENTRIES_KEEPALIVE`] when nothing was decided).
+pub const ENTRIES_STREAM_PROTOCOL: &str = "paxos-entries/1";
+
+/// How often an entries stream says "nothing new" (its reader takes silence for three times
+/// as long as a dead stream).
+pub const ENTRIES_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Answer to `GET /local/entries`, and each frame of `GET /local/entries/stream`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntriesReply {
     /// Consecutive decided entries from the requested slot (empty: none yet).

@@ -291,17 +291,79 @@ fn leader_proposes_batches_and_decides_on_a_majority() {
     ));
     let ready = r.take_ready();
     assert_eq!(ready.decided, vec![(1, v)]);
+    // The followers are told on the next tick (or by the next accept), not by a message per
+    // round: only the leader's node answers clients.
+    assert!(ready.messages.is_empty(), "{:?}", ready.messages);
+    r.tick();
+    let ready = r.take_ready();
     let decide = Decide {
         lane: 0,
         ballot: b(0, 0),
         up_to: 1,
     };
+    let decides: Vec<&Envelope> = ready
+        .messages
+        .iter()
+        .filter(|m| matches!(m.msg, Message::Decide(_)))
+        .collect();
     assert_eq!(
-        ready.messages,
+        decides,
         vec![
-            env(0, 1, Message::Decide(decide.clone())),
-            env(0, 2, Message::Decide(decide))
+            &env(0, 1, Message::Decide(decide.clone())),
+            &env(0, 2, Message::Decide(decide))
         ]
+    );
+    r.tick();
+    let ready = r.take_ready();
+    assert!(
+        ready
+            .messages
+            .iter()
+            .all(|m| !matches!(m.msg, Message::Decide(_))),
+        "told once"
+    );
+}
+
+/// Leader mode: an accept carries the decided prefix, so no `Decide` follows it.
+#[test]
+fn an_accept_carries_the_decided_prefix_instead_of_a_decide() {
+    let mut r = replica(0, 3, Mode::Leader);
+    r.propose(vec![cmd("first")]).unwrap();
+    r.take_ready();
+    r.handle(env(
+        1,
+        0,
+        Message::Accepted(Accepted {
+            lane: 0,
+            ballot: b(0, 0),
+            slots: vec![1],
+        }),
+    ));
+    r.propose(vec![cmd("second")]).unwrap();
+    let ready = r.take_ready();
+    let accepts: Vec<u64> = ready
+        .early
+        .iter()
+        .chain(&ready.messages)
+        .filter_map(|m| match &m.msg {
+            Message::Accept(a) => Some(a.decided_up_to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        accepts,
+        vec![1, 1],
+        "both followers learn slot 1 from the accept of slot 2"
+    );
+    r.tick();
+    let ready = r.take_ready();
+    assert!(
+        ready
+            .messages
+            .iter()
+            .all(|m| !matches!(m.msg, Message::Decide(_))),
+        "{:?}",
+        ready.messages
     );
 }
 

@@ -133,3 +133,84 @@ async fn a_stream_carries_frames_to_the_driver_and_a_newer_one_replaces_it() {
         "the older stream ended: {read:?}"
     );
 }
+
+/// The node's side: `GET /local/entries/stream` pushes the decided log as it grows, each batch
+/// continuing where the last ended, with empty batches while nothing is decided; without the
+/// Upgrade header the route refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entries_stream_pushes_the_log_as_it_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = paxos::runtime::Cli::try_parse_from([
+        "paxos".to_owned(),
+        "--id=0".to_owned(),
+        format!("--peers={url}"),
+        "--initial-cluster-state=new".to_owned(),
+        format!("--data-dir={}", dir.path().join("paxos").display()),
+    ])
+    .unwrap()
+    .into_config(TOKEN.to_owned())
+    .unwrap();
+    tokio::spawn(paxos::runtime::run(cfg, listener, None, shutdown.clone()));
+    let client = paxos::client::PaxosClient::new(&url, TOKEN).unwrap();
+
+    let plain = reqwest::Client::new()
+        .get(format!("{url}/local/entries/stream?from=1"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await;
+    let plain = match plain {
+        Ok(plain) => plain,
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            reqwest::Client::new()
+                .get(format!("{url}/local/entries/stream?from=1"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(plain.status(), 400);
+
+    let mut stream = client.entries_stream(1, 2).await.unwrap();
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let mut next_slot = 1;
+    let mut proposed = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "saw only {seen:?}");
+        if proposed < 5 {
+            let command = bytes::Bytes::from(vec![b'a' + proposed]);
+            if let Ok(replies) = client.propose(std::slice::from_ref(&command)).await
+                && matches!(replies[0], paxos::wire::ProposeReply::Decided { .. })
+            {
+                proposed += 1;
+            }
+        }
+        let batch = stream.next().await.unwrap().expect("the stream stays open");
+        let paxos::wire::EntriesReply::Entries(entries) = batch else {
+            panic!("no snapshot was taken");
+        };
+        assert!(entries.len() <= 2, "at most max entries per frame");
+        for (slot, value) in entries {
+            assert_eq!(slot, next_slot, "consecutive, continuing the last frame");
+            next_slot += 1;
+            seen.extend(value.commands().iter().map(|c| c.to_vec()));
+        }
+    }
+    assert_eq!(
+        seen,
+        [b"a", b"b", b"c", b"d", b"e"].map(|c| c.to_vec()).to_vec()
+    );
+    // Nothing more is decided: the stream says so (an empty batch) instead of falling silent.
+    let quiet = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("a keepalive within a few seconds")
+        .unwrap()
+        .unwrap();
+    assert_eq!(quiet, paxos::wire::EntriesReply::Entries(Vec::new()));
+}

@@ -78,6 +78,9 @@ struct Lane {
     deadline: u64,
     /// Highest slot of the lane's decided prefix known here (0: none).
     decided_prefix: Slot,
+    /// Leader mode: the followers have not been told the decided prefix yet; the next accept
+    /// carries it, or a `Decide` on the next tick.
+    decide_due: bool,
 }
 
 /// SplitMix64: the core's only randomness, seeded from the config (the simulator uses it too).
@@ -210,6 +213,7 @@ impl Replica {
                 highest_seen: promised[lane as usize],
                 deadline: cfg.election_ticks + rng.below(cfg.election_ticks),
                 decided_prefix: 0,
+                decide_due: false,
             })
             .collect();
         let mut replica = Replica {
@@ -528,6 +532,7 @@ impl Replica {
             self.next_heartbeat = self.tick + self.cfg.heartbeat_ticks;
         }
         for lane in 0..self.lanes_n {
+            self.send_due_decide(lane);
             self.tick_lane(lane);
         }
         self.fill_noops = true;

@@ -234,6 +234,8 @@ impl Replica {
         }
         self.metrics.phase2_messages += u64::from(self.cfg.nodes - 1);
         let decided_up_to = self.lanes[lane as usize].decided_prefix;
+        // The accept tells every peer the decided prefix: no separate `Decide` is due.
+        self.lanes[lane as usize].decide_due = false;
         self.broadcast(Message::Accept(Accept {
             lane,
             ballot,
@@ -288,6 +290,31 @@ impl Replica {
         self.refresh_lane_prefix(lane);
         let up_to = self.lanes[lane as usize].decided_prefix;
         if up_to > before {
+            if self.cfg.mode == Mode::Leader {
+                // Only the leader's node answers clients, and it hears of decisions from this
+                // replica directly: the followers learn them from the next accept (which comes
+                // at once under load) or from a `Decide` on the next tick, not from a message
+                // per round.
+                self.lanes[lane as usize].decide_due = true;
+            } else {
+                // Leaderless: every replica's clients wait for every lane's decisions.
+                self.broadcast(Message::Decide(Decide {
+                    lane,
+                    ballot,
+                    up_to,
+                }));
+            }
+        }
+    }
+
+    /// Leader mode: sends the `Decide` that no accept carried since the prefix grew.
+    pub(super) fn send_due_decide(&mut self, lane: u32) {
+        let l = &mut self.lanes[lane as usize];
+        if !std::mem::take(&mut l.decide_due) {
+            return;
+        }
+        if let Role::Leading { ballot, .. } = &l.role {
+            let (ballot, up_to) = (*ballot, l.decided_prefix);
             self.broadcast(Message::Decide(Decide {
                 lane,
                 ballot,

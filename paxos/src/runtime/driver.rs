@@ -325,13 +325,16 @@ impl Driver {
                 peer.send(envelope, trace);
             }
         }
-        // 1-2: persist and sync before anything else leaves. A storage error is fatal.
-        if !ready.persist.is_empty() {
-            let started = std::time::Instant::now();
-            tokio::task::block_in_place(|| self.storage.write(&ready.persist))
-                .context("paxos storage failed; stopping")?;
-            metrics::histogram!(crate::metrics::PERSIST_DURATION)
-                .record(started.elapsed().as_secs_f64());
+        // 1-2: persist and sync before anything else leaves. A storage error is fatal. A step
+        // that only records decisions gates nothing (it is not even synced: peers re-teach a
+        // lost decision), so it is written last, after the node has heard of them.
+        let decisions_only = ready
+            .persist
+            .iter()
+            .all(|op| matches!(op, crate::storage::PersistOp::Decide { .. }));
+        let persist = std::mem::take(&mut ready.persist);
+        if !decisions_only {
+            self.persist(&persist)?;
         }
         // 3: send.
         for envelope in std::mem::take(&mut ready.messages) {
@@ -383,7 +386,23 @@ impl Driver {
                 }
             }
         }
+        if decisions_only {
+            self.persist(&persist)?;
+        }
         self.export_metrics();
+        Ok(())
+    }
+
+    /// Writes (and, unless they are only decisions, syncs) one step's state.
+    fn persist(&mut self, ops: &[crate::storage::PersistOp]) -> anyhow::Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        tokio::task::block_in_place(|| self.storage.write(ops))
+            .context("paxos storage failed; stopping")?;
+        metrics::histogram!(crate::metrics::PERSIST_DURATION)
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -68,6 +68,7 @@ pub(super) fn router(state: HttpState, peer_body: usize) -> Router {
         .route("/peer/stream", get(peer_stream))
         .route("/local/propose", post(propose))
         .route("/local/entries", get(entries))
+        .route("/local/entries/stream", get(entries_stream))
         .route("/local/read_index", post(read_index))
         .route("/local/compact", post(compact))
         .route("/status", get(status))
@@ -354,6 +355,83 @@ async fn entries(State(state): State<HttpState>, Query(q): Query<EntriesQuery>) 
         Err(_) => EntriesReply::Entries(Vec::new()),
     };
     postcard_response(&reply)
+}
+
+/// `GET /local/entries/stream?from=&max=`, upgraded to
+/// [`ENTRIES_STREAM_PROTOCOL`](crate::wire::ENTRIES_STREAM_PROTOCOL): the decided log pushed to
+/// the node as it grows, one frame per batch of entries (or the snapshot that replaced the
+/// slots asked for), instead of a long poll per batch. A frame is written only once the last
+/// one was taken by the socket, so a slow reader holds the stream back, not memory.
+async fn entries_stream(
+    State(state): State<HttpState>,
+    Query(q): Query<EntriesQuery>,
+    mut request: Request,
+) -> Response {
+    use crate::wire::{ENTRIES_KEEPALIVE, ENTRIES_STREAM_PROTOCOL};
+    let wanted = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes() == ENTRIES_STREAM_PROTOCOL.as_bytes());
+    if !wanted {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("GET /local/entries/stream upgrades to {ENTRIES_STREAM_PROTOCOL} only"),
+        )
+            .into_response();
+    }
+    let max = q.max.unwrap_or(4_096).clamp(1, 16_384);
+    let mut from = q.from.max(1);
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        use futures::SinkExt as _;
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut frames = tokio_util::codec::FramedWrite::new(
+            hyper_util::rt::TokioIo::new(upgraded),
+            crate::transfer::stream_codec(MAX_BODY_BYTES),
+        );
+        loop {
+            let Some(rx) = ask(&state, |reply| LocalRequest::Entries {
+                from,
+                max,
+                wait: true,
+                reply,
+            })
+            .await
+            else {
+                return;
+            };
+            let reply = tokio::select! {
+                () = state.driver_gone.cancelled() => return,
+                reply = tokio::time::timeout(ENTRIES_KEEPALIVE, rx) => match reply {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(_)) => return,
+                    Err(_) => EntriesReply::Entries(Vec::new()),
+                },
+            };
+            let next = match &reply {
+                EntriesReply::Entries(entries) => entries.last().map_or(from, |(slot, _)| slot + 1),
+                EntriesReply::Snapshot { slot, .. } => slot + 1,
+            };
+            let Ok(bytes) = postcard::to_stdvec(&reply) else {
+                return;
+            };
+            let timeout = super::peer_timeout(bytes.len()) + ENTRIES_KEEPALIVE;
+            match tokio::time::timeout(timeout, frames.send(Bytes::from(bytes))).await {
+                Ok(Ok(())) => from = next,
+                // The node went away or stopped reading: it opens a new stream from its
+                // applied index.
+                _ => return,
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, ENTRIES_STREAM_PROTOCOL)
+        .body(axum::body::Body::empty())
+        .expect("a valid response")
 }
 
 async fn read_index(State(state): State<HttpState>) -> Response {
