@@ -31,7 +31,14 @@ fn bank_and_etcd_run_the_same_transfers_and_conserve_their_totals() {
     command
         .args(["--duration", "2s", "--warmup", "1s", "--clients", "1,4"])
         .args(["--modes", "leader", "--workloads", "transfers,mixed"])
-        .args(["--accounts", "20", "--mixed-accounts", "20"])
+        .args([
+            "--accounts",
+            "20",
+            "--mixed-accounts",
+            "20",
+            "--paced-rate",
+            "20",
+        ])
         .arg("--json")
         .arg(&json)
         .arg("--markdown")
@@ -44,25 +51,32 @@ fn bank_and_etcd_run_the_same_transfers_and_conserve_their_totals() {
     assert!(output.status.success(), "bench failed: {stderr}");
     let runs: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let shapes: Vec<(String, String, u64)> = runs
+    let shapes: Vec<(String, String, u64, Option<f64>)> = runs
         .iter()
         .map(|r| {
             (
                 r["system"].to_string(),
                 r["workload"].as_str().unwrap().to_owned(),
                 r["clients"].as_u64().unwrap(),
+                r["rate"].as_f64(),
             )
         })
         .collect();
+    let bank = r#"{"bank":"leader"}"#.to_owned();
+    let etcd = r#""etcd""#.to_owned();
+    let transfers = "transfers".to_owned();
     let mut expected = vec![
-        (r#"{"bank":"leader"}"#.to_owned(), "transfers".to_owned(), 1),
-        (r#"{"bank":"leader"}"#.to_owned(), "transfers".to_owned(), 4),
-        (r#"{"bank":"leader"}"#.to_owned(), "mixed".to_owned(), 1),
-        (r#"{"bank":"leader"}"#.to_owned(), "mixed".to_owned(), 4),
+        (bank.clone(), transfers.clone(), 1, None),
+        (bank.clone(), transfers.clone(), 4, None),
+        (bank.clone(), "mixed".to_owned(), 1, None),
+        (bank.clone(), "mixed".to_owned(), 4, None),
+        // One client pacing itself to 20 transfers/s.
+        (bank, transfers.clone(), 1, Some(20.0)),
     ];
     if with_etcd {
-        expected.push((r#""etcd""#.to_owned(), "transfers".to_owned(), 1));
-        expected.push((r#""etcd""#.to_owned(), "transfers".to_owned(), 4));
+        expected.push((etcd.clone(), transfers.clone(), 1, None));
+        expected.push((etcd.clone(), transfers.clone(), 4, None));
+        expected.push((etcd, transfers, 1, Some(20.0)));
     }
     assert_eq!(shapes, expected, "{stderr}");
     for run in &runs {

@@ -375,6 +375,11 @@ impl Replica {
     /// Drains the outputs. See the driver contract.
     pub fn take_ready(&mut self) -> Ready {
         self.start_read_round();
+        if self.cfg.mode == Mode::Leaderless {
+            for lane in 0..self.lanes_n {
+                self.send_due_decide(lane);
+            }
+        }
         self.metrics.messages_sent += self.ready.messages.len() as u64;
         if let Some(recovery) = &mut self.recovery {
             recovery.deferred.append(&mut self.ready.persist);

@@ -268,13 +268,9 @@ impl Replica {
 
     pub(super) fn check_quorums(&mut self, lane: u32) {
         let quorum = self.quorum();
-        let Role::Leading {
-            ballot, inflight, ..
-        } = &self.lanes[lane as usize].role
-        else {
+        let Role::Leading { inflight, .. } = &self.lanes[lane as usize].role else {
             return;
         };
-        let ballot = *ballot;
         let chosen: Vec<(Slot, Value)> = inflight
             .iter()
             .filter(|(_, f)| f.acks.reach(quorum))
@@ -290,20 +286,13 @@ impl Replica {
         self.refresh_lane_prefix(lane);
         let up_to = self.lanes[lane as usize].decided_prefix;
         if up_to > before {
-            if self.cfg.mode == Mode::Leader {
-                // Only the leader's node answers clients, and it hears of decisions from this
-                // replica directly: the followers learn them from the next accept (which comes
-                // at once under load) or from a `Decide` on the next tick, not from a message
-                // per round.
-                self.lanes[lane as usize].decide_due = true;
-            } else {
-                // Leaderless: every replica's clients wait for every lane's decisions.
-                self.broadcast(Message::Decide(Decide {
-                    lane,
-                    ballot,
-                    up_to,
-                }));
-            }
+            // Not a message per round. Leader mode: only the leader's node answers clients, and
+            // it hears of decisions from this replica directly, so the followers learn them from
+            // the next accept (at once under load) or a `Decide` on the next tick. Leaderless:
+            // every replica's clients wait for every lane, so the `Decide` leaves with this very
+            // step, unless an accept of the step already carries the prefix (see
+            // `Replica::take_ready`).
+            self.lanes[lane as usize].decide_due = true;
         }
     }
 
