@@ -312,16 +312,24 @@ impl ClusterLog {
         let mut last_compacted = *self.applied.borrow();
         // The decided log, pushed by paxos as it grows; reopened from the applied index
         // whenever it breaks or the applier did not take all of a batch.
+        // A paxos process that does not serve the stream (an older version) is long-polled.
         let mut stream: Option<paxos::client::EntriesStream> = None;
+        let mut long_poll = false;
+        // A frame read while merging that could not join the batch (a snapshot).
+        let mut stashed: Option<EntriesReply> = None;
         while !shutdown.is_cancelled() {
-            if stream.is_none() {
-                let from = *self.applied.borrow() + 1;
+            let from = *self.applied.borrow() + 1;
+            if stream.is_none() && !long_poll {
                 let opened = tokio::select! {
                     () = shutdown.cancelled() => return,
                     r = self.paxos.entries_stream(from, 4096) => r,
                 };
                 match opened {
                     Ok(opened) => stream = Some(opened),
+                    Err(ClientError::Refused { status, .. }) if status != 401 && status < 500 => {
+                        tracing::info!(status, "paxos has no entries stream; long-polling");
+                        long_poll = true;
+                    }
                     Err(err) => {
                         tracing::debug!(%err, "no entries stream from paxos");
                         failures = failures.saturating_add(1);
@@ -333,14 +341,18 @@ impl ClusterLog {
                     }
                 }
             }
-            let next = match stream.as_mut() {
-                Some(open) => tokio::select! {
+            let next = match (stashed.take(), stream.as_mut()) {
+                (Some(frame), _) => Ok(Some(frame)),
+                (None, Some(open)) => tokio::select! {
                     () = shutdown.cancelled() => return,
                     r = open.next() => r,
                 },
-                None => continue,
+                (None, None) => tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = self.paxos.entries(from, 4096, Duration::from_secs(1)) => r.map(Some),
+                },
             };
-            let reply = match next {
+            let mut reply = match next {
                 Ok(Some(reply)) => reply,
                 Ok(None) | Err(_) => {
                     stream = None;
@@ -352,6 +364,26 @@ impl ClusterLog {
             };
             failures = 0;
             self.touch();
+            // Frames that arrived while the last batch was being applied join this one: one
+            // store transaction for all of them (a slow store, Firestore, would otherwise fall
+            // behind one small transaction per frame).
+            if let (EntriesReply::Entries(entries), Some(open)) = (&mut reply, stream.as_mut()) {
+                while entries.len() < 4096 {
+                    match open.ready() {
+                        Some(Ok(Some(EntriesReply::Entries(more)))) => entries.extend(more),
+                        Some(Ok(Some(other))) => {
+                            stashed = Some(other);
+                            break;
+                        }
+                        Some(Ok(None) | Err(_)) => {
+                            // Broken: what was read is applied, then the stream reopens.
+                            stream = None;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
             let last = match &reply {
                 EntriesReply::Entries(entries) => entries.last().map(|(slot, _)| *slot),
                 EntriesReply::Snapshot { slot, .. } => Some(*slot),
@@ -373,6 +405,7 @@ impl ClusterLog {
             if result.is_err() || last.is_some_and(|last| *self.applied.borrow() < last) {
                 // The stream moved past what was applied: start it again from the applied index.
                 stream = None;
+                stashed = None;
             }
             if let Err(err) = result {
                 if err.is_retryable() {

@@ -318,6 +318,12 @@ impl EntriesStream {
             Some(Ok(frame)) => decode(&self.url, &frame).map(Some),
         }
     }
+
+    /// The next batch if one has already arrived, without waiting (`None`: nothing yet).
+    pub fn ready(&mut self) -> Option<Result<Option<EntriesReply>, ClientError>> {
+        use futures::FutureExt as _;
+        self.next().now_or_never()
+    }
 }
 
 /// Asks every paxos process in `urls` for its status at once, each given `timeout`: the

@@ -19,6 +19,10 @@ use crate::probe::Outcome;
 /// How long a recovery waits for the election it started to produce a leader.
 pub const ELECTION_WAIT: Duration = Duration::from_secs(3);
 
+/// How long the end of an outage waits before the fresh view that attributes it (the testbed's
+/// front door refreshes its view every 100 ms).
+const VIEW_SETTLE: Duration = Duration::from_millis(300);
+
 /// One outage, from its first failed probe to the first probe that passed again.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct RecoveryRecord {
@@ -42,7 +46,9 @@ pub struct RecoveryRecord {
     pub retargeted: Option<f64>,
     /// Unix time of the first probe that passed again.
     pub first_success: Option<f64>,
-    /// `prober` (its election), `cluster` (the leader changed without it) or `none`.
+    /// `prober` (its election), `cluster` (the leader changed without it), `none` (the leader
+    /// before the outage leads again) or `unknown` (the outage ended before any view of the
+    /// cluster named a leader: a recovery faster than the views, through a node that forwards).
     pub elected_by: &'static str,
     /// What went wrong in the recovery, if anything.
     pub error: Option<String>,
@@ -125,14 +131,24 @@ impl Recovery {
                 span,
             } = self.outage.take()?;
             record.first_success = Some(now());
-            let leader_now = view.and_then(|v| v.leader);
-            if record.elected_by == "none"
-                && leader_now.is_some()
-                && leader_now != record.leader_before
+            // The round's view may predate the election that ended the outage (a fast one ends
+            // it between two rounds, through a node that forwards): let the views settle and
+            // ask again before saying who ended it.
+            let mut leader_now = view.and_then(|v| v.leader);
+            tokio::time::sleep(VIEW_SETTLE).await;
+            if let Ok(Ok(fresh)) =
+                tokio::time::timeout(Duration::from_secs(1), control.view()).await
             {
-                record.elected_by = "cluster";
+                leader_now = fresh.leader;
             }
-            if record.elected_by != "none" {
+            if record.elected_by == "none" {
+                if leader_now.is_none() {
+                    record.elected_by = "unknown";
+                } else if leader_now != record.leader_before {
+                    record.elected_by = "cluster";
+                }
+            }
+            if matches!(record.elected_by, "prober" | "cluster") {
                 ::metrics::histogram!(crate::metrics::FAILOVER_DURATION, "elected_by" => record.elected_by)
                     .record(started.elapsed().as_secs_f64());
             }

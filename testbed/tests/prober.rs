@@ -171,11 +171,13 @@ async fn a_killed_leader_is_an_outage_the_prober_records() {
     let first = record["first_failure"].as_f64().unwrap();
     let success = record["first_success"].as_f64().unwrap();
     assert!(success > first, "{record:#}");
-    // Who ended it: the prober's election, the cluster's own, or (`none`) the killed leader
-    // itself, restarted by the testbed within the election timeout and elected again.
+    // Who ended it: the prober's election, the cluster's own, (`none`) the killed leader
+    // itself, restarted by the testbed within the election timeout and elected again, or
+    // (`unknown`) nobody the views could name yet: the restarted node forwarded the probe to a
+    // leader elected between two rounds of views (outages of ~0.3 s do that).
     let elected_by = record["elected_by"].as_str().unwrap();
     assert!(
-        ["prober", "cluster"].contains(&elected_by)
+        ["prober", "cluster", "unknown"].contains(&elected_by)
             || (elected_by == "none" && handle.leader() == Some(old)),
         "{record:#}"
     );
