@@ -19,18 +19,7 @@ pub struct Process {
     pub pid: u32,
 }
 
-/// CPU seconds (user + system) a process has used so far; `None` once it is gone.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of proc(5) (utime, stime) are the 12th and 13th after the command name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(ticks as f64 / hz)
-}
+pub use chaos::cluster::cpu_seconds;
 
 /// A free TCP port on 127.0.0.1 (bound, then released: another process could take it first,
 /// which makes the system under test fail to start with a clear error).

@@ -108,6 +108,8 @@ pub struct ProcStat {
     /// When it started, in clock ticks after boot (with the PID, what identifies it: a PID
     /// can be reused, a PID and a start time cannot).
     pub start_ticks: u64,
+    /// CPU used so far, user and system, in clock ticks (fields 14 and 15 of stat(5)).
+    pub cpu_ticks: u64,
 }
 
 /// The state and start time of process `pid`, `None` if there is none.
@@ -120,7 +122,16 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
         state: fields.first()?.chars().next()?,
         // Field 22 of stat(5); the first field after the name is field 3.
         start_ticks: fields.get(19)?.parse().ok()?,
+        cpu_ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
     })
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, `None` if there is none.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = proc_stat(pid)?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| stat.cpu_ticks as f64 / ticks as f64)
 }
 
 /// How long process `pid` has run, `None` if there is none.
@@ -152,6 +163,21 @@ pub fn is_bank_process(pid: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cpu_seconds_grow_with_work_and_are_none_for_no_process() {
+        let me = std::process::id();
+        let before = super::cpu_seconds(me).expect("this process");
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = super::cpu_seconds(me).expect("this process");
+        assert!(after - before >= 0.1, "{before} -> {after}");
+        assert_eq!(super::cpu_seconds(u32::MAX), None);
+    }
+
     use super::*;
 
     #[test]

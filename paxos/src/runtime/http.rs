@@ -172,6 +172,31 @@ async fn peer_snapshot(
     }
 }
 
+/// 400 unless `request` asks to upgrade to `protocol` (the one protocol of `route`).
+fn refuse_other_upgrades(request: &Request, route: &str, protocol: &str) -> Option<Response> {
+    let wanted = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes() == protocol.as_bytes());
+    (!wanted).then(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("GET {route} upgrades to {protocol} only"),
+        )
+            .into_response()
+    })
+}
+
+/// The 101 answer that hands the connection over to `protocol`.
+fn switching_to(protocol: &'static str) -> Response {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, protocol)
+        .body(axum::body::Body::empty())
+        .expect("a valid response")
+}
+
 /// A peer's long-lived message stream: the request upgrades to
 /// [`STREAM_PROTOCOL`](crate::transfer::STREAM_PROTOCOL), then carries length-delimited
 /// frames of messages (see [`crate::transfer`]) until the peer closes it, it stays silent for
@@ -180,16 +205,8 @@ async fn peer_snapshot(
 /// (TCP pushes back on the sender) instead of dropping.
 async fn peer_stream(State(state): State<HttpState>, mut request: Request) -> Response {
     use crate::transfer::{STREAM_FROM, STREAM_PROTOCOL};
-    let wanted = request
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes() == STREAM_PROTOCOL.as_bytes());
-    if !wanted {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("GET /peer/stream upgrades to {STREAM_PROTOCOL} only"),
-        )
-            .into_response();
+    if let Some(refused) = refuse_other_upgrades(&request, "/peer/stream", STREAM_PROTOCOL) {
+        return refused;
     }
     let from = request
         .headers()
@@ -220,12 +237,7 @@ async fn peer_stream(State(state): State<HttpState>, mut request: Request) -> Re
             }
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, STREAM_PROTOCOL)
-        .body(axum::body::Body::empty())
-        .expect("a valid response")
+    switching_to(STREAM_PROTOCOL)
 }
 
 /// Reads frames from `io` into the driver until the stream ends (see [`peer_stream`]).
@@ -368,16 +380,10 @@ async fn entries_stream(
     mut request: Request,
 ) -> Response {
     use crate::wire::{ENTRIES_KEEPALIVE, ENTRIES_STREAM_PROTOCOL};
-    let wanted = request
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes() == ENTRIES_STREAM_PROTOCOL.as_bytes());
-    if !wanted {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("GET /local/entries/stream upgrades to {ENTRIES_STREAM_PROTOCOL} only"),
-        )
-            .into_response();
+    if let Some(refused) =
+        refuse_other_upgrades(&request, "/local/entries/stream", ENTRIES_STREAM_PROTOCOL)
+    {
+        return refused;
     }
     let max = q.max.unwrap_or(4_096).clamp(1, 16_384);
     let mut from = q.from.max(1);
@@ -426,12 +432,7 @@ async fn entries_stream(
             }
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, ENTRIES_STREAM_PROTOCOL)
-        .body(axum::body::Body::empty())
-        .expect("a valid response")
+    switching_to(ENTRIES_STREAM_PROTOCOL)
 }
 
 async fn read_index(State(state): State<HttpState>) -> Response {
