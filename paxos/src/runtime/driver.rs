@@ -326,8 +326,9 @@ impl Driver {
             }
         }
         // 1-2: persist and sync before anything else leaves. A storage error is fatal. A step
-        // that only records decisions gates nothing (it is not even synced: peers re-teach a
-        // lost decision), so it is written last, after the node has heard of them.
+        // that only records decisions gates nothing (peers re-teach a lost decision), so it is
+        // written last, after the node has heard of them, and waits in memory for the next
+        // synced step (storage::DeferredDecisions).
         let decisions_only = ready
             .persist
             .iter()
@@ -386,8 +387,12 @@ impl Driver {
                 }
             }
         }
-        if decisions_only {
-            self.persist(&persist)?;
+        if decisions_only && !persist.is_empty() {
+            // Held in memory until the next synced step (storage::DeferredDecisions): no
+            // transaction, so no reason to leave the runtime for it.
+            self.storage
+                .write(&persist)
+                .context("paxos storage failed; stopping")?;
         }
         self.export_metrics();
         Ok(())

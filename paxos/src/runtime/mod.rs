@@ -41,7 +41,7 @@ use self::driver::{Driver, LocalRequest};
 use self::http::{HttpState, router};
 use crate::ballot::NodeId;
 use crate::core::{Config, Replica};
-use crate::storage::{RedbStorage, Storage};
+use crate::storage::{Storage, WalStorage};
 use crate::transfer::{Peer, PeerLimits};
 use crate::wire::StatusReply;
 
@@ -54,7 +54,7 @@ pub struct RuntimeConfig {
     pub listen: SocketAddr,
     /// Base URLs of every replica's paxos process, indexed by id (own entry unused).
     pub peers: Vec<String>,
-    /// Where the acceptor state lives (`paxos.redb`).
+    /// Where the acceptor state lives (`paxos.wal`, snapshots in `paxos.snapshots/`).
     pub data_dir: PathBuf,
     /// The cluster token.
     pub token: String,
@@ -95,9 +95,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let path = cfg.data_dir.join("paxos.redb");
-    let storage =
-        RedbStorage::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let path = cfg.data_dir.join("paxos.wal");
+    let storage = WalStorage::open(&path).with_context(|| format!("opening {}", path.display()))?;
     run_with_storage(cfg, Box::new(storage), listener, metrics, shutdown).await
 }
 
@@ -110,7 +109,8 @@ pub async fn run_with_storage(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     cfg.core.validate().map_err(anyhow::Error::msg)?;
-    let path = cfg.data_dir.join("paxos.redb");
+    let path = cfg.data_dir.join("paxos.wal");
+    let storage = Box::new(crate::storage::DeferredDecisions::new(storage));
     let state = storage.load()?;
     if state.is_empty() {
         match cfg.initial_cluster_state {

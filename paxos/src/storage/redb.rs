@@ -1,5 +1,6 @@
-//! Acceptor state in a redb file, synced on every write that gates a message; snapshots are
-//! files beside it.
+//! Acceptor state in a redb file, as versions before the log (`wal.rs`) kept it: read once, at
+//! the first start of a newer version, to carry it over; its snapshot-file helpers are shared.
+//! Its write path stays so tests can make such a database.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -125,7 +126,7 @@ pub fn snapshot_dir(db_path: &Path) -> PathBuf {
     db_path.with_extension("snapshots")
 }
 
-fn snapshot_file(dir: &Path, slot: Slot) -> PathBuf {
+pub(super) fn snapshot_file(dir: &Path, slot: Slot) -> PathBuf {
     dir.join(format!("{slot:020}.snapshot"))
 }
 
@@ -134,7 +135,7 @@ fn snapshot_slot(file: &Path) -> Option<Slot> {
     name.strip_suffix(".snapshot")?.parse().ok()
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err)
@@ -168,13 +169,13 @@ pub fn stage_snapshot(dir: &Path, slot: Slot, data: &[u8]) -> Result<(), Storage
     sync_dir(dir)
 }
 
-fn staged(dir: &Path, slot: Slot, len: usize) -> bool {
+pub(super) fn staged(dir: &Path, slot: Slot, len: usize) -> bool {
     std::fs::metadata(snapshot_file(dir, slot)).is_ok_and(|m| m.len() == len as u64)
 }
 
 /// Deletes snapshot files that are not `keep`: all of them (`newer_too`, when nothing else runs),
 /// or only those of older slots (files of newer slots may be staged right now).
-fn remove_snapshots(dir: &Path, keep: Option<Slot>, newer_too: bool) {
+pub(super) fn remove_snapshots(dir: &Path, keep: Option<Slot>, newer_too: bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -370,78 +371,6 @@ mod tests {
         Value::Batch(Arc::new(vec![Bytes::copy_from_slice(text.as_bytes())]))
     }
 
-    fn ops() -> Vec<Vec<PersistOp>> {
-        vec![
-            vec![
-                PersistOp::Promise {
-                    lane: 0,
-                    ballot: Ballot::new(1, 2),
-                },
-                PersistOp::Accept {
-                    slot: 1,
-                    ballot: Ballot::new(1, 2),
-                    value: batch("a"),
-                },
-                PersistOp::Accept {
-                    slot: 2,
-                    ballot: Ballot::new(1, 2),
-                    value: batch("b"),
-                },
-            ],
-            vec![
-                PersistOp::Decide {
-                    slot: 1,
-                    value: batch("a"),
-                },
-                PersistOp::Accept {
-                    slot: 1,
-                    ballot: Ballot::new(2, 0),
-                    value: batch("z"),
-                },
-                PersistOp::Accept {
-                    slot: 3,
-                    ballot: Ballot::new(2, 0),
-                    value: Value::Noop,
-                },
-                PersistOp::Promise {
-                    lane: 1,
-                    ballot: Ballot::new(0, 1),
-                },
-                PersistOp::Incarnation {
-                    node: 2,
-                    incarnation: 3,
-                },
-                PersistOp::Accept {
-                    slot: 4,
-                    ballot: Ballot {
-                        incarnation: 3,
-                        ..Ballot::new(4, 2)
-                    },
-                    value: batch("reborn"),
-                },
-            ],
-            vec![
-                PersistOp::Decide {
-                    slot: 2,
-                    value: batch("b"),
-                },
-                PersistOp::Snapshot {
-                    slot: 2,
-                    data: Bytes::from_static(b"snap"),
-                },
-                PersistOp::Accept {
-                    slot: 2,
-                    ballot: Ballot::new(3, 0),
-                    value: batch("late"),
-                },
-                PersistOp::Incarnation {
-                    node: 2,
-                    incarnation: 1,
-                },
-            ],
-        ]
-    }
-
     #[test]
     fn redb_storage_matches_the_reference_semantics_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -449,7 +378,7 @@ mod tests {
         let mut reference = PersistentState::default();
         {
             let mut storage = RedbStorage::open(&path).unwrap();
-            for batch in ops() {
+            for batch in crate::storage::tests::sample_steps() {
                 storage.write(&batch).unwrap();
                 reference.apply(&batch);
                 assert_eq!(storage.load().unwrap(), reference);
@@ -481,30 +410,6 @@ mod tests {
     }
 
     #[test]
-    fn a_staged_snapshot_is_recorded_without_being_written_again() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("paxos.redb");
-        let mut storage = RedbStorage::open(&path).unwrap();
-        let snapshots = snapshot_dir(&path);
-        stage_snapshot(&snapshots, 7, b"state at 7").unwrap();
-        let inode = std::fs::metadata(snapshot_file(&snapshots, 7))
-            .unwrap()
-            .ino();
-        storage.write(&snapshot_op(7, b"state at 7")).unwrap();
-        assert_eq!(
-            std::fs::metadata(snapshot_file(&snapshots, 7))
-                .unwrap()
-                .ino(),
-            inode,
-            "the driver rewrote a staged snapshot"
-        );
-        drop(storage);
-        let state = RedbStorage::open(&path).unwrap().load().unwrap();
-        assert_eq!(state.snapshot, Some((7, Bytes::from_static(b"state at 7"))));
-    }
-
-    #[test]
     fn writers_staging_the_same_slot_at_once_leave_a_whole_file() {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
@@ -518,44 +423,6 @@ mod tests {
             }
         });
         assert!(std::fs::read(snapshot_file(dir.path(), 3)).unwrap() == data);
-    }
-
-    #[test]
-    fn snapshot_files_not_current_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("paxos.redb");
-        let snapshots = snapshot_dir(&path);
-        let mut storage = RedbStorage::open(&path).unwrap();
-        storage.write(&snapshot_op(5, b"five")).unwrap();
-        // A newer one staged but not recorded (a crash in between), and a half-written one.
-        stage_snapshot(&snapshots, 9, b"nine").unwrap();
-        std::fs::write(snapshots.join("00000000000000000011.tmp"), b"ha").unwrap();
-        storage.write(&snapshot_op(6, b"six")).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(&snapshots)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        files.sort();
-        assert_eq!(
-            files,
-            [
-                "00000000000000000006.snapshot",
-                "00000000000000000009.snapshot",
-                "00000000000000000011.tmp"
-            ],
-            "older snapshots go when a newer one is recorded; newer ones may be in flight"
-        );
-        drop(storage);
-        RedbStorage::open(&path).unwrap();
-        let files: Vec<_> = std::fs::read_dir(&snapshots)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(
-            files,
-            ["00000000000000000006.snapshot"],
-            "at open only the current stays"
-        );
     }
 
     #[test]
@@ -621,8 +488,8 @@ mod tests {
     #[test]
     fn decided_entries_are_never_overwritten_by_late_accepts() {
         let mut state = PersistentState::default();
-        state.apply(&ops()[0]);
-        state.apply(&ops()[1]);
+        state.apply(&crate::storage::tests::sample_steps()[0]);
+        state.apply(&crate::storage::tests::sample_steps()[1]);
         assert_eq!(state.log[&1].value, batch("a"));
         assert!(state.log[&1].decided);
     }

@@ -1,0 +1,707 @@
+//! Acceptor state in an append-only log file, `paxos.wal`: every [`Storage::write`] appends one
+//! checksummed record and syncs it with one `fdatasync`. When the file has grown past
+//! [`REWRITE_BYTES`] (and four times its last checkpoint) it is rewritten as a single record
+//! holding the whole state, beside it, synced, and renamed over it. Snapshots are files in a
+//! folder beside it, as they were beside the redb database this replaces.
+//!
+//! A redb transaction wrote about eight scattered pages per step (the log's leaf and branches,
+//! the table tree, the allocator state, the header) and synced them all; a step here is one
+//! write of a few hundred bytes at the end of one file.
+//!
+//! Layout: `PAXOSWAL` and a little-endian `u32` version, then records: a `u32` payload length,
+//! the payload's CRC-32, and the payload (postcard, a list of operations). Only the last record
+//! can be torn by a crash (records are appended one at a time, each synced before the next):
+//! a bad record at the end is cut off when the file is opened, a bad record followed by more
+//! data is corruption, and the file is refused.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::redb::{
+    RedbStorage, remove_snapshots, snapshot_dir, snapshot_file, stage_snapshot, staged, sync_dir,
+};
+use super::{PersistOp, PersistentState, Storage, StorageError};
+use crate::ballot::{Ballot, NodeId, Slot};
+use crate::messages::Value;
+
+const MAGIC: &[u8; 8] = b"PAXOSWAL";
+const VERSION: u32 = 1;
+const HEADER_BYTES: usize = MAGIC.len() + 4;
+const RECORD_HEADER_BYTES: usize = 8;
+/// Largest record read back (a checkpoint holds the retained log; a step one burst of inputs).
+const MAX_RECORD_BYTES: usize = 1 << 30;
+/// The log is rewritten as one checkpoint once it is larger than this (and than four times the
+/// last checkpoint, so a large retained log is not rewritten at every step).
+pub const REWRITE_BYTES: u64 = 64 << 20;
+
+/// A logged operation, as written (values borrowed).
+#[derive(Serialize)]
+enum OpRef<'a> {
+    Promise {
+        lane: u32,
+        ballot: Ballot,
+    },
+    Accept {
+        slot: Slot,
+        ballot: Ballot,
+        value: &'a Value,
+    },
+    Decide {
+        slot: Slot,
+        value: &'a Value,
+    },
+    /// The snapshot of `slot`, `len` bytes, is the file of `slot` in the snapshot folder.
+    Snapshot {
+        slot: Slot,
+        len: u64,
+    },
+    Incarnation {
+        node: NodeId,
+        incarnation: u64,
+    },
+}
+
+/// A logged operation, as read back: the same variants, in the same order, as [`OpRef`].
+#[derive(Deserialize)]
+enum Op {
+    Promise {
+        lane: u32,
+        ballot: Ballot,
+    },
+    Accept {
+        slot: Slot,
+        ballot: Ballot,
+        value: Value,
+    },
+    Decide {
+        slot: Slot,
+        value: Value,
+    },
+    Snapshot {
+        slot: Slot,
+        len: u64,
+    },
+    Incarnation {
+        node: NodeId,
+        incarnation: u64,
+    },
+}
+
+fn err(e: impl std::fmt::Display) -> StorageError {
+    StorageError(e.to_string())
+}
+
+fn op_ref(op: &PersistOp) -> OpRef<'_> {
+    match op {
+        PersistOp::Promise { lane, ballot } => OpRef::Promise {
+            lane: *lane,
+            ballot: *ballot,
+        },
+        PersistOp::Accept {
+            slot,
+            ballot,
+            value,
+        } => OpRef::Accept {
+            slot: *slot,
+            ballot: *ballot,
+            value,
+        },
+        PersistOp::Decide { slot, value } => OpRef::Decide { slot: *slot, value },
+        PersistOp::Snapshot { slot, data } => OpRef::Snapshot {
+            slot: *slot,
+            len: data.len() as u64,
+        },
+        PersistOp::Incarnation { node, incarnation } => OpRef::Incarnation {
+            node: *node,
+            incarnation: *incarnation,
+        },
+    }
+}
+
+/// The operations that rebuild `state` from nothing (the snapshot's data stays in its file).
+fn checkpoint(state: &PersistentState) -> Vec<OpRef<'_>> {
+    let mut ops = Vec::with_capacity(
+        1 + state.incarnations.len() + state.promised.len() + 2 * state.log.len(),
+    );
+    if let Some((slot, data)) = &state.snapshot {
+        ops.push(OpRef::Snapshot {
+            slot: *slot,
+            len: data.len() as u64,
+        });
+    }
+    for (&node, &incarnation) in &state.incarnations {
+        ops.push(OpRef::Incarnation { node, incarnation });
+    }
+    for (&lane, &ballot) in &state.promised {
+        ops.push(OpRef::Promise { lane, ballot });
+    }
+    for (&slot, entry) in &state.log {
+        ops.push(OpRef::Accept {
+            slot,
+            ballot: entry.ballot,
+            value: &entry.value,
+        });
+        if entry.decided {
+            ops.push(OpRef::Decide {
+                slot,
+                value: &entry.value,
+            });
+        }
+    }
+    ops
+}
+
+/// Appends one record holding `ops` to `buf`.
+fn encode_record(ops: &[OpRef<'_>], buf: &mut Vec<u8>) -> Result<(), StorageError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
+    let mut buf_taken = std::mem::take(buf);
+    buf_taken = postcard::to_extend(ops, buf_taken).map_err(err)?;
+    *buf = buf_taken;
+    let payload = buf.len() - start - RECORD_HEADER_BYTES;
+    if payload > MAX_RECORD_BYTES {
+        return Err(err(format!(
+            "a paxos log record of {payload} bytes is over the {MAX_RECORD_BYTES}-byte limit"
+        )));
+    }
+    let crc = crc32fast::hash(&buf[start + RECORD_HEADER_BYTES..]);
+    buf[start..start + 4].copy_from_slice(&(payload as u32).to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Writes a log holding only the checkpoint of `state` at `path`, atomically: a file beside it,
+/// synced, renamed over it, and the folder synced. Returns its length.
+fn write_checkpoint(path: &Path, state: &PersistentState) -> Result<u64, StorageError> {
+    let mut buf = Vec::with_capacity(HEADER_BYTES + 4096);
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&VERSION.to_le_bytes());
+    encode_record(&checkpoint(state), &mut buf)?;
+    let tmp = path.with_extension("wal.tmp");
+    let mut file = File::create(&tmp).map_err(|e| err(format!("{}: {e}", tmp.display())))?;
+    file.write_all(&buf).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(err)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(buf.len() as u64)
+}
+
+/// File-backed storage in an append-only, checksummed log (see the module docs), with the
+/// whole state mirrored in memory (the replica holds the same entries; values are shared).
+pub struct WalStorage {
+    path: PathBuf,
+    file: File,
+    /// Bytes of the log (where the next record goes).
+    len: u64,
+    /// Length of the log when it was last rewritten.
+    checkpoint_len: u64,
+    /// The log is rewritten past this many bytes ([`REWRITE_BYTES`] but in tests).
+    rewrite_bytes: u64,
+    snapshots: PathBuf,
+    state: PersistentState,
+    buf: Vec<u8>,
+}
+
+impl WalStorage {
+    /// Opens the log at `path` (`.../paxos.wal`), creating it if needed. A redb database of an
+    /// earlier version beside it (`paxos.redb`) is carried over into a new log, then removed.
+    pub fn open(path: &Path) -> Result<WalStorage, StorageError> {
+        WalStorage::open_with(path, REWRITE_BYTES)
+    }
+
+    fn open_with(path: &Path, rewrite_bytes: u64) -> Result<WalStorage, StorageError> {
+        let snapshots = snapshot_dir(path);
+        std::fs::create_dir_all(&snapshots).map_err(err)?;
+        let legacy = path.with_extension("redb");
+        if !path.exists() {
+            let state = if legacy.exists() {
+                let old = RedbStorage::open(&legacy)?.load()?;
+                if let Some((slot, data)) = &old.snapshot
+                    && !staged(&snapshots, *slot, data.len())
+                {
+                    // A snapshot an earlier version kept inside the database.
+                    stage_snapshot(&snapshots, *slot, data)?;
+                }
+                tracing::info!(
+                    from = %legacy.display(),
+                    to = %path.display(),
+                    entries = old.log.len(),
+                    "carrying the acceptor state over from redb into the log"
+                );
+                old
+            } else {
+                PersistentState::default()
+            };
+            write_checkpoint(path, &state)?;
+        }
+        if legacy.exists() {
+            // Its state is in the log (synced before this): it must not be read again.
+            std::fs::remove_file(&legacy).map_err(err)?;
+            sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        }
+        let bytes = std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        if bytes.len() < HEADER_BYTES
+            || &bytes[..MAGIC.len()] != MAGIC
+            || bytes[MAGIC.len()..HEADER_BYTES] != VERSION.to_le_bytes()
+        {
+            return Err(err(format!(
+                "{} is not a version {VERSION} paxos log",
+                path.display()
+            )));
+        }
+        let (mut state, end, checkpoint_len, snapshot) = replay(path, &bytes)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(err)?;
+        if end < bytes.len() {
+            tracing::warn!(
+                log = %path.display(),
+                kept = end,
+                dropped = bytes.len() - end,
+                "the last record of the paxos log was torn by a crash: cut off (it was never \
+                 acknowledged)"
+            );
+            file.set_len(end as u64).map_err(err)?;
+            file.sync_all().map_err(err)?;
+        }
+        if let Some((slot, len)) = snapshot {
+            let file = snapshot_file(&snapshots, slot);
+            let data = std::fs::read(&file).map_err(|e| err(format!("{}: {e}", file.display())))?;
+            if data.len() as u64 != len {
+                return Err(err(format!(
+                    "{}: {} bytes, the log recorded {len}",
+                    file.display(),
+                    data.len()
+                )));
+            }
+            state.snapshot = Some((slot, Bytes::from(data)));
+        }
+        remove_snapshots(&snapshots, snapshot.map(|(slot, _)| slot), true);
+        Ok(WalStorage {
+            path: path.to_path_buf(),
+            file,
+            len: end as u64,
+            checkpoint_len: checkpoint_len as u64,
+            rewrite_bytes,
+            snapshots,
+            state,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Rewrites the log as one checkpoint of the current state.
+    fn rewrite(&mut self) -> Result<(), StorageError> {
+        let len = write_checkpoint(&self.path, &self.state)?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(err)?;
+        self.len = len;
+        self.checkpoint_len = len;
+        Ok(())
+    }
+
+    /// Bytes of the log file.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the log holds nothing but its header and an empty checkpoint.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+}
+
+/// Replays the records of `bytes`: the state (snapshot data not read), where the last good
+/// record ends, where the first record (the checkpoint) ends, and the snapshot (slot, length).
+#[allow(clippy::type_complexity)]
+fn replay(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(PersistentState, usize, usize, Option<(Slot, u64)>), StorageError> {
+    let mut state = PersistentState::default();
+    let mut snapshot = None;
+    let mut pos = HEADER_BYTES;
+    let mut checkpoint_end = None;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let torn_tail = || rest.iter().all(|b| *b == 0);
+        if rest.len() < RECORD_HEADER_BYTES {
+            break;
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        let end = RECORD_HEADER_BYTES + len;
+        if end > rest.len() || torn_tail() {
+            break;
+        }
+        let payload = &rest[RECORD_HEADER_BYTES..end];
+        if len == 0 || crc32fast::hash(payload) != crc {
+            if end == rest.len() {
+                break;
+            }
+            return Err(err(format!(
+                "{}: the record at byte {pos} fails its checksum and {} bytes follow it: the \
+                 file is corrupt, not torn by a crash; this replica cannot vouch for its \
+                 promises (move its data away and restart it with \
+                 --initial-cluster-state existing)",
+                path.display(),
+                rest.len() - end
+            )));
+        }
+        let ops: Vec<Op> = postcard::from_bytes(payload).map_err(|e| {
+            err(format!(
+                "{}: the record at byte {pos} cannot be read: {e}",
+                path.display()
+            ))
+        })?;
+        for op in ops {
+            let op = match op {
+                Op::Promise { lane, ballot } => PersistOp::Promise { lane, ballot },
+                Op::Accept {
+                    slot,
+                    ballot,
+                    value,
+                } => PersistOp::Accept {
+                    slot,
+                    ballot,
+                    value,
+                },
+                Op::Decide { slot, value } => PersistOp::Decide { slot, value },
+                Op::Snapshot { slot, len } => {
+                    if snapshot.is_some_and(|(s, _)| s >= slot) {
+                        continue;
+                    }
+                    snapshot = Some((slot, len));
+                    // The data is read once, for the last snapshot, after the replay.
+                    PersistOp::Snapshot {
+                        slot,
+                        data: Bytes::new(),
+                    }
+                }
+                Op::Incarnation { node, incarnation } => {
+                    PersistOp::Incarnation { node, incarnation }
+                }
+            };
+            state.apply(std::slice::from_ref(&op));
+        }
+        pos += end;
+        checkpoint_end.get_or_insert(pos);
+    }
+    Ok((state, pos, checkpoint_end.unwrap_or(pos), snapshot))
+}
+
+impl Storage for WalStorage {
+    fn load(&self) -> Result<PersistentState, StorageError> {
+        Ok(self.state.clone())
+    }
+
+    fn write(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let current = self.state.snapshot.as_ref().map(|(slot, _)| *slot);
+        let mut recorded = None;
+        for op in ops {
+            if let PersistOp::Snapshot { slot, data } = op
+                && current.is_none_or(|s| s < *slot)
+                && recorded.is_none_or(|s| s < *slot)
+            {
+                if !staged(&self.snapshots, *slot, data.len()) {
+                    // Not staged (a snapshot learned from a peer): written and synced here,
+                    // before the record that names it.
+                    stage_snapshot(&self.snapshots, *slot, data)?;
+                }
+                recorded = Some(*slot);
+            }
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let refs: Vec<OpRef<'_>> = ops.iter().map(op_ref).collect();
+        let encoded = encode_record(&refs, &mut buf);
+        let written = encoded.and_then(|()| {
+            self.file.write_all_at(&buf, self.len).map_err(err)?;
+            self.file.sync_data().map_err(err)
+        });
+        let appended = buf.len() as u64;
+        // Large buffers (a checkpoint-sized step) are not kept.
+        if buf.capacity() <= 1 << 20 {
+            self.buf = buf;
+        }
+        written?;
+        self.len += appended;
+        self.state.apply(ops);
+        if recorded.is_some() {
+            remove_snapshots(&self.snapshots, recorded, false);
+        }
+        if self.len > self.rewrite_bytes && self.len > 4 * self.checkpoint_len {
+            self.rewrite()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::tests::sample_steps;
+
+    fn wal(dir: &Path) -> PathBuf {
+        dir.join("paxos.wal")
+    }
+
+    /// The state after each of the sample steps, starting with none.
+    fn states() -> Vec<PersistentState> {
+        let mut state = PersistentState::default();
+        let mut states = vec![state.clone()];
+        for step in sample_steps() {
+            state.apply(&step);
+            states.push(state.clone());
+        }
+        states
+    }
+
+    /// Writes the sample steps; returns the log's length after each (the first: empty log).
+    fn write_steps(path: &Path) -> Vec<u64> {
+        let mut storage = WalStorage::open(path).unwrap();
+        let mut lens = vec![storage.len()];
+        for step in sample_steps() {
+            storage.write(&step).unwrap();
+            lens.push(storage.len());
+        }
+        lens
+    }
+
+    #[test]
+    fn the_log_matches_the_reference_semantics_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let states = states();
+        {
+            let mut storage = WalStorage::open(&path).unwrap();
+            assert!(storage.is_empty());
+            for (step, expected) in sample_steps().iter().zip(&states[1..]) {
+                storage.write(step).unwrap();
+                assert_eq!(&storage.load().unwrap(), expected);
+            }
+        }
+        let state = WalStorage::open(&path).unwrap().load().unwrap();
+        assert_eq!(&state, states.last().unwrap());
+        assert_eq!(state.snapshot, Some((2, Bytes::from_static(b"snap"))));
+        assert_eq!(state.log.keys().copied().collect::<Vec<_>>(), vec![3, 4]);
+    }
+
+    #[test]
+    fn a_log_cut_anywhere_in_its_last_record_opens_as_the_steps_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let lens = write_steps(&path);
+        let whole = std::fs::read(&path).unwrap();
+        let states = states();
+        for step in 1..lens.len() {
+            for cut in lens[step - 1]..lens[step] {
+                let copy = dir.path().join(format!("cut-{cut}.wal"));
+                std::fs::write(&copy, &whole[..cut as usize]).unwrap();
+                let mut storage = WalStorage::open(&copy).unwrap();
+                let state = storage.load().unwrap();
+                assert_eq!(
+                    state.promised,
+                    states[step - 1].promised,
+                    "cut at byte {cut}, in step {step}"
+                );
+                assert_eq!(state.log, states[step - 1].log, "cut at byte {cut}");
+                assert_eq!(storage.len(), lens[step - 1], "the torn record is cut off");
+                // And the log goes on from there.
+                storage.write(&sample_steps()[step - 1]).unwrap();
+                drop(storage);
+                let state = WalStorage::open(&copy).unwrap().load().unwrap();
+                assert_eq!(state.log, states[step].log, "cut at byte {cut}, rewritten");
+                std::fs::remove_file(&copy).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let lens = write_steps(&path);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0; 5000]);
+        std::fs::write(&path, &bytes).unwrap();
+        let storage = WalStorage::open(&path).unwrap();
+        assert_eq!(storage.len(), *lens.last().unwrap());
+        assert_eq!(&storage.load().unwrap(), states().last().unwrap());
+    }
+
+    #[test]
+    fn a_damaged_record_with_records_after_it_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let lens = write_steps(&path);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // A bit flipped in the payload of the second step (records follow it).
+        bytes[lens[1] as usize + RECORD_HEADER_BYTES + 2] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = WalStorage::open(&path).err().expect("refused").to_string();
+        assert!(
+            error.contains(&format!("record at byte {} fails its checksum", lens[1])),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "a refused log is left as it was"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        std::fs::write(&path, b"PAXOSWAL\x07\0\0\0").unwrap();
+        let error = WalStorage::open(&path).err().expect("refused").to_string();
+        assert!(error.contains("is not a version 1 paxos log"), "{error}");
+    }
+
+    #[test]
+    fn the_log_is_rewritten_as_a_checkpoint_when_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let mut storage = WalStorage::open_with(&path, 4096).unwrap();
+        let mut reference = PersistentState::default();
+        let mut appended = 0;
+        for slot in 1..=200u64 {
+            let value = Value::Batch(std::sync::Arc::new(vec![Bytes::from(vec![7; 100])]));
+            let step = vec![
+                PersistOp::Accept {
+                    slot,
+                    ballot: Ballot::new(1, 0),
+                    value: value.clone(),
+                },
+                PersistOp::Decide { slot, value },
+            ];
+            let before = storage.len();
+            storage.write(&step).unwrap();
+            appended += storage.len().saturating_sub(before);
+            reference.apply(&step);
+            if slot % 50 == 0 {
+                // The application compacts, as the driver would.
+                let snap = vec![PersistOp::Snapshot {
+                    slot: slot - 10,
+                    data: Bytes::from(format!("state at {}", slot - 10)),
+                }];
+                storage.write(&snap).unwrap();
+                reference.apply(&snap);
+            }
+        }
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(len, storage.len());
+        assert!(
+            len * 2 < appended,
+            "not rewritten: {len} bytes on disk after {appended} appended"
+        );
+        drop(storage);
+        let state = WalStorage::open(&path).unwrap().load().unwrap();
+        assert_eq!(state, reference);
+        assert_eq!(state.log.len(), 10, "slots above the last snapshot (190)");
+    }
+
+    #[test]
+    fn a_redb_database_is_carried_over_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let legacy = path.with_extension("redb");
+        {
+            let mut old = RedbStorage::open(&legacy).unwrap();
+            for step in sample_steps() {
+                old.write(&step).unwrap();
+            }
+        }
+        let state = WalStorage::open(&path).unwrap().load().unwrap();
+        assert_eq!(&state, states().last().unwrap());
+        assert!(!legacy.exists(), "the database is gone once carried over");
+        let state = WalStorage::open(&path).unwrap().load().unwrap();
+        assert_eq!(&state, states().last().unwrap());
+    }
+
+    fn snapshot_op(slot: Slot, data: &'static [u8]) -> Vec<PersistOp> {
+        vec![PersistOp::Snapshot {
+            slot,
+            data: Bytes::from_static(data),
+        }]
+    }
+
+    #[test]
+    fn a_staged_snapshot_is_recorded_without_being_written_again() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let mut storage = WalStorage::open(&path).unwrap();
+        let snapshots = snapshot_dir(&path);
+        stage_snapshot(&snapshots, 7, b"state at 7").unwrap();
+        let inode = std::fs::metadata(snapshot_file(&snapshots, 7))
+            .unwrap()
+            .ino();
+        storage.write(&snapshot_op(7, b"state at 7")).unwrap();
+        let now = std::fs::metadata(snapshot_file(&snapshots, 7))
+            .unwrap()
+            .ino();
+        assert_eq!(now, inode, "the driver rewrote a staged snapshot");
+        drop(storage);
+        let state = WalStorage::open(&path).unwrap().load().unwrap();
+        assert_eq!(state.snapshot, Some((7, Bytes::from_static(b"state at 7"))));
+    }
+
+    #[test]
+    fn snapshot_files_not_current_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let snapshots = snapshot_dir(&path);
+        let mut storage = WalStorage::open(&path).unwrap();
+        storage.write(&snapshot_op(5, b"five")).unwrap();
+        stage_snapshot(&snapshots, 9, b"nine").unwrap();
+        storage.write(&snapshot_op(6, b"six")).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "00000000000000000006.snapshot",
+                "00000000000000000009.snapshot"
+            ],
+            "older snapshots go when a newer one is recorded; newer ones may be in flight"
+        );
+        drop(storage);
+        WalStorage::open(&path).unwrap();
+        let files: Vec<_> = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, ["00000000000000000006.snapshot"]);
+    }
+
+    #[test]
+    fn a_truncated_snapshot_file_is_an_error_not_an_empty_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let mut storage = WalStorage::open(&path).unwrap();
+        storage.write(&snapshot_op(3, b"three")).unwrap();
+        drop(storage);
+        std::fs::write(snapshot_file(&snapshot_dir(&path), 3), b"thr").unwrap();
+        let error = WalStorage::open(&path).err().expect("refused").to_string();
+        assert!(error.contains("3 bytes, the log recorded 5"), "{error}");
+    }
+}
