@@ -94,6 +94,46 @@ pub struct ClusterLog {
     fatal: AtomicBool,
 }
 
+/// The proposer's stream to paxos (`GET /local/propose/stream`), opened on first use and again
+/// after it ends; when paxos refuses or cannot be reached, batches go over `POST
+/// /local/propose` and the stream is tried again a second later.
+#[derive(Default)]
+struct StreamSlot {
+    stream: Option<paxos::client::ProposeStream>,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl StreamSlot {
+    async fn get(&mut self, paxos: &PaxosClient) -> Option<paxos::client::ProposeStream> {
+        if let Some(stream) = &self.stream
+            && !stream.is_closed()
+        {
+            return Some(stream.clone());
+        }
+        self.stream = None;
+        if self
+            .retry_at
+            .is_some_and(|at| tokio::time::Instant::now() < at)
+        {
+            return None;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), paxos.propose_stream()).await {
+            Ok(Ok(stream)) => {
+                self.retry_at = None;
+                self.stream = Some(stream.clone());
+                Some(stream)
+            }
+            failed => {
+                if let Ok(Err(err)) = failed {
+                    tracing::debug!(%err, "no propose stream; proposing over HTTP");
+                }
+                self.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                None
+            }
+        }
+    }
+}
+
 impl ClusterLog {
     /// Starts the applier and the status poller; they stop with `shutdown`. A fatal store
     /// error cancels `fatal`.
@@ -176,6 +216,7 @@ impl ClusterLog {
     ) {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(32));
         let mut batch = Vec::with_capacity(512);
+        let mut stream = StreamSlot::default();
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -199,11 +240,26 @@ impl ClusterLog {
             // continues the first sampled request's trace and links the others.
             let span = telemetry::trace::batch_span("node.propose_batch", &traces)
                 .unwrap_or_else(tracing::Span::none);
+            // Sampled batches keep their `POST /local/propose` (and so its span in the trace);
+            // the others go on the propose stream while paxos keeps one open.
+            let stream = if traces.is_empty() {
+                stream.get(&self.paxos).await
+            } else {
+                None
+            };
             let log = self.clone();
             tokio::spawn(
                 async move {
                     let _permit = permit;
-                    let answers = log.answered(log.paxos.propose(&commands).await);
+                    let sent = match stream {
+                        Some(stream) => match stream.propose(commands.clone()).await {
+                            // The stream had ended before: nothing left, so propose again.
+                            Err(ClientError::NotSent { .. }) => log.paxos.propose(&commands).await,
+                            other => other,
+                        },
+                        None => log.paxos.propose(&commands).await,
+                    };
+                    let answers = log.answered(sent);
                     let answers = match answers {
                         Ok(answers) if answers.len() == replies.len() => Ok(answers),
                         // Paxos took the commands but its answer makes no sense.

@@ -163,28 +163,7 @@ impl PaxosClient {
     ) -> Result<EntriesStream, ClientError> {
         use crate::wire::ENTRIES_STREAM_PROTOCOL;
         let url = self.url(&format!("/local/entries/stream?from={from}&max={max}"));
-        let request = self
-            .http
-            .get(&url)
-            .header(reqwest::header::CONNECTION, "upgrade")
-            .header(reqwest::header::UPGRADE, ENTRIES_STREAM_PROTOCOL);
-        let response = self.send(request, &url).await?;
-        let status = response.status();
-        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
-            let body = response.text().await.unwrap_or_default();
-            return Err(ClientError::Refused {
-                url,
-                status: status.as_u16(),
-                body: body.chars().take(200).collect(),
-            });
-        }
-        let upgraded = response
-            .upgrade()
-            .await
-            .map_err(|err| ClientError::AnswerLost {
-                url: url.clone(),
-                detail: err.to_string(),
-            })?;
+        let upgraded = self.upgrade(&url, ENTRIES_STREAM_PROTOCOL).await?;
         Ok(EntriesStream {
             frames: tokio_util::codec::FramedRead::new(
                 upgraded,
@@ -192,6 +171,47 @@ impl PaxosClient {
             ),
             url,
         })
+    }
+
+    /// `GET /local/propose/stream`: a connection that carries proposals as frames instead of a
+    /// `POST /local/propose` each (see [`ProposeStream`]). A process that does not serve it
+    /// refuses (`ClientError::Refused`, 404).
+    pub async fn propose_stream(&self) -> Result<ProposeStream, ClientError> {
+        use crate::wire::PROPOSE_STREAM_PROTOCOL;
+        let url = self.url("/local/propose/stream");
+        let upgraded = self.upgrade(&url, PROPOSE_STREAM_PROTOCOL).await?;
+        let (requests, queued) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(run_propose_stream(upgraded, queued));
+        Ok(ProposeStream {
+            requests,
+            url: url.into(),
+        })
+    }
+
+    /// A `GET` of `url` upgraded to `protocol`.
+    async fn upgrade(&self, url: &str, protocol: &str) -> Result<reqwest::Upgraded, ClientError> {
+        let request = self
+            .http
+            .get(url)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol);
+        let response = self.send(request, url).await?;
+        let status = response.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let body = response.text().await.unwrap_or_default();
+            return Err(ClientError::Refused {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                body: body.chars().take(200).collect(),
+            });
+        }
+        response
+            .upgrade()
+            .await
+            .map_err(|err| ClientError::AnswerLost {
+                url: url.to_owned(),
+                detail: err.to_string(),
+            })
     }
 
     /// `POST /local/read_index`: a linearizable read point (leader mode, at the leader).
@@ -323,6 +343,105 @@ impl EntriesStream {
     pub fn ready(&mut self) -> Option<Result<Option<EntriesReply>, ClientError>> {
         use futures::FutureExt as _;
         self.next().now_or_never()
+    }
+}
+
+type Proposal = (Vec<Bytes>, tokio::sync::oneshot::Sender<Vec<ProposeReply>>);
+
+/// Proposals on one upgraded connection to a paxos process (see
+/// [`PaxosClient::propose_stream`]); cheap to clone, every clone on the same connection.
+#[derive(Clone)]
+pub struct ProposeStream {
+    requests: tokio::sync::mpsc::Sender<Proposal>,
+    url: Arc<str>,
+}
+
+impl ProposeStream {
+    /// Proposes `commands` (1 to [`MAX_PROPOSE_COMMANDS`](crate::wire::MAX_PROPOSE_COMMANDS))
+    /// and answers one [`ProposeReply`] each, as `POST /local/propose` does.
+    /// `ClientError::NotSent` if the connection had already ended (nothing was sent: propose
+    /// another way); `ClientError::AnswerLost` if it ended once the commands may have left, or
+    /// no answer came within [`DEFAULT_TIMEOUT`].
+    pub async fn propose(&self, commands: Vec<Bytes>) -> Result<Vec<ProposeReply>, ClientError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.requests.send((commands, reply)).await.is_err() {
+            return Err(ClientError::NotSent {
+                url: self.url.to_string(),
+                reason: "the propose stream has ended".into(),
+            });
+        }
+        match tokio::time::timeout(DEFAULT_TIMEOUT, answer).await {
+            Ok(Ok(replies)) => Ok(replies),
+            Ok(Err(_)) => Err(ClientError::AnswerLost {
+                url: self.url.to_string(),
+                detail: "the propose stream ended before the answer".into(),
+            }),
+            Err(_) => Err(ClientError::AnswerLost {
+                url: self.url.to_string(),
+                detail: format!("no answer in {} s", DEFAULT_TIMEOUT.as_secs()),
+            }),
+        }
+    }
+
+    /// The connection has ended: proposals would be `NotSent`.
+    pub fn is_closed(&self) -> bool {
+        self.requests.is_closed()
+    }
+}
+
+/// Writes the proposals queued on `queued` as frames (several per flush when they pile up) and
+/// hands each answer to its proposer, until the connection or every handle goes away; the
+/// proposals then waiting are dropped (their proposers learn `AnswerLost`).
+async fn run_propose_stream(
+    upgraded: reqwest::Upgraded,
+    mut queued: tokio::sync::mpsc::Receiver<Proposal>,
+) {
+    use crate::wire::{ProposeAnswer, ProposeFrame};
+    use futures::{SinkExt, StreamExt as _};
+    let (read, write) = tokio::io::split(upgraded);
+    let codec = || crate::transfer::stream_codec(crate::runtime::MAX_BODY_BYTES);
+    let mut answers = tokio_util::codec::FramedRead::new(read, codec());
+    let mut frames = tokio_util::codec::FramedWrite::new(write, codec());
+    let mut waiting = std::collections::HashMap::new();
+    let mut next_id: u64 = 0;
+    loop {
+        tokio::select! {
+            proposal = queued.recv() => {
+                let Some(mut proposal) = proposal else { return };
+                loop {
+                    let (commands, reply) = proposal;
+                    let id = next_id;
+                    next_id += 1;
+                    let Ok(frame) = postcard::to_stdvec(&ProposeFrame { id, commands }) else {
+                        return;
+                    };
+                    waiting.insert(id, reply);
+                    if frames.feed(Bytes::from(frame)).await.is_err() {
+                        return;
+                    }
+                    match queued.try_recv() {
+                        Ok(next) => proposal = next,
+                        Err(_) => break,
+                    }
+                }
+                if SinkExt::<Bytes>::flush(&mut frames).await.is_err() {
+                    return;
+                }
+                if waiting.len() > 1_024 {
+                    // Proposers that gave up (timed out) no longer wait.
+                    waiting.retain(|_, reply: &mut tokio::sync::oneshot::Sender<_>| !reply.is_closed());
+                }
+            }
+            answer = answers.next() => {
+                let Some(Ok(answer)) = answer else { return };
+                let Ok(ProposeAnswer { id, replies }) = postcard::from_bytes(&answer) else {
+                    return;
+                };
+                if let Some(reply) = waiting.remove(&id) {
+                    let _ = reply.send(replies);
+                }
+            }
+        }
     }
 }
 

@@ -49,6 +49,33 @@ pub fn answers(ready: &Ready) -> impl Iterator<Item = (&Bytes, ProposeReply)> {
     decided.chain(dropped).chain(unknown)
 }
 
+/// The `Upgrade` protocol of `GET /local/propose/stream`: after the switch the node writes one
+/// length-delimited postcard [`ProposeFrame`] per batch, and the process answers each with a
+/// [`ProposeAnswer`] of the same id once every command is decided, handed back or refused (in
+/// the order they are, not the order they came).
+pub const PROPOSE_STREAM_PROTOCOL: &str = "paxos-propose/1";
+
+/// Most commands in one proposal, on the stream as in `POST /local/propose`.
+pub const MAX_PROPOSE_COMMANDS: usize = 4_096;
+
+/// One batch of commands on a propose stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposeFrame {
+    /// Chosen by the node; unique on the stream.
+    pub id: u64,
+    /// 1 to [`MAX_PROPOSE_COMMANDS`] opaque commands.
+    pub commands: Vec<Bytes>,
+}
+
+/// The answer to a [`ProposeFrame`]: one reply per command, in the frame's order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposeAnswer {
+    /// The frame's id.
+    pub id: u64,
+    /// One per command.
+    pub replies: Vec<ProposeReply>,
+}
+
 /// The `Upgrade` protocol of `GET /local/entries/stream`: after the switch the process writes
 /// one length-delimited postcard [`EntriesReply`] per frame, each continuing where the last one
 /// ended (an empty one every [`ENTRIES_KEEPALIVE`] when nothing was decided).

@@ -214,3 +214,116 @@ async fn the_entries_stream_pushes_the_log_as_it_grows() {
         .unwrap();
     assert_eq!(quiet, paxos::wire::EntriesReply::Entries(Vec::new()));
 }
+
+/// A one-replica paxos process; its URL, once it answers.
+async fn start_alone(dir: &std::path::Path, shutdown: &CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = paxos::runtime::Cli::try_parse_from([
+        "paxos".to_owned(),
+        "--id=0".to_owned(),
+        format!("--peers={url}"),
+        "--initial-cluster-state=new".to_owned(),
+        format!("--data-dir={}", dir.join("paxos").display()),
+    ])
+    .unwrap()
+    .into_config(TOKEN.to_owned())
+    .unwrap();
+    tokio::spawn(paxos::runtime::run(cfg, listener, None, shutdown.clone()));
+    for _ in 0..100 {
+        if reqwest::get(format!("{url}/healthz")).await.is_ok() {
+            return url;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the paxos process never answered");
+}
+
+/// The node's proposals on `GET /local/propose/stream`: many frames in flight at once, each
+/// answered by its id with the slot its command was decided in; a request without the Upgrade
+/// header is refused; a frame that does not decode ends the stream; once the process is gone,
+/// a proposal on the stream is `NotSent` (the node then proposes another way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_propose_stream_answers_every_frame_by_its_id() {
+    use paxos::client::ClientError;
+    use paxos::wire::{EntriesReply, PROPOSE_STREAM_PROTOCOL, ProposeReply};
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let url = start_alone(dir.path(), &shutdown).await;
+    let client = paxos::client::PaxosClient::new(&url, TOKEN).unwrap();
+
+    let plain = reqwest::Client::new()
+        .get(format!("{url}/local/propose/stream"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400);
+
+    let stream = client.propose_stream().await.unwrap();
+    let proposals = (0..20u8).map(|i| {
+        let stream = stream.clone();
+        async move {
+            let command = bytes::Bytes::from(vec![b'a' + i]);
+            (command.clone(), stream.propose(vec![command]).await)
+        }
+    });
+    let mut decided = std::collections::BTreeMap::new();
+    for (command, replies) in futures::future::join_all(proposals).await {
+        let replies = replies.unwrap();
+        let [ProposeReply::Decided { slot }] = replies[..] else {
+            panic!("{command:?}: {replies:?}");
+        };
+        assert!(
+            decided.insert(slot, command).is_none(),
+            "one slot, one command"
+        );
+    }
+    // Every answer names the slot that holds its command.
+    let EntriesReply::Entries(entries) = client
+        .entries(1, 100, Duration::from_secs(1))
+        .await
+        .unwrap()
+    else {
+        panic!("no snapshot was taken");
+    };
+    for (slot, command) in &decided {
+        let (_, value) = entries.iter().find(|(s, _)| s == slot).expect("decided");
+        assert!(value.commands().contains(command), "slot {slot}");
+    }
+
+    // A frame that is not a proposal ends that stream.
+    let response = reqwest::Client::new()
+        .get(format!("{url}/local/propose/stream"))
+        .bearer_auth(TOKEN)
+        .header("connection", "upgrade")
+        .header("upgrade", PROPOSE_STREAM_PROTOCOL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    let mut raw = response.upgrade().await.unwrap();
+    let mut frames = tokio_util::codec::FramedWrite::new(&mut raw, stream_codec(1 << 20));
+    frames
+        .send(bytes::Bytes::from_static(b"\xff\xff\xff"))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "closed without an answer");
+
+    // The process goes away: the stream ends, and says so before sending anything.
+    shutdown.cancel();
+    for _ in 0..250 {
+        if stream.is_closed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = stream.propose(vec![bytes::Bytes::from_static(b"z")]).await;
+    assert!(
+        matches!(after, Err(ClientError::NotSent { .. })),
+        "{after:?}"
+    );
+}

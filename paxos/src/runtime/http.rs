@@ -21,7 +21,7 @@ use super::driver::LocalRequest;
 use crate::ballot::{NodeId, Slot};
 use crate::messages::{Envelope, Message};
 use crate::transfer::{Chunk, Received};
-use crate::wire::{EntriesReply, ProposeReply};
+use crate::wire::{EntriesReply, MAX_PROPOSE_COMMANDS, ProposeReply};
 
 #[derive(Clone)]
 pub(super) struct HttpState {
@@ -67,6 +67,7 @@ pub(super) fn router(state: HttpState, peer_body: usize) -> Router {
         )
         .route("/peer/stream", get(peer_stream))
         .route("/local/propose", post(propose))
+        .route("/local/propose/stream", get(propose_stream))
         .route("/local/entries", get(entries))
         .route("/local/entries/stream", get(entries_stream))
         .route("/local/read_index", post(read_index))
@@ -316,28 +317,122 @@ async fn propose(State(state): State<HttpState>, body: BodyBytes) -> Response {
     let Ok(commands) = postcard::from_bytes::<Vec<Bytes>>(&body) else {
         return (StatusCode::BAD_REQUEST, "not a postcard Vec<Bytes>").into_response();
     };
-    if commands.is_empty() || commands.len() > 4_096 {
+    if commands.is_empty() || commands.len() > MAX_PROPOSE_COMMANDS {
         return (StatusCode::BAD_REQUEST, "1 to 4096 commands per call").into_response();
     }
-    let count = commands.len();
     let trace = telemetry::trace::current_sampled();
-    let Some(rx) = ask(&state, |reply| LocalRequest::Propose {
+    let Some(replies) = propose_and_wait(&state, commands, trace).await else {
+        return unavailable();
+    };
+    postcard_response(&replies)
+}
+
+/// Hands `commands` to the driver and waits for their replies (`None`: the driver is gone and
+/// nothing was proposed).
+async fn propose_and_wait(
+    state: &HttpState,
+    commands: Vec<Bytes>,
+    trace: Option<telemetry::trace::Context>,
+) -> Option<Vec<ProposeReply>> {
+    let count = commands.len();
+    let rx = ask(state, |reply| LocalRequest::Propose {
         commands,
         trace,
         reply,
     })
-    .await
-    else {
-        return unavailable();
-    };
-    // Error statuses mean "not proposed" to the node (safe to retry); once the driver holds the
-    // commands, every answer is a reply, and a lost one is an unknown outcome.
-    let replies = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+    .await?;
+    Some(replies_of(rx, count).await)
+}
+
+/// The replies to a proposal the driver holds: every answer is a reply, and a lost one is an
+/// unknown outcome; after 5 s they are `Timeout` (the node learns the outcome from the log).
+async fn replies_of(rx: oneshot::Receiver<Vec<ProposeReply>>, count: usize) -> Vec<ProposeReply> {
+    match tokio::time::timeout(Duration::from_secs(5), rx).await {
         Ok(Ok(replies)) => replies,
         Ok(Err(_)) => vec![ProposeReply::OutcomeUnknown; count],
         Err(_) => vec![ProposeReply::Timeout; count],
-    };
-    postcard_response(&replies)
+    }
+}
+
+/// `GET /local/propose/stream`, upgraded to
+/// [`PROPOSE_STREAM_PROTOCOL`](crate::wire::PROPOSE_STREAM_PROTOCOL): the node's proposals as
+/// frames on one connection instead of a `POST /local/propose` per batch. Each frame is
+/// answered when its commands are (answers can overtake each other); a frame that does not
+/// decode or holds no or too many commands ends the stream (the node then proposes over HTTP).
+/// Unsampled work only: a sampled proposal keeps its `POST` and so its span.
+async fn propose_stream(State(state): State<HttpState>, mut request: Request) -> Response {
+    use crate::wire::{PROPOSE_STREAM_PROTOCOL, ProposeAnswer, ProposeFrame};
+    if let Some(refused) =
+        refuse_other_upgrades(&request, "/local/propose/stream", PROPOSE_STREAM_PROTOCOL)
+    {
+        return refused;
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        use futures::{SinkExt, StreamExt as _};
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let (read, write) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+        let codec = || crate::transfer::stream_codec(MAX_BODY_BYTES);
+        let mut frames = tokio_util::codec::FramedRead::new(read, codec());
+        let mut answers = tokio_util::codec::FramedWrite::new(write, codec());
+        // Answers queue here (bounded: a node that stops reading stops being answered, then
+        // stops being read) and one writer sends them, several per flush when they pile up.
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<Bytes>(256);
+        let writer = tokio::spawn(async move {
+            while let Some(answer) = queued.recv().await {
+                if answers.feed(answer).await.is_err() {
+                    return;
+                }
+                while let Ok(answer) = queued.try_recv() {
+                    if answers.feed(answer).await.is_err() {
+                        return;
+                    }
+                }
+                if SinkExt::<Bytes>::flush(&mut answers).await.is_err() {
+                    return;
+                }
+            }
+        });
+        loop {
+            let frame = tokio::select! {
+                () = state.driver_gone.cancelled() => break,
+                frame = frames.next() => frame,
+            };
+            let Some(Ok(frame)) = frame else {
+                break;
+            };
+            let Ok(ProposeFrame { id, commands }) = postcard::from_bytes(&frame) else {
+                break;
+            };
+            if commands.is_empty() || commands.len() > MAX_PROPOSE_COMMANDS {
+                break;
+            }
+            let count = commands.len();
+            // Asked here, in the order the frames came; answered from a task of its own.
+            let Some(rx) = ask(&state, |reply| LocalRequest::Propose {
+                commands,
+                trace: None,
+                reply,
+            })
+            .await
+            else {
+                break;
+            };
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let replies = replies_of(rx, count).await;
+                if let Ok(bytes) = postcard::to_stdvec(&ProposeAnswer { id, replies }) {
+                    let _ = queue.send(Bytes::from(bytes)).await;
+                }
+            });
+        }
+        // Answers still owed are written as they come; the writer ends with the last of them.
+        drop(queue);
+        let _ = writer.await;
+    });
+    switching_to(PROPOSE_STREAM_PROTOCOL)
 }
 
 #[derive(Deserialize)]
