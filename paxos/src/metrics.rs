@@ -10,6 +10,10 @@ use crate::messages::{Envelope, Message};
 
 /// `paxos_commands_proposed_total`.
 pub const COMMANDS_PROPOSED: &str = "paxos_commands_proposed_total";
+/// `paxos_proposals_total{via}`.
+pub const PROPOSALS: &str = "paxos_proposals_total";
+/// How a node's proposals reach the process: the propose stream or `POST /local/propose`.
+pub const PROPOSAL_TRANSPORTS: [&str; 2] = ["stream", "http"];
 /// `paxos_slots_proposed_total`.
 pub const SLOTS_PROPOSED: &str = "paxos_slots_proposed_total";
 /// `paxos_noops_proposed_total`.
@@ -94,6 +98,10 @@ pub const METRICS: &[Metric] = &[
     ),
     counter(NOOPS_PROPOSED, "No-op slots proposed (skips and recovery)"),
     counter(
+        PROPOSALS,
+        "Batches of commands a node proposed, by how they came (via: stream, http)",
+    ),
+    counter(
         PHASE1_ROUNDS,
         "Phase 1 rounds started (elections, lane takeovers)",
     ),
@@ -167,7 +175,13 @@ pub fn describe() {
 
 /// Every series of the paxos process at zero, labelled ones with each of their known labels.
 pub fn register() {
-    let labelled = [MESSAGES, MESSAGES_DROPPED, SNAPSHOT_TRANSFERS, HAND_OFFS];
+    let labelled = [
+        MESSAGES,
+        MESSAGES_DROPPED,
+        SNAPSHOT_TRANSFERS,
+        HAND_OFFS,
+        PROPOSALS,
+    ];
     let plain: Vec<Metric> = (METRICS.iter())
         .filter(|m| !labelled.contains(&m.name))
         .copied()
@@ -183,6 +197,9 @@ pub fn register() {
     }
     for outcome in TRANSFER_OUTCOMES {
         metrics::counter!(SNAPSHOT_TRANSFERS, "outcome" => outcome).increment(0);
+    }
+    for via in PROPOSAL_TRANSPORTS {
+        metrics::counter!(PROPOSALS, "via" => via).increment(0);
     }
     for outcome in HAND_OFF_OUTCOMES {
         metrics::counter!(HAND_OFFS, "outcome" => outcome).increment(0);

@@ -286,6 +286,10 @@ async fn every_process_exports_the_contract_metrics_as_valid_prometheus_text() {
         if i == leader {
             assert!(value(&paxos, "paxos_commit_latency_seconds_count") >= 6.0);
             assert!(value(&paxos, "paxos_batch_size_count") >= 1.0);
+            assert!(
+                value(&paxos, "paxos_proposals_total{via=\"stream\"}") >= 1.0,
+                "the node proposes on its stream"
+            );
             assert_eq!(value(&paxos, "paxos_is_leader"), 1.0);
             assert!(
                 value(&paxos, "paxos_elections_won_total")

@@ -321,6 +321,7 @@ async fn propose(State(state): State<HttpState>, body: BodyBytes) -> Response {
         return (StatusCode::BAD_REQUEST, "1 to 4096 commands per call").into_response();
     }
     let trace = telemetry::trace::current_sampled();
+    metrics::counter!(crate::metrics::PROPOSALS, "via" => "http").increment(1);
     let Some(replies) = propose_and_wait(&state, commands, trace).await else {
         return unavailable();
     };
@@ -410,6 +411,7 @@ async fn propose_stream(State(state): State<HttpState>, mut request: Request) ->
                 break;
             }
             let count = commands.len();
+            metrics::counter!(crate::metrics::PROPOSALS, "via" => "stream").increment(1);
             // Asked here, in the order the frames came; answered from a task of its own.
             let Some(rx) = ask(&state, |reply| LocalRequest::Propose {
                 commands,
