@@ -72,6 +72,12 @@ type ProposeSlot = (
     oneshot::Sender<Result<ProposeReply, SubmitError>>,
 );
 
+/// A read waiting for a read point (leader mode).
+type ReadSlot = oneshot::Sender<Result<ReadIndexReply, SubmitError>>;
+
+/// Read-point calls to paxos in flight at once; reads that arrive meanwhile share the next.
+const READ_CALLS_IN_FLIGHT: usize = 4;
+
 /// A client request waiting for its command's outcome, and its trace when sampled.
 type Waiter = (oneshot::Sender<Outcome>, Option<telemetry::trace::Context>);
 
@@ -79,6 +85,7 @@ type Waiter = (oneshot::Sender<Outcome>, Option<telemetry::trace::Context>);
 pub struct ClusterLog {
     options: ClusterOptions,
     proposer: tokio::sync::mpsc::Sender<ProposeSlot>,
+    readers: tokio::sync::mpsc::Sender<ReadSlot>,
     paxos: PaxosClient,
     waiters: Mutex<HashMap<Uuid, Waiter>>,
     /// How many waiters carry a sampled trace: the applier looks for them only when some do.
@@ -147,8 +154,10 @@ impl ClusterLog {
         let paxos = PaxosClient::new(&options.paxos_url, options.token.as_str())
             .map_err(|e| crate::store::StoreError::Fatal(e.to_string()))?;
         let (proposer, proposals) = tokio::sync::mpsc::channel(options.max_waiting.max(1));
+        let (readers, reads) = tokio::sync::mpsc::channel(options.max_waiting.max(1));
         let log = Arc::new(ClusterLog {
             proposer,
+            readers,
             options,
             paxos,
             waiters: Mutex::new(HashMap::new()),
@@ -173,6 +182,10 @@ impl ClusterLog {
             (
                 "proposer",
                 tokio::spawn(log.clone().propose_batches(proposals, shutdown.clone())),
+            ),
+            (
+                "read batcher",
+                tokio::spawn(log.clone().read_batches(reads, shutdown.clone())),
             ),
         ];
         for (name, task) in tasks {
@@ -281,6 +294,44 @@ impl ClusterLog {
                 }
                 .instrument(span),
             );
+        }
+    }
+
+    /// Asks paxos for read points for the reads waiting, one call for all of them (at most
+    /// [`READ_CALLS_IN_FLIGHT`] calls at once). Linearizable: every read in a call was waiting
+    /// before the call left, so the point it gets covers everything decided before the read
+    /// began.
+    async fn read_batches(
+        self: Arc<Self>,
+        mut queue: tokio::sync::mpsc::Receiver<ReadSlot>,
+        shutdown: CancellationToken,
+    ) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(READ_CALLS_IN_FLIGHT));
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            // A permit first: reads keep arriving while every call is out, and go together.
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return,
+                n = queue.recv_many(&mut batch, 1_024) => n,
+            };
+            if received == 0 {
+                return;
+            }
+            let readers = std::mem::replace(&mut batch, Vec::with_capacity(64));
+            let log = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                // A read changes nothing: whatever went wrong, retrying it is safe.
+                let reply = log
+                    .answered(log.paxos.read_index().await)
+                    .map_err(|_| SubmitError::Unavailable);
+                for reader in readers {
+                    let _ = reader.send(reply.clone());
+                }
+            });
         }
     }
 
@@ -660,10 +711,17 @@ impl Log for ClusterLog {
 
     async fn read_barrier(&self) -> Result<(), SubmitError> {
         if self.options.mode == paxos::Mode::Leader {
-            // A read changes nothing: whatever went wrong, retrying it is safe.
-            let reply = self
-                .answered(self.paxos.read_index().await)
-                .map_err(|_| SubmitError::Unavailable)?;
+            let reply = if telemetry::trace::current_sampled().is_some() {
+                // A sampled read keeps its own call, and so its span in the trace.
+                self.answered(self.paxos.read_index().await)
+                    .map_err(|_| SubmitError::Unavailable)?
+            } else {
+                let (tx, rx) = oneshot::channel();
+                if self.readers.try_send(tx).is_err() {
+                    return Err(SubmitError::Overloaded);
+                }
+                rx.await.map_err(|_| SubmitError::Unavailable)??
+            };
             match reply {
                 ReadIndexReply::Ready { index } => self.wait_applied(index).await,
                 ReadIndexReply::NotLeader { .. } => Err(SubmitError::NotLeader),
