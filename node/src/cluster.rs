@@ -72,10 +72,10 @@ type ProposeSlot = (
     oneshot::Sender<Result<ProposeReply, SubmitError>>,
 );
 
-/// A read waiting for a read point (leader mode).
-type ReadSlot = oneshot::Sender<Result<ReadIndexReply, SubmitError>>;
+/// A read waiting for a read point: the log index to have applied before reading.
+type ReadSlot = oneshot::Sender<Result<u64, SubmitError>>;
 
-/// Read-point calls to paxos in flight at once; reads that arrive meanwhile share the next.
+/// Read points being taken at once; reads that arrive meanwhile share the next.
 const READ_CALLS_IN_FLIGHT: usize = 4;
 
 /// A client request waiting for its command's outcome, and its trace when sampled.
@@ -297,10 +297,9 @@ impl ClusterLog {
         }
     }
 
-    /// Asks paxos for read points for the reads waiting, one call for all of them (at most
-    /// [`READ_CALLS_IN_FLIGHT`] calls at once). Linearizable: every read in a call was waiting
-    /// before the call left, so the point it gets covers everything decided before the read
-    /// began.
+    /// Takes one read point for all the reads waiting (at most [`READ_CALLS_IN_FLIGHT`] at
+    /// once). Linearizable: every read in a batch was waiting before its read point was asked
+    /// for, so the point covers everything decided before the read began.
     async fn read_batches(
         self: Arc<Self>,
         mut queue: tokio::sync::mpsc::Receiver<ReadSlot>,
@@ -324,14 +323,35 @@ impl ClusterLog {
             let log = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                // A read changes nothing: whatever went wrong, retrying it is safe.
-                let reply = log
-                    .answered(log.paxos.read_index().await)
-                    .map_err(|_| SubmitError::Unavailable);
+                let reply = log.read_point().await;
                 for reader in readers {
                     let _ = reader.send(reply.clone());
                 }
             });
+        }
+    }
+
+    /// A read point: the log index after which a read sees every write decided before this
+    /// call.
+    async fn read_point(&self) -> Result<u64, SubmitError> {
+        if self.options.mode == paxos::Mode::Leader {
+            // A read changes nothing: whatever went wrong, retrying it is safe.
+            let reply = self
+                .answered(self.paxos.read_index().await)
+                .map_err(|_| SubmitError::Unavailable)?;
+            match reply {
+                ReadIndexReply::Ready { index } => Ok(index),
+                ReadIndexReply::NotLeader { .. } => Err(SubmitError::NotLeader),
+            }
+        } else {
+            // Leaderless: a no-op through the log; once it is applied here, so is everything
+            // decided before it was proposed.
+            let barrier = Command {
+                op: Operation::Barrier,
+                idempotency_key: None,
+                request_id: None,
+            };
+            self.propose_and_wait(barrier).await.map(|_| 0)
         }
     }
 
@@ -710,32 +730,17 @@ impl Log for ClusterLog {
     }
 
     async fn read_barrier(&self) -> Result<(), SubmitError> {
-        if self.options.mode == paxos::Mode::Leader {
-            let reply = if telemetry::trace::current_sampled().is_some() {
-                // A sampled read keeps its own call, and so its span in the trace.
-                self.answered(self.paxos.read_index().await)
-                    .map_err(|_| SubmitError::Unavailable)?
-            } else {
-                let (tx, rx) = oneshot::channel();
-                if self.readers.try_send(tx).is_err() {
-                    return Err(SubmitError::Overloaded);
-                }
-                rx.await.map_err(|_| SubmitError::Unavailable)??
-            };
-            match reply {
-                ReadIndexReply::Ready { index } => self.wait_applied(index).await,
-                ReadIndexReply::NotLeader { .. } => Err(SubmitError::NotLeader),
-            }
+        let index = if telemetry::trace::current_sampled().is_some() {
+            // A sampled read takes its own read point, and so keeps its spans in the trace.
+            self.read_point().await?
         } else {
-            // Leaderless: a no-op through the log; once it is applied here, so is everything
-            // decided before the read began.
-            let barrier = Command {
-                op: Operation::Barrier,
-                idempotency_key: None,
-                request_id: None,
-            };
-            self.propose_and_wait(barrier).await.map(|_| ())
-        }
+            let (tx, rx) = oneshot::channel();
+            if self.readers.try_send(tx).is_err() {
+                return Err(SubmitError::Overloaded);
+            }
+            rx.await.map_err(|_| SubmitError::Unavailable)??
+        };
+        self.wait_applied(index).await
     }
 
     fn is_healthy(&self) -> bool {

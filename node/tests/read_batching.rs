@@ -1,6 +1,7 @@
-//! In leader mode a read asks paxos for a read point (`POST /local/read_index`). Reads that
-//! wait together share one call; a read that arrives while a call is out waits for the next
-//! one, so its read point still covers everything decided before it began.
+//! A read takes a read point first: in leader mode paxos's `POST /local/read_index`, in
+//! leaderless mode a barrier through the log. Reads that wait together share one; a read that
+//! arrives while one is being taken waits for the next, so its read point still covers
+//! everything decided before it began.
 
 mod common;
 
@@ -43,11 +44,20 @@ async fn leader_node(
     dir: &std::path::Path,
     shutdown: &CancellationToken,
 ) -> Arc<ClusterLog> {
+    node_in(paxos::Mode::Leader, paxos_url, dir, shutdown).await
+}
+
+async fn node_in(
+    mode: paxos::Mode,
+    paxos_url: String,
+    dir: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> Arc<ClusterLog> {
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open_in_dir(dir, StoreOptions::default()).unwrap());
     let options = ClusterOptions {
         node_id: 0,
-        mode: paxos::Mode::Leader,
+        mode,
         paxos_url,
         peers_public: vec!["http://127.0.0.1:1".into()],
         token: common::TOKEN.into(),
@@ -103,5 +113,33 @@ async fn reads_waiting_together_share_one_read_point_call() {
     assert!(
         (1..=8).contains(&made),
         "{made} read-point calls for 60 reads"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaderless_reads_waiting_together_share_one_barrier() {
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let dir = tempfile::tempdir().unwrap();
+    let proposed = common::StandIn::default();
+    let paxos_url = common::older_paxos(proposed.clone(), Duration::from_millis(200)).await;
+    let log = node_in(paxos::Mode::Leaderless, paxos_url, dir.path(), &shutdown).await;
+    let reads: Vec<_> = (0..60)
+        .map(|_| {
+            let log = log.clone();
+            tokio::spawn(async move { log.read_barrier().await })
+        })
+        .collect();
+    for read in reads {
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("answered")
+            .unwrap()
+            .unwrap();
+    }
+    let barriers = proposed.lock().unwrap().len();
+    assert!(
+        (1..=8).contains(&barriers),
+        "{barriers} barriers for 60 reads"
     );
 }

@@ -199,3 +199,64 @@ impl Drop for NodeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The log of the stand-in: every command proposed, one slot each, from slot 1.
+pub type StandIn = Arc<std::sync::Mutex<Vec<axum::body::Bytes>>>;
+
+#[derive(serde::Deserialize)]
+pub struct From {
+    from: u64,
+}
+
+/// A paxos process of the version before the propose stream: `POST /local/propose` decides
+/// each command in the next slot (answering after `delay`), `GET /local/entries` long-polls
+/// them; nothing else is served.
+pub async fn older_paxos(log: StandIn, delay: Duration) -> String {
+    async fn propose(
+        axum::extract::State((log, delay)): axum::extract::State<(StandIn, Duration)>,
+        body: axum::body::Bytes,
+    ) -> Vec<u8> {
+        let commands: Vec<axum::body::Bytes> = postcard::from_bytes(&body).unwrap();
+        tokio::time::sleep(delay).await;
+        let mut log = log.lock().unwrap();
+        let replies: Vec<paxos::wire::ProposeReply> = commands
+            .into_iter()
+            .map(|command| {
+                log.push(command);
+                paxos::wire::ProposeReply::Decided {
+                    slot: log.len() as u64,
+                }
+            })
+            .collect();
+        postcard::to_stdvec(&replies).unwrap()
+    }
+    async fn entries(
+        axum::extract::State((log, _)): axum::extract::State<(StandIn, Duration)>,
+        axum::extract::Query(q): axum::extract::Query<From>,
+    ) -> Vec<u8> {
+        for _ in 0..50 {
+            let found: Vec<(u64, paxos::Value)> = {
+                let log = log.lock().unwrap();
+                (q.from.max(1)..=log.len() as u64)
+                    .map(|slot| {
+                        let command = log[slot as usize - 1].clone();
+                        (slot, paxos::Value::Batch(Arc::new(vec![command])))
+                    })
+                    .collect()
+            };
+            if !found.is_empty() {
+                return postcard::to_stdvec(&paxos::wire::EntriesReply::Entries(found)).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        postcard::to_stdvec(&paxos::wire::EntriesReply::Entries(Vec::new())).unwrap()
+    }
+    let app = Router::new()
+        .route("/local/propose", axum::routing::post(propose))
+        .route("/local/entries", axum::routing::get(entries))
+        .with_state((log, delay));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
