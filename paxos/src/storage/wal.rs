@@ -11,8 +11,9 @@
 //! Layout: `PAXOSWAL` and a little-endian `u32` version, then records: a `u32` payload length,
 //! the payload's CRC-32, and the payload (postcard, a list of operations). Only the last record
 //! can be torn by a crash (records are appended one at a time, each synced before the next):
-//! a bad record at the end is cut off when the file is opened, a bad record followed by more
-//! data is corruption, and the file is refused.
+//! a bad record with no whole record after it is cut off when the file is opened; a bad record
+//! with a whole record after it (a damaged length or payload in the middle) is corruption, and
+//! the file is refused rather than cut, which would drop acknowledged records.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -321,6 +322,45 @@ impl WalStorage {
     }
 }
 
+/// The payload of the record at the start of `bytes`, if it is whole and intact.
+fn record_at(bytes: &[u8]) -> Option<&[u8]> {
+    let header = bytes.get(..RECORD_HEADER_BYTES)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_RECORD_BYTES {
+        return None;
+    }
+    let payload = bytes.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len)?;
+    (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+/// Bytes checksummed at most while looking past a damaged record for a whole one.
+const SCAN_BUDGET_BYTES: usize = 256 << 20;
+
+/// Where, after the damaged record at the start of `rest`, a whole record starts: `Some(None)`
+/// if none does (a torn last write), `None` if the search would hash more than
+/// [`SCAN_BUDGET_BYTES`] (a torn write is one step, far smaller).
+fn whole_record_after(rest: &[u8]) -> Option<Option<usize>> {
+    let mut hashed = 0;
+    for offset in 1..rest.len().saturating_sub(RECORD_HEADER_BYTES) {
+        let candidate = &rest[offset..];
+        let len = u32::from_le_bytes(candidate[..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || RECORD_HEADER_BYTES + len > candidate.len() {
+            continue;
+        }
+        hashed += len;
+        if hashed > SCAN_BUDGET_BYTES {
+            return None;
+        }
+        if let Some(payload) = record_at(candidate)
+            && postcard::from_bytes::<Vec<Op>>(payload).is_ok()
+        {
+            return Some(Some(offset));
+        }
+    }
+    Some(None)
+}
+
 /// Replays the records of `bytes`: the state (snapshot data not read), where the last good
 /// record ends, where the first record (the checkpoint) ends, and the snapshot (slot, length).
 #[allow(clippy::type_complexity)]
@@ -334,30 +374,33 @@ fn replay(
     let mut checkpoint_end = None;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
-        let torn_tail = || rest.iter().all(|b| *b == 0);
-        if rest.len() < RECORD_HEADER_BYTES {
-            break;
-        }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-        let end = RECORD_HEADER_BYTES + len;
-        if end > rest.len() || torn_tail() {
-            break;
-        }
-        let payload = &rest[RECORD_HEADER_BYTES..end];
-        if len == 0 || crc32fast::hash(payload) != crc {
-            if end == rest.len() {
-                break;
+        let Some(payload) = record_at(rest) else {
+            // Not a whole, intact record: the last write, torn by a crash, unless a whole
+            // record follows it (then something damaged the file, and cutting it here would
+            // drop records that were synced and acknowledged).
+            match whole_record_after(rest) {
+                Some(None) => break,
+                Some(Some(offset)) => {
+                    return Err(err(format!(
+                        "{}: the record at byte {pos} is damaged and a whole record follows at \
+                         byte {}: the file is corrupt, not torn by a crash; this replica cannot \
+                         vouch for its promises (move its data away and restart it with \
+                         --initial-cluster-state existing)",
+                        path.display(),
+                        pos + offset
+                    )));
+                }
+                None => {
+                    return Err(err(format!(
+                        "{}: the record at byte {pos} is damaged and the {} bytes after it are \
+                         too many to tell a torn last write from corruption",
+                        path.display(),
+                        rest.len()
+                    )));
+                }
             }
-            return Err(err(format!(
-                "{}: the record at byte {pos} fails its checksum and {} bytes follow it: the \
-                 file is corrupt, not torn by a crash; this replica cannot vouch for its \
-                 promises (move its data away and restart it with \
-                 --initial-cluster-state existing)",
-                path.display(),
-                rest.len() - end
-            )));
-        }
+        };
+        let end = RECORD_HEADER_BYTES + payload.len();
         let ops: Vec<Op> = postcard::from_bytes(payload).map_err(|e| {
             err(format!(
                 "{}: the record at byte {pos} cannot be read: {e}",
@@ -554,7 +597,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let error = WalStorage::open(&path).err().expect("refused").to_string();
         assert!(
-            error.contains(&format!("record at byte {} fails its checksum", lens[1])),
+            error.contains(&format!("record at byte {} is damaged", lens[1])),
             "{error}"
         );
         assert_eq!(
@@ -562,6 +605,28 @@ mod tests {
             bytes,
             "a refused log is left as it was"
         );
+    }
+
+    #[test]
+    fn a_damaged_length_with_records_after_it_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let lens = write_steps(&path);
+        let original = std::fs::read(&path).unwrap();
+        // The second step's length made to run past the end of the file, or to zero: either
+        // would look like a torn last record, but whole records follow.
+        for length in [u32::MAX / 2, 0] {
+            let mut bytes = original.clone();
+            let at = lens[1] as usize;
+            bytes[at..at + 4].copy_from_slice(&length.to_le_bytes());
+            std::fs::write(&path, &bytes).unwrap();
+            let error = WalStorage::open(&path).err().expect("refused").to_string();
+            assert!(
+                error.contains(&format!("the record at byte {at} is damaged")),
+                "{error}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it was");
+        }
     }
 
     #[test]
