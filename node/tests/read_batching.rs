@@ -69,6 +69,23 @@ async fn node_in(
         .unwrap()
 }
 
+/// `n` reads at once; every one succeeds within 20 s.
+async fn read_together(log: &Arc<ClusterLog>, n: usize) {
+    let reads: Vec<_> = (0..n)
+        .map(|_| {
+            let log = log.clone();
+            tokio::spawn(async move { log.read_barrier().await })
+        })
+        .collect();
+    for read in reads {
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("answered")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_waiting_together_share_one_read_point_call() {
     let shutdown = CancellationToken::new();
@@ -100,15 +117,7 @@ async fn reads_waiting_together_share_one_read_point_call() {
 
     // 60 reads at once: a handful of calls, not 60.
     calls.store(0, Ordering::SeqCst);
-    let reads: Vec<_> = (0..60)
-        .map(|_| {
-            let log = log.clone();
-            tokio::spawn(async move { log.read_barrier().await })
-        })
-        .collect();
-    for read in reads {
-        read.await.unwrap().unwrap();
-    }
+    read_together(&log, 60).await;
     let made = calls.load(Ordering::SeqCst);
     assert!(
         (1..=8).contains(&made),
@@ -124,19 +133,7 @@ async fn leaderless_reads_waiting_together_share_one_barrier() {
     let proposed = common::StandIn::default();
     let paxos_url = common::older_paxos(proposed.clone(), Duration::from_millis(200)).await;
     let log = node_in(paxos::Mode::Leaderless, paxos_url, dir.path(), &shutdown).await;
-    let reads: Vec<_> = (0..60)
-        .map(|_| {
-            let log = log.clone();
-            tokio::spawn(async move { log.read_barrier().await })
-        })
-        .collect();
-    for read in reads {
-        tokio::time::timeout(Duration::from_secs(20), read)
-            .await
-            .expect("answered")
-            .unwrap()
-            .unwrap();
-    }
+    read_together(&log, 60).await;
     let barriers = proposed.lock().unwrap().len();
     assert!(
         (1..=8).contains(&barriers),

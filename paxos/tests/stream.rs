@@ -142,38 +142,15 @@ async fn the_entries_stream_pushes_the_log_as_it_grows() {
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let cfg = paxos::runtime::Cli::try_parse_from([
-        "paxos".to_owned(),
-        "--id=0".to_owned(),
-        format!("--peers={url}"),
-        "--initial-cluster-state=new".to_owned(),
-        format!("--data-dir={}", dir.path().join("paxos").display()),
-    ])
-    .unwrap()
-    .into_config(TOKEN.to_owned())
-    .unwrap();
-    tokio::spawn(paxos::runtime::run(cfg, listener, None, shutdown.clone()));
+    let url = start_alone(dir.path(), &shutdown).await;
     let client = paxos::client::PaxosClient::new(&url, TOKEN).unwrap();
 
     let plain = reqwest::Client::new()
         .get(format!("{url}/local/entries/stream?from=1"))
         .bearer_auth(TOKEN)
         .send()
-        .await;
-    let plain = match plain {
-        Ok(plain) => plain,
-        Err(_) => {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            reqwest::Client::new()
-                .get(format!("{url}/local/entries/stream?from=1"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
+        .await
+        .unwrap();
     assert_eq!(plain.status(), 400);
 
     let mut stream = client.entries_stream(1, 2).await.unwrap();
