@@ -98,13 +98,8 @@ async fn a_store_that_fails_its_writes_fails_healthz_and_signals_the_exit() {
     let (shutdown, fatal) = (CancellationToken::new(), CancellationToken::new());
     let _stop = shutdown.clone().drop_guard();
     let options = ClusterOptions {
-        node_id: 0,
-        mode: paxos::Mode::Leaderless,
-        paxos_url: paxos_with_one_entry().await,
-        peers_public: vec!["http://127.0.0.1:1".into()],
-        token: common::TOKEN.into(),
         max_waiting: 16,
-        compact_every: 10_000,
+        ..common::cluster_options(paxos::Mode::Leaderless, paxos_with_one_entry().await)
     };
     let log = ClusterLog::start(options, store.clone(), shutdown.clone(), fatal.clone())
         .await

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use node::cluster::{ClusterLog, ClusterOptions};
+use node::cluster::ClusterLog;
 use node::command::{AccountId, Command, Operation, Outcome};
 use node::log::Log;
 use node::store::{EmbeddedStore, Store, StoreOptions};
@@ -21,15 +21,10 @@ async fn writes_go_through_a_paxos_without_the_propose_stream() {
     let (shutdown, fatal) = (CancellationToken::new(), CancellationToken::new());
     let _stop = shutdown.clone().drop_guard();
     let proposed = common::StandIn::default();
-    let options = ClusterOptions {
-        node_id: 0,
-        mode: paxos::Mode::Leaderless,
-        paxos_url: common::older_paxos(proposed.clone(), Duration::ZERO).await,
-        peers_public: vec!["http://127.0.0.1:1".into()],
-        token: common::TOKEN.into(),
-        max_waiting: 16,
-        compact_every: 10_000,
-    };
+    let options = common::cluster_options(
+        paxos::Mode::Leaderless,
+        common::older_paxos(proposed.clone(), Duration::ZERO).await,
+    );
     let log = ClusterLog::start(options, store.clone(), shutdown.clone(), fatal.clone())
         .await
         .unwrap();

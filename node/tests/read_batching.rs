@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
-use node::cluster::{ClusterLog, ClusterOptions};
+use node::cluster::ClusterLog;
 use node::log::Log;
 use node::store::{EmbeddedStore, Store, StoreOptions};
 use paxos::wire::{EntriesReply, ReadIndexReply};
@@ -55,15 +55,7 @@ async fn node_in(
 ) -> Arc<ClusterLog> {
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open_in_dir(dir, StoreOptions::default()).unwrap());
-    let options = ClusterOptions {
-        node_id: 0,
-        mode,
-        paxos_url,
-        peers_public: vec!["http://127.0.0.1:1".into()],
-        token: common::TOKEN.into(),
-        max_waiting: 256,
-        compact_every: 10_000,
-    };
+    let options = common::cluster_options(mode, paxos_url);
     ClusterLog::start(options, store, shutdown.clone(), CancellationToken::new())
         .await
         .unwrap()

@@ -145,13 +145,10 @@ async fn the_entries_stream_pushes_the_log_as_it_grows() {
     let url = start_alone(dir.path(), &shutdown).await;
     let client = paxos::client::PaxosClient::new(&url, TOKEN).unwrap();
 
-    let plain = reqwest::Client::new()
-        .get(format!("{url}/local/entries/stream?from=1"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(plain.status(), 400);
+    assert_eq!(
+        status_without_upgrade(&url, "/local/entries/stream?from=1").await,
+        400
+    );
 
     let mut stream = client.entries_stream(1, 2).await.unwrap();
     let mut seen: Vec<Vec<u8>> = Vec::new();
@@ -216,6 +213,17 @@ async fn start_alone(dir: &std::path::Path, shutdown: &CancellationToken) -> Str
     panic!("the paxos process never answered");
 }
 
+/// The status of a plain GET of `path` (no Upgrade header).
+async fn status_without_upgrade(url: &str, path: &str) -> u16 {
+    let response = reqwest::Client::new()
+        .get(format!("{url}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
 /// The node's proposals on `GET /local/propose/stream`: many frames in flight at once, each
 /// answered by its id with the slot its command was decided in; a request without the Upgrade
 /// header is refused; a frame that does not decode ends the stream; once the process is gone,
@@ -230,13 +238,10 @@ async fn the_propose_stream_answers_every_frame_by_its_id() {
     let url = start_alone(dir.path(), &shutdown).await;
     let client = paxos::client::PaxosClient::new(&url, TOKEN).unwrap();
 
-    let plain = reqwest::Client::new()
-        .get(format!("{url}/local/propose/stream"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(plain.status(), 400);
+    assert_eq!(
+        status_without_upgrade(&url, "/local/propose/stream").await,
+        400
+    );
 
     let stream = client.propose_stream().await.unwrap();
     let proposals = (0..20u8).map(|i| {

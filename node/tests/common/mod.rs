@@ -204,7 +204,7 @@ impl Drop for NodeProcess {
 pub type StandIn = Arc<std::sync::Mutex<Vec<axum::body::Bytes>>>;
 
 #[derive(serde::Deserialize)]
-pub struct From {
+pub struct EntriesFrom {
     from: u64,
 }
 
@@ -232,7 +232,7 @@ pub async fn older_paxos(log: StandIn, delay: Duration) -> String {
     }
     async fn entries(
         axum::extract::State((log, _)): axum::extract::State<(StandIn, Duration)>,
-        axum::extract::Query(q): axum::extract::Query<From>,
+        axum::extract::Query(q): axum::extract::Query<EntriesFrom>,
     ) -> Vec<u8> {
         for _ in 0..50 {
             let found: Vec<(u64, paxos::Value)> = {
@@ -259,4 +259,18 @@ pub async fn older_paxos(log: StandIn, delay: Duration) -> String {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
+}
+
+/// Options of a node in cluster mode whose paxos process is at `paxos_url` (its peers
+/// unreachable).
+pub fn cluster_options(mode: paxos::Mode, paxos_url: String) -> node::cluster::ClusterOptions {
+    node::cluster::ClusterOptions {
+        node_id: 0,
+        mode,
+        paxos_url,
+        peers_public: vec!["http://127.0.0.1:1".into()],
+        token: TOKEN.into(),
+        max_waiting: 256,
+        compact_every: 10_000,
+    }
 }

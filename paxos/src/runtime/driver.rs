@@ -80,6 +80,8 @@ pub(super) struct Driver {
     entry_waiters: Vec<(Slot, usize, oneshot::Sender<EntriesReply>)>,
     read_waiters: HashMap<u64, oneshot::Sender<ReadIndexReply>>,
     next_read: u64,
+    /// The runtime has a single worker: writes run on it (see `persist`).
+    one_worker: bool,
 }
 
 impl Driver {
@@ -106,6 +108,7 @@ impl Driver {
             entry_waiters: Vec::new(),
             read_waiters: HashMap::new(),
             next_read: 1,
+            one_worker: false,
         }
     }
 
@@ -119,6 +122,7 @@ impl Driver {
         let mut ticker = tokio::time::interval(Duration::from_millis(tick_ms.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
+        self.one_worker = tokio::runtime::Handle::current().metrics().num_workers() == 1;
         self.after_inputs().await?;
         loop {
             tokio::select! {
@@ -404,7 +408,7 @@ impl Driver {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let written = if tokio::runtime::Handle::current().metrics().num_workers() == 1 {
+        let written = if self.one_worker {
             // One worker (the testbed's size on two cores): leaving the runtime would wake a
             // second thread to take it over, and back, several context switches a step. The
             // tasks already woken (the early accepts' stream writers) run first, then the

@@ -355,6 +355,9 @@ async fn replies_of(rx: oneshot::Receiver<Vec<ProposeReply>>, count: usize) -> V
     }
 }
 
+/// Frames of one propose stream waiting for their answers at once (a node keeps at most 32).
+const MAX_PROPOSE_FRAMES_OUT: usize = 256;
+
 /// `GET /local/propose/stream`, upgraded to
 /// [`PROPOSE_STREAM_PROTOCOL`](crate::wire::PROPOSE_STREAM_PROTOCOL): the node's proposals as
 /// frames on one connection instead of a `POST /local/propose` per batch. Each frame is
@@ -396,7 +399,12 @@ async fn propose_stream(State(state): State<HttpState>, mut request: Request) ->
                 }
             }
         });
+        // Frames being decided at once: past this the stream is not read until some are.
+        let outstanding = Arc::new(tokio::sync::Semaphore::new(MAX_PROPOSE_FRAMES_OUT));
         loop {
+            let Ok(permit) = outstanding.clone().acquire_owned().await else {
+                break;
+            };
             let frame = tokio::select! {
                 () = state.driver_gone.cancelled() => break,
                 frame = frames.next() => frame,
@@ -424,6 +432,7 @@ async fn propose_stream(State(state): State<HttpState>, mut request: Request) ->
             };
             let queue = queue.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let replies = replies_of(rx, count).await;
                 if let Ok(bytes) = postcard::to_stdvec(&ProposeAnswer { id, replies }) {
                     let _ = queue.send(Bytes::from(bytes)).await;

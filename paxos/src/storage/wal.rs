@@ -27,8 +27,7 @@ use super::redb::{
     RedbStorage, remove_snapshots, snapshot_dir, snapshot_file, stage_snapshot, staged, sync_dir,
 };
 use super::{PersistOp, PersistentState, Storage, StorageError};
-use crate::ballot::{Ballot, NodeId, Slot};
-use crate::messages::Value;
+use crate::ballot::Slot;
 
 const MAGIC: &[u8; 8] = b"PAXOSWAL";
 const VERSION: u32 = 1;
@@ -40,57 +39,23 @@ const MAX_RECORD_BYTES: usize = 1 << 30;
 /// last checkpoint, so a large retained log is not rewritten at every step).
 pub const REWRITE_BYTES: u64 = 64 << 20;
 
-/// A logged operation, as written (values borrowed).
+/// A logged operation, as written: a [`PersistOp`] as it is, except a snapshot, whose data
+/// stays in its file and is logged as its slot and length.
 #[derive(Serialize)]
 enum OpRef<'a> {
-    Promise {
-        lane: u32,
-        ballot: Ballot,
-    },
-    Accept {
-        slot: Slot,
-        ballot: Ballot,
-        value: &'a Value,
-    },
-    Decide {
-        slot: Slot,
-        value: &'a Value,
-    },
+    Persist(&'a PersistOp),
     /// The snapshot of `slot`, `len` bytes, is the file of `slot` in the snapshot folder.
     Snapshot {
         slot: Slot,
         len: u64,
-    },
-    Incarnation {
-        node: NodeId,
-        incarnation: u64,
     },
 }
 
 /// A logged operation, as read back: the same variants, in the same order, as [`OpRef`].
 #[derive(Deserialize)]
 enum Op {
-    Promise {
-        lane: u32,
-        ballot: Ballot,
-    },
-    Accept {
-        slot: Slot,
-        ballot: Ballot,
-        value: Value,
-    },
-    Decide {
-        slot: Slot,
-        value: Value,
-    },
-    Snapshot {
-        slot: Slot,
-        len: u64,
-    },
-    Incarnation {
-        node: NodeId,
-        incarnation: u64,
-    },
+    Persist(PersistOp),
+    Snapshot { slot: Slot, len: u64 },
 }
 
 fn err(e: impl std::fmt::Display) -> StorageError {
@@ -99,58 +64,35 @@ fn err(e: impl std::fmt::Display) -> StorageError {
 
 fn op_ref(op: &PersistOp) -> OpRef<'_> {
     match op {
-        PersistOp::Promise { lane, ballot } => OpRef::Promise {
-            lane: *lane,
-            ballot: *ballot,
-        },
-        PersistOp::Accept {
-            slot,
-            ballot,
-            value,
-        } => OpRef::Accept {
-            slot: *slot,
-            ballot: *ballot,
-            value,
-        },
-        PersistOp::Decide { slot, value } => OpRef::Decide { slot: *slot, value },
         PersistOp::Snapshot { slot, data } => OpRef::Snapshot {
             slot: *slot,
             len: data.len() as u64,
         },
-        PersistOp::Incarnation { node, incarnation } => OpRef::Incarnation {
-            node: *node,
-            incarnation: *incarnation,
-        },
+        op => OpRef::Persist(op),
     }
 }
 
-/// The operations that rebuild `state` from nothing (the snapshot's data stays in its file).
-fn checkpoint(state: &PersistentState) -> Vec<OpRef<'_>> {
-    let mut ops = Vec::with_capacity(
-        1 + state.incarnations.len() + state.promised.len() + 2 * state.log.len(),
-    );
-    if let Some((slot, data)) = &state.snapshot {
-        ops.push(OpRef::Snapshot {
-            slot: *slot,
-            len: data.len() as u64,
-        });
-    }
+/// The operations that rebuild `state` from nothing, after the snapshot (whose data stays in
+/// its file). Values are shared, not copied.
+fn checkpoint(state: &PersistentState) -> Vec<PersistOp> {
+    let mut ops =
+        Vec::with_capacity(state.incarnations.len() + state.promised.len() + 2 * state.log.len());
     for (&node, &incarnation) in &state.incarnations {
-        ops.push(OpRef::Incarnation { node, incarnation });
+        ops.push(PersistOp::Incarnation { node, incarnation });
     }
     for (&lane, &ballot) in &state.promised {
-        ops.push(OpRef::Promise { lane, ballot });
+        ops.push(PersistOp::Promise { lane, ballot });
     }
     for (&slot, entry) in &state.log {
-        ops.push(OpRef::Accept {
+        ops.push(PersistOp::Accept {
             slot,
             ballot: entry.ballot,
-            value: &entry.value,
+            value: entry.value.clone(),
         });
         if entry.decided {
-            ops.push(OpRef::Decide {
+            ops.push(PersistOp::Decide {
                 slot,
-                value: &entry.value,
+                value: entry.value.clone(),
             });
         }
     }
@@ -182,7 +124,16 @@ fn write_checkpoint(path: &Path, state: &PersistentState) -> Result<u64, Storage
     let mut buf = Vec::with_capacity(HEADER_BYTES + 4096);
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&VERSION.to_le_bytes());
-    encode_record(&checkpoint(state), &mut buf)?;
+    let ops = checkpoint(state);
+    let snapshot = (state.snapshot.as_ref()).map(|(slot, data)| OpRef::Snapshot {
+        slot: *slot,
+        len: data.len() as u64,
+    });
+    let refs: Vec<OpRef<'_>> = snapshot
+        .into_iter()
+        .chain(ops.iter().map(OpRef::Persist))
+        .collect();
+    encode_record(&refs, &mut buf)?;
     let tmp = path.with_extension("wal.tmp");
     let mut file = File::create(&tmp).map_err(|e| err(format!("{}: {e}", tmp.display())))?;
     file.write_all(&buf).map_err(err)?;
@@ -409,17 +360,14 @@ fn replay(
         })?;
         for op in ops {
             let op = match op {
-                Op::Promise { lane, ballot } => PersistOp::Promise { lane, ballot },
-                Op::Accept {
-                    slot,
-                    ballot,
-                    value,
-                } => PersistOp::Accept {
-                    slot,
-                    ballot,
-                    value,
-                },
-                Op::Decide { slot, value } => PersistOp::Decide { slot, value },
+                // Never written: a snapshot's data lives in its file.
+                Op::Persist(PersistOp::Snapshot { slot, .. }) => {
+                    return Err(err(format!(
+                        "{}: the record at byte {pos} holds the data of snapshot {slot}",
+                        path.display()
+                    )));
+                }
+                Op::Persist(op) => op,
                 Op::Snapshot { slot, len } => {
                     if snapshot.is_some_and(|(s, _)| s >= slot) {
                         continue;
@@ -430,9 +378,6 @@ fn replay(
                         slot,
                         data: Bytes::new(),
                     }
-                }
-                Op::Incarnation { node, incarnation } => {
-                    PersistOp::Incarnation { node, incarnation }
                 }
             };
             state.apply(std::slice::from_ref(&op));
@@ -496,6 +441,8 @@ impl Storage for WalStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ballot::Ballot;
+    use crate::messages::Value;
     use crate::storage::tests::sample_steps;
 
     fn wal(dir: &Path) -> PathBuf {
