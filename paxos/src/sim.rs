@@ -579,6 +579,11 @@ impl Sim {
                     self.proposed.insert(c, id);
                     self.outstanding.insert(c, id);
                 }
+                // Sometimes left for the end of the tick, so proposals and messages that arrive
+                // together are flushed together (every replica is driven after its tick).
+                if self.rng.below(3) == 0 {
+                    return Ok(());
+                }
                 self.drive(id)
             }
             Err(ProposeError::NotLeader { .. } | ProposeError::Overloaded) => Ok(()),
@@ -610,6 +615,9 @@ impl Sim {
             let j = self.rng.below(i as u64 + 1) as usize;
             due.swap(i, j);
         }
+        // A replica sometimes takes several messages before it is driven, as the driver takes a
+        // burst of inputs before one `take_ready`: what those inputs queued is flushed together.
+        let mut undriven = std::collections::BTreeSet::new();
         for m in due {
             let Envelope { from, to, .. } = m.envelope;
             if self.blocked.contains(&(from, to)) {
@@ -621,8 +629,16 @@ impl Sim {
                 }
                 replica.handle(m.envelope);
                 self.report.messages_delivered += 1;
-                self.drive(to)?;
+                if self.rng.below(3) == 0 {
+                    undriven.insert(to);
+                } else {
+                    undriven.remove(&to);
+                    self.drive(to)?;
+                }
             }
+        }
+        for to in undriven {
+            self.drive(to)?;
         }
         Ok(())
     }

@@ -374,6 +374,7 @@ fn leader_steps_down_on_a_higher_ballot() {
     cfg.window = 1;
     let mut r = Replica::new(cfg, PersistentState::default());
     r.propose(vec![cmd("in-flight")]).unwrap();
+    r.take_ready();
     r.propose(vec![cmd("queued")]).unwrap();
     r.take_ready();
     let nack = Nack {
@@ -688,10 +689,12 @@ fn read_index_waits_for_a_majority() {
 #[test]
 fn compacted_entries_are_served_as_a_snapshot() {
     let mut r = Replica::new(Config::new(0, 1, Mode::Leader), PersistentState::default());
+    let mut decided = 0;
     for i in 0..5 {
         r.propose(vec![cmd(&format!("c{i}"))]).unwrap();
+        decided += r.take_ready().decided.len();
     }
-    assert_eq!(r.take_ready().decided.len(), 5);
+    assert_eq!(decided, 5);
     r.compact(3, Bytes::from_static(b"state@3"));
     assert_eq!(
         r.take_ready().persist,
@@ -713,6 +716,7 @@ fn snapshot_is_served_to_a_replica_that_is_behind() {
     cfg.max_retained_log = 2;
     let mut r = Replica::new(cfg, PersistentState::default());
     r.propose(vec![cmd("a")]).unwrap();
+    r.take_ready();
     r.handle(env(
         1,
         0,
@@ -758,7 +762,8 @@ fn proposals_beyond_the_pending_limit_are_refused() {
     cfg.max_pending_commands = 2;
     cfg.window = 1;
     let mut r = Replica::new(cfg, PersistentState::default());
-    r.propose(vec![cmd("1")]).unwrap(); // takes the one window slot
+    r.propose(vec![cmd("1")]).unwrap();
+    r.take_ready(); // "1" takes the one window slot
     r.propose(vec![cmd("2"), cmd("3")]).unwrap();
     assert_eq!(r.propose(vec![cmd("4")]), Err(ProposeError::Overloaded));
 }
@@ -794,4 +799,40 @@ fn reads_beyond_the_pending_limit_are_refused() {
         vec![ReadResult::Ready { id: 1, index: 0 }]
     );
     r.read_index(3).unwrap();
+}
+
+/// Proposals that arrive together (one burst of the driver's inputs, between two
+/// `take_ready`s) share a slot: one accept per peer carries all of them, not one a proposal.
+#[test]
+fn a_burst_of_proposals_shares_one_slot_in_both_modes() {
+    for mode in [Mode::Leader, Mode::Leaderless] {
+        let mut r = replica(0, 3, mode);
+        r.take_ready();
+        r.propose(vec![cmd("a")]).unwrap();
+        r.propose(vec![cmd("b"), cmd("c")]).unwrap();
+        r.propose(vec![cmd("d")]).unwrap();
+        let ready = r.take_ready();
+        let accepts: Vec<&PersistOp> = ready
+            .persist
+            .iter()
+            .filter(|op| matches!(op, PersistOp::Accept { .. }))
+            .collect();
+        assert_eq!(
+            accepts,
+            vec![&PersistOp::Accept {
+                slot: 1,
+                ballot: b(0, 0),
+                value: batch(&["a", "b", "c", "d"])
+            }],
+            "{mode}"
+        );
+        let sent: Vec<u32> = ready
+            .messages
+            .iter()
+            .chain(&ready.early)
+            .filter(|e| matches!(e.msg, Message::Accept(_)))
+            .map(|e| e.to)
+            .collect();
+        assert_eq!(sent, vec![1, 2], "{mode}: one accept per peer");
+    }
 }

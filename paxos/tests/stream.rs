@@ -251,17 +251,16 @@ async fn the_propose_stream_answers_every_frame_by_its_id() {
             (command.clone(), stream.propose(vec![command]).await)
         }
     });
-    let mut decided = std::collections::BTreeMap::new();
+    // Frames that reach the driver together may share a slot.
+    let mut decided = Vec::new();
     for (command, replies) in futures::future::join_all(proposals).await {
         let replies = replies.unwrap();
         let [ProposeReply::Decided { slot }] = replies[..] else {
             panic!("{command:?}: {replies:?}");
         };
-        assert!(
-            decided.insert(slot, command).is_none(),
-            "one slot, one command"
-        );
+        decided.push((slot, command));
     }
+    assert_eq!(decided.len(), 20);
     // Every answer names the slot that holds its command.
     let EntriesReply::Entries(entries) = client
         .entries(1, 100, Duration::from_secs(1))

@@ -157,6 +157,10 @@ pub struct Replica {
     /// looks fresh (see [`Replica::take_ready`]).
     synced: bool,
     fill_noops: bool,
+    /// Inputs since the last flush may have queued commands or opened the window: the next
+    /// [`Replica::take_ready`] assigns slots once for all of them, so a burst of proposals and
+    /// replies becomes one slot (and one accept per peer), not one per input.
+    flush_due: bool,
 }
 
 impl Replica {
@@ -240,6 +244,7 @@ impl Replica {
             recovery: None,
             incarnations,
             fill_noops: false,
+            flush_due: false,
             synced: false,
             cfg,
         };
@@ -374,6 +379,9 @@ impl Replica {
 
     /// Drains the outputs. See the driver contract.
     pub fn take_ready(&mut self) -> Ready {
+        if std::mem::take(&mut self.flush_due) {
+            self.flush();
+        }
         self.start_read_round();
         if self.cfg.mode == Mode::Leaderless {
             for lane in 0..self.lanes_n {
@@ -451,6 +459,7 @@ impl Replica {
             incarnations,
             fill_noops,
             synced,
+            flush_due,
         } = self;
         (
             rng.0,
@@ -472,7 +481,7 @@ impl Replica {
         )
             .hash(&mut h);
         (catchup_after, read_seq, read_acks, reads, ready, recovery).hash(&mut h);
-        (incarnations, fill_noops, synced).hash(&mut h);
+        (incarnations, fill_noops, synced, flush_due).hash(&mut h);
         h.finish()
     }
 
@@ -498,7 +507,7 @@ impl Replica {
         }
         self.metrics.commands_proposed += commands.len() as u64;
         self.pending.extend(commands);
-        self.flush();
+        self.flush_due = true;
         Ok(())
     }
 
@@ -605,7 +614,7 @@ impl Replica {
             Message::CatchUp(m) => self.on_catch_up(from, m),
             Message::CatchUpReply(m) => self.on_catch_up_reply(m),
         }
-        self.flush();
+        self.flush_due = true;
     }
 }
 
