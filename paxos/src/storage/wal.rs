@@ -38,6 +38,13 @@ const MAX_RECORD_BYTES: usize = 1 << 30;
 /// The log is rewritten as one checkpoint once it is larger than this (and than four times the
 /// last checkpoint, so a large retained log is not rewritten at every step).
 pub const REWRITE_BYTES: u64 = 64 << 20;
+/// The file is grown this much at a time, with zeros written and synced, so that a record is
+/// written over blocks the file already owns. An `fdatasync` of an append that grows the file
+/// also commits the file system's journal (the new size and blocks); one over allocated blocks
+/// writes the data alone. Measured on this project's machines (ext4 on a virtual disk): 120 ->
+/// 80 us and 56 -> 31 us of CPU a sync. Zeros after the last record read as a torn tail (see
+/// [`replay`]), so the grown part needs no marker.
+const GROW_BYTES: u64 = 4 << 20;
 
 /// A logged operation, as written: a [`PersistOp`] as it is, except a snapshot, whose data
 /// stays in its file and is logged as its slot and length.
@@ -151,6 +158,8 @@ pub struct WalStorage {
     file: File,
     /// Bytes of the log (where the next record goes).
     len: u64,
+    /// Bytes of the file: the log, then zeros written ahead of it ([`GROW_BYTES`]).
+    allocated: u64,
     /// Length of the log when it was last rewritten.
     checkpoint_len: u64,
     /// The log is rewritten past this many bytes ([`REWRITE_BYTES`] but in tests).
@@ -241,6 +250,7 @@ impl WalStorage {
             path: path.to_path_buf(),
             file,
             len: end as u64,
+            allocated: end as u64,
             checkpoint_len: checkpoint_len as u64,
             rewrite_bytes,
             snapshots,
@@ -258,7 +268,25 @@ impl WalStorage {
             .open(&self.path)
             .map_err(err)?;
         self.len = len;
+        self.allocated = len;
         self.checkpoint_len = len;
+        Ok(())
+    }
+
+    /// Grows the file with zeros, synced (size and blocks), until `needed` bytes fit.
+    fn grow(&mut self, needed: u64) -> Result<(), StorageError> {
+        let target = needed.div_ceil(GROW_BYTES) * GROW_BYTES;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = self.allocated;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64);
+            self.file
+                .write_all_at(&zeros[..n as usize], at)
+                .map_err(err)?;
+            at += n;
+        }
+        self.file.sync_all().map_err(err)?;
+        self.allocated = target;
         Ok(())
     }
 
@@ -416,7 +444,13 @@ impl Storage for WalStorage {
         buf.clear();
         let refs: Vec<OpRef<'_>> = ops.iter().map(op_ref).collect();
         let encoded = encode_record(&refs, &mut buf);
-        let written = encoded.and_then(|()| {
+        let needed = self.len + buf.len() as u64;
+        let grown = if needed > self.allocated {
+            self.grow(needed)
+        } else {
+            Ok(())
+        };
+        let written = encoded.and(grown).and_then(|()| {
             self.file.write_all_at(&buf, self.len).map_err(err)?;
             self.file.sync_data().map_err(err)
         });
@@ -520,6 +554,40 @@ mod tests {
         }
     }
 
+    /// Records are written over zeros the file already holds (an `fdatasync` then writes the
+    /// data alone, no journal commit for a new size), and those zeros read as the end.
+    #[test]
+    fn the_file_is_grown_ahead_of_the_log_and_reopens_as_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal(dir.path());
+        let lens = write_steps(&path);
+        let logical = *lens.last().unwrap();
+        let on_disk = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(
+            on_disk, GROW_BYTES,
+            "grown ahead, by whole steps of GROW_BYTES"
+        );
+        assert!(logical < on_disk);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes[logical as usize..].iter().all(|&b| b == 0));
+        let mut storage = WalStorage::open(&path).unwrap();
+        assert_eq!(&storage.load().unwrap(), states().last().unwrap());
+        assert_eq!(storage.len(), logical, "the zeros are not part of the log");
+        // It goes on where the log ends, growing again as it needs.
+        let big = PersistOp::Accept {
+            slot: 100,
+            ballot: Ballot::new(7, 1),
+            value: Value::Batch(std::sync::Arc::new(vec![Bytes::from(vec![7u8; 5 << 20])])),
+        };
+        storage.write(std::slice::from_ref(&big)).unwrap();
+        let grown = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(grown % GROW_BYTES, 0);
+        assert!(grown >= storage.len() && grown > on_disk);
+        drop(storage);
+        let state = WalStorage::open(&path).unwrap().load().unwrap();
+        assert!(state.log.contains_key(&100));
+    }
+
     #[test]
     fn zeros_after_the_last_record_are_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
@@ -616,8 +684,12 @@ mod tests {
                 reference.apply(&snap);
             }
         }
-        let len = std::fs::metadata(&path).unwrap().len();
-        assert_eq!(len, storage.len());
+        let len = storage.len();
+        let on_disk = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            on_disk <= len.div_ceil(GROW_BYTES) * GROW_BYTES,
+            "{on_disk} on disk"
+        );
         assert!(
             len * 2 < appended,
             "not rewritten: {len} bytes on disk after {appended} appended"
