@@ -149,22 +149,39 @@ impl Driver {
                 Some(request) = requests.recv() => self.local(request),
             }
             // Take whatever else is already waiting, so one fsync covers the whole burst.
-            for _ in 0..64 {
-                match inbound.try_recv() {
-                    Ok(envelopes) => envelopes.into_iter().for_each(|e| {
-                        count_message("received", &e);
-                        self.replica.handle(e);
-                    }),
-                    Err(_) => break,
-                }
-            }
-            for _ in 0..1_024 {
-                match requests.try_recv() {
-                    Ok(request) => self.local(request),
-                    Err(_) => break,
-                }
+            self.take_waiting(&mut inbound, &mut requests);
+            if self.one_worker {
+                // The stream reader that woke this task is followed at once by this task (tokio
+                // runs a task woken by the running one next), so a second peer's frames, read in
+                // the same poll of the sockets, would wait for a step and an fsync of their own.
+                // Readers already woken run first; what they bring shares this step's fsync.
+                tokio::task::yield_now().await;
+                self.take_waiting(&mut inbound, &mut requests);
             }
             self.after_inputs().await?;
+        }
+    }
+
+    /// Hands the core every message batch and local request already waiting (bounded).
+    fn take_waiting(
+        &mut self,
+        inbound: &mut mpsc::Receiver<Vec<Envelope>>,
+        requests: &mut mpsc::Receiver<LocalRequest>,
+    ) {
+        for _ in 0..64 {
+            match inbound.try_recv() {
+                Ok(envelopes) => envelopes.into_iter().for_each(|e| {
+                    count_message("received", &e);
+                    self.replica.handle(e);
+                }),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..1_024 {
+            match requests.try_recv() {
+                Ok(request) => self.local(request),
+                Err(_) => break,
+            }
         }
     }
 
