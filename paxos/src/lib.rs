@@ -16,8 +16,9 @@
 //! # Driver contract
 //!
 //! The core does no I/O, reads no clock and draws randomness only from the seed in its config.
-//! Whoever drives it (the runtime, the simulator, a test) must, after every input
-//! (`handle`, `propose`, `tick`, `read_index`, `compact`):
+//! Whoever drives it (the runtime, the simulator, a test) must, after every input or burst of
+//! inputs (`handle`, `propose`, `tick`, `read_index`, `compact`; the proposals and replies of one
+//! burst are flushed together at `take_ready`, so they share slots and one accept per peer):
 //!
 //! 1. call [`core::Replica::take_ready`]; `ready.early` (accepts of a proposer whose ballot is
 //!    already durable) may be sent right away, before step 2, so the acceptors' syncs overlap
