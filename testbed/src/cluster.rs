@@ -715,6 +715,7 @@ impl Cluster {
                 .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
                 .pool_max_idle_per_host(128)
                 .build()?,
+            proxy_client: crate::frontdoor::proxy_client(),
             prober: std::sync::OnceLock::new(),
             chaos: std::sync::OnceLock::new(),
             prometheus: std::sync::OnceLock::new(),

@@ -139,8 +139,10 @@ pub struct FrontDoor {
     pub token_file: Option<std::path::PathBuf>,
     /// The front door's own URL.
     pub url: std::sync::Mutex<String>,
-    /// HTTP client for proxying and polling.
+    /// HTTP client for polling and admin calls.
     pub client: reqwest::Client,
+    /// HTTP client for the proxied bank requests.
+    pub proxy_client: ProxyClient,
     /// The prober's base URL and process, when the cluster runs one.
     pub prober: std::sync::OnceLock<(String, Arc<Child>)>,
     /// Chaos's base URL and process, when the cluster runs it.
@@ -151,6 +153,26 @@ pub struct FrontDoor {
     pub request_timeout: Duration,
     /// A rolling restart is running (one at a time).
     pub restarting: AtomicBool,
+}
+
+/// The client that forwards bank requests to the nodes: hyper's pooled HTTP/1.1 client, so a
+/// request goes out with its method, path and headers as they came in (reqwest would parse a URL
+/// and rebuild them for each).
+pub type ProxyClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// A [`ProxyClient`] keeping up to 128 idle connections a node, each for
+/// [`plumbing::CLIENT_POOL_IDLE`].
+pub fn proxy_client() -> ProxyClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(plumbing::CLIENT_POOL_IDLE)
+        .pool_max_idle_per_host(128)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
 }
 
 /// The default of [`FrontDoor::request_timeout`]: above the nodes' own deadlines (a write waits
@@ -617,44 +639,50 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
         .to_owned();
     let write = parts.method != axum::http::Method::GET;
     let mut maybe_applied = false;
+    let mut headers = parts.headers;
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // The node's span is a child of the front door's (the client's traceparent otherwise).
+    headers.extend(telemetry::trace::current_headers());
     for index in door.candidates() {
         let node = &door.nodes[index];
         let _in_flight = InFlight::new(&node.in_flight);
-        let mut outgoing = door
-            .client
-            .request(parts.method.clone(), format!("{}{}", node.public_url, path))
-            .timeout(door.request_timeout)
-            .body(body.clone());
-        for (name, value) in &parts.headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
-                outgoing = outgoing.header(name, value);
-            }
-        }
-        // The node's span is a child of the front door's (the client's traceparent otherwise).
-        outgoing = outgoing.headers(telemetry::trace::current_headers());
-        match outgoing.send().await {
-            Ok(reply) => {
-                let mut response = Response::builder()
-                    .status(reply.status())
-                    .header(NODE_HEADER, node.id.to_string());
-                for (name, value) in reply.headers() {
-                    if !HOP_BY_HOP.contains(&name.as_str()) {
-                        response = response.header(name, value);
-                    }
-                }
-                let Ok(bytes) = reply.bytes().await else {
-                    door.no_answer(node);
-                    maybe_applied = true;
-                    break;
-                };
+        let Ok(uri) = format!("{}{}", node.public_url, path).parse::<axum::http::Uri>() else {
+            let body = serde_json::json!({"error": "bad request path", "code": "bad_request"});
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        };
+        let mut outgoing = axum::http::Request::new(http_body_util::Full::new(body.clone()));
+        *outgoing.method_mut() = parts.method.clone();
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = headers.clone();
+        let exchange = async {
+            let reply = door.proxy_client.request(outgoing).await?;
+            let (reply, incoming) = reply.into_parts();
+            let bytes = http_body_util::BodyExt::collect(incoming)
+                .await
+                .map(|b| b.to_bytes());
+            Ok::<_, hyper_util::client::legacy::Error>((reply, bytes))
+        };
+        match tokio::time::timeout(door.request_timeout, exchange).await {
+            Ok(Ok((reply, Ok(bytes)))) => {
                 node.outlier.answered();
-                return response
-                    .body(Body::from(bytes))
-                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+                let mut response = Response::new(Body::from(bytes));
+                *response.status_mut() = reply.status;
+                let mut reply_headers = reply.headers;
+                for name in HOP_BY_HOP {
+                    reply_headers.remove(name);
+                }
+                *response.headers_mut() = reply_headers;
+                response
+                    .headers_mut()
+                    .insert(NODE_HEADER, axum::http::HeaderValue::from(node.id));
+                return response;
             }
             // Not connected: nothing was sent, so another node may take it.
-            Err(err) if err.is_connect() => continue,
-            Err(_) => {
+            Ok(Err(err)) if err.is_connect() => continue,
+            // The request was sent (or may have been): its answer is lost.
+            Ok(Err(_)) | Ok(Ok((_, Err(_)))) | Err(_) => {
                 door.no_answer(node);
                 maybe_applied = true;
                 break;
@@ -766,6 +794,7 @@ mod tests {
             token_file: None,
             url: std::sync::Mutex::new(String::new()),
             client: reqwest::Client::new(),
+            proxy_client: proxy_client(),
             prober: std::sync::OnceLock::new(),
             chaos: std::sync::OnceLock::new(),
             prometheus: std::sync::OnceLock::new(),
