@@ -613,6 +613,9 @@ async fn node_action(
 
 /// Largest request body the front door relays (the nodes' own limit is smaller).
 const MAX_BODY_BYTES: usize = 1 << 20;
+/// Largest answer the front door buffers and relays (a node's largest, a page of 1,000
+/// accounts, is about 200 KB).
+const MAX_REPLY_BYTES: usize = 4 << 20;
 
 const HOP_BY_HOP: [&str; 6] = [
     "connection",
@@ -659,7 +662,8 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
         let exchange = async {
             let reply = door.proxy_client.request(outgoing).await?;
             let (reply, incoming) = reply.into_parts();
-            let bytes = http_body_util::BodyExt::collect(incoming)
+            let limited = http_body_util::Limited::new(incoming, MAX_REPLY_BYTES);
+            let bytes = http_body_util::BodyExt::collect(limited)
                 .await
                 .map(|b| b.to_bytes());
             Ok::<_, hyper_util::client::legacy::Error>((reply, bytes))
@@ -681,6 +685,15 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
             }
             // Not connected: nothing was sent, so another node may take it.
             Ok(Err(err)) if err.is_connect() => continue,
+            // The node answered past the limit: not relayed, but not the node's failure.
+            Ok(Ok((_, Err(err)))) if err.is::<http_body_util::LengthLimitError>() => {
+                tracing::warn!(
+                    node = node.id,
+                    "an answer over {MAX_REPLY_BYTES} bytes, not relayed"
+                );
+                maybe_applied = true;
+                break;
+            }
             // The request was sent (or may have been): its answer is lost.
             Ok(Err(_)) | Ok(Ok((_, Err(_)))) | Err(_) => {
                 door.no_answer(node);
@@ -947,6 +960,39 @@ mod tests {
     async fn a_write_whose_answer_was_lost_is_outcome_unknown() {
         let reply = through(vec![hangs_up().await], reqwest::Method::POST).await;
         assert_eq!(reply, (503, "outcome_unknown".to_owned()));
+    }
+
+    /// A node that answers every request with a 200 of `bytes` bytes.
+    async fn answers_with(bytes: usize) -> SocketAddr {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 64 * 1024];
+                    let _ = socket.read(&mut buf).await;
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\n\r\n");
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(&vec![b'x'; bytes]).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// An answer over the front door's limit is not buffered and relayed; the write it answers
+    /// was applied, so the client learns the outcome with its Idempotency-Key.
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_not_relayed() {
+        let node = answers_with(MAX_REPLY_BYTES + 1).await;
+        let reply = through(vec![node], reqwest::Method::POST).await;
+        assert_eq!(reply, (503, "outcome_unknown".to_owned()));
+        let node = answers_with(1_000).await;
+        let (addr, _) = serve_door(paxos::Mode::Leaderless, vec![node], REQUEST_TIMEOUT).await;
+        let reply = reqwest::get(format!("http://{addr}/")).await.unwrap();
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reply.bytes().await.unwrap().len(), 1_000);
     }
 
     #[tokio::test]
