@@ -128,3 +128,135 @@ pub fn register_http(routes: &[&'static str]) {
         drop(metrics::histogram!(HTTP_REQUEST_DURATION, "route" => *route, "method" => method));
     }
 }
+
+/// Handles of the HTTP series by route, method and status, each made on its first request. A
+/// request otherwise builds two keys from owned labels (the status formatted), hashes them and
+/// looks both up under the registry's lock: twice per operation on its way through the front
+/// door and the node.
+#[derive(Default)]
+pub struct HttpSeries {
+    by_route: std::sync::RwLock<std::collections::HashMap<String, Vec<HttpEntry>>>,
+}
+
+struct HttpEntry {
+    method: &'static str,
+    status: u16,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl HttpEntry {
+    fn record(&self, seconds: f64) {
+        self.requests.increment(1);
+        self.duration.record(seconds);
+    }
+}
+
+/// The `method` label: the method, or `OTHER` for one HTTP does not define (a client's made-up
+/// method must not make a series of its own).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+impl HttpSeries {
+    /// Counts one request to `route` by `method` answered with `status` after `seconds`.
+    pub fn record(&self, route: &str, method: &axum::http::Method, status: u16, seconds: f64) {
+        let method = method_label(method);
+        if !telemetry::recorder_installed() {
+            // No recorder of ours (a test, or metrics off): whatever is global gets it, and no
+            // handle is kept that would stay bound to nothing once one is installed.
+            metrics::counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string())
+                .increment(1);
+            metrics::histogram!(HTTP_REQUEST_DURATION, "route" => route.to_owned(), "method" => method)
+                .record(seconds);
+            return;
+        }
+        let find = |entries: &[HttpEntry]| -> Option<usize> {
+            entries
+                .iter()
+                .position(|e| e.status == status && e.method == method)
+        };
+        {
+            let by_route = self.by_route.read().expect("http series lock");
+            if let Some(entries) = by_route.get(route)
+                && let Some(at) = find(entries)
+            {
+                entries[at].record(seconds);
+                return;
+            }
+        }
+        let mut by_route = self.by_route.write().expect("http series lock");
+        let entries = by_route.entry(route.to_owned()).or_default();
+        let at = find(entries).unwrap_or_else(|| {
+            entries.push(HttpEntry {
+                method,
+                status,
+                requests: metrics::counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string()),
+                duration: metrics::histogram!(HTTP_REQUEST_DURATION, "route" => route.to_owned(), "method" => method),
+            });
+            entries.len() - 1
+        });
+        entries[at].record(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::*;
+
+    #[test]
+    fn a_made_up_method_is_labelled_other() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::GET), "GET");
+        let brew = Method::from_bytes(b"BREW").expect("an extension method");
+        assert_eq!(method_label(&brew), "OTHER");
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_by_route_method_and_status() {
+        telemetry::install_prometheus();
+        if !telemetry::recorder_installed() {
+            eprintln!("metrics are off (BANK_METRICS=off): nothing to count");
+            return;
+        }
+        let series = HttpSeries::default();
+        let route = format!("/series-test-{}", uuid::Uuid::new_v4().simple());
+        series.record(&route, &Method::POST, 200, 0.001);
+        series.record(&route, &Method::POST, 200, 0.002);
+        series.record(&route, &Method::POST, 503, 0.003);
+        series.record(&route, &Method::from_bytes(b"BREW").unwrap(), 200, 0.004);
+        let text = telemetry::render();
+        let count = |method: &str, status: &str| {
+            let series = format!(
+                "{HTTP_REQUESTS}{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} "
+            );
+            text.lines()
+                .find_map(|line| line.strip_prefix(&series))
+                .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(count("POST", "200"), "2");
+        assert_eq!(count("POST", "503"), "1");
+        assert_eq!(count("OTHER", "200"), "1");
+        let durations =
+            format!("{HTTP_REQUEST_DURATION}_count{{route=\"{route}\",method=\"POST\"}} 3");
+        assert!(
+            text.lines().any(|l| l == durations),
+            "no {durations} in:\n{text}"
+        );
+    }
+}

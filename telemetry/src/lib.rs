@@ -236,6 +236,12 @@ pub fn metrics_enabled() -> bool {
     !std::env::var("BANK_METRICS").is_ok_and(|v| v.eq_ignore_ascii_case("off"))
 }
 
+/// This process's Prometheus recorder is installed ([`install_prometheus`] ran, metrics on):
+/// metric handles made from now on record into it (one made before records nothing, ever).
+pub fn recorder_installed() -> bool {
+    HANDLE.get().is_some() && metrics_enabled()
+}
+
 /// Installs the global Prometheus recorder (once per process) and returns its handle. Must be
 /// called inside a tokio runtime: it starts the periodic upkeep that bounds histogram memory.
 /// With metrics off ([`metrics_enabled`]) the recorder is built but not installed.

@@ -271,19 +271,26 @@ pub async fn track_internal_http(request: Request, next: Next) -> Response {
 
 async fn track(mut request: Request, next: Next, always_trace: bool) -> Response {
     use tracing::Instrument as _;
+    static SERIES: std::sync::LazyLock<crate::metrics::HttpSeries> =
+        std::sync::LazyLock::new(Default::default);
     let started = Instant::now();
-    let route = match request.extensions().get::<MatchedPath>() {
-        Some(matched) => matched.as_str().to_owned(),
-        // A proxy's fallback (the front door): name the bank's routes, lump the rest together
-        // so the label stays low-cardinality.
-        None if API_ROUTES.contains(&request.uri().path()) => request.uri().path().to_owned(),
-        None => "unmatched".to_owned(),
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    // A proxy's fallback (the front door) has no matched path: name the bank's routes, lump the
+    // rest together so the label stays low-cardinality.
+    let unmatched = match matched {
+        Some(_) => "",
+        None => API_ROUTES
+            .iter()
+            .find(|r| **r == request.uri().path())
+            .copied()
+            .unwrap_or("unmatched"),
     };
-    let method = request.method().as_str().to_owned();
+    let route = matched.as_ref().map_or(unmatched, MatchedPath::as_str);
+    let method = request.method().clone();
     // Probes (the front door polls readiness every 100 ms) start no traces of their own.
-    let probe = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    let probe = matches!(route, "/healthz" | "/readyz" | "/metrics");
     let span = ((always_trace && !probe) || request.headers().contains_key("traceparent"))
-        .then(|| telemetry::trace::http_server_span(&method, &route, request.headers_mut()));
+        .then(|| telemetry::trace::http_server_span(method.as_str(), route, request.headers_mut()));
     let response = match &span {
         Some(span) => next.run(request).instrument(span.clone()).await,
         None => next.run(request).await,
@@ -292,10 +299,7 @@ async fn track(mut request: Request, next: Next, always_trace: bool) -> Response
     if let Some(span) = span {
         span.record("http.response.status_code", status);
     }
-    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION, "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    SERIES.record(route, &method, status, started.elapsed().as_secs_f64());
     response
 }
 

@@ -63,6 +63,8 @@ struct BatchWaiter {
 pub(super) struct Driver {
     /// Counters already exported (the core's are cumulative).
     exported: Metrics,
+    /// Where they are exported.
+    series: crate::metrics::DriverMetrics,
     replica: Replica,
     storage: Box<dyn Storage + Send>,
     outbound: Vec<Option<Peer>>,
@@ -96,6 +98,7 @@ impl Driver {
         Driver {
             decided,
             exported: Metrics::default(),
+            series: crate::metrics::DriverMetrics::new(),
             mode: replica.config().mode,
             replica,
             storage,
@@ -279,7 +282,8 @@ impl Driver {
                 .iter()
                 .all(|r| matches!(r, Some(ProposeReply::Decided { .. })))
             {
-                metrics::histogram!(crate::metrics::COMMIT_LATENCY)
+                self.series
+                    .commit_latency
                     .record(waiter.proposed_at.elapsed().as_secs_f64());
             }
             if waiter.span.is_some() {
@@ -400,12 +404,8 @@ impl Driver {
         }
         for observation in &ready.observations {
             match observation {
-                Observation::BatchSize(n) => {
-                    metrics::histogram!(crate::metrics::BATCH_SIZE).record(*n as f64)
-                }
-                Observation::CommitTicks(t) => {
-                    metrics::histogram!(crate::metrics::SLOT_COMMIT_TICKS).record(*t as f64)
-                }
+                Observation::BatchSize(n) => self.series.batch_size.record(*n as f64),
+                Observation::CommitTicks(t) => self.series.slot_commit_ticks.record(*t as f64),
             }
         }
         if decisions_only && !persist.is_empty() {
@@ -436,7 +436,8 @@ impl Driver {
             tokio::task::block_in_place(|| self.storage.write(ops))
         };
         written.context("paxos storage failed; stopping")?;
-        metrics::histogram!(crate::metrics::PERSIST_DURATION)
+        self.series
+            .persist_duration
             .record(started.elapsed().as_secs_f64());
         Ok(())
     }
@@ -451,70 +452,74 @@ impl Driver {
         if now.elections_won > before.elections_won
             && let Some(started) = self.election_started.take()
         {
-            metrics::histogram!(crate::metrics::PHASE1_DURATION)
+            self.series
+                .phase1_duration
                 .record(started.elapsed().as_secs_f64());
         }
-        // Incremented even by 0, so every counter exists from the first scrape on.
-        let add = |name: &'static str, new: u64, old: u64| {
-            metrics::counter!(name).increment(new.saturating_sub(old));
+        let series = &self.series;
+        let add = |counter: &metrics::Counter, new: u64, old: u64| {
+            counter.increment(new.saturating_sub(old));
         };
         add(
-            crate::metrics::COMMANDS_PROPOSED,
+            &series.commands_proposed,
             now.commands_proposed,
             before.commands_proposed,
         );
         add(
-            crate::metrics::SLOTS_PROPOSED,
+            &series.slots_proposed,
             now.slots_proposed,
             before.slots_proposed,
         );
         add(
-            crate::metrics::NOOPS_PROPOSED,
+            &series.noops_proposed,
             now.noops_proposed,
             before.noops_proposed,
         );
         add(
-            crate::metrics::PHASE1_ROUNDS,
+            &series.phase1_rounds,
             now.phase1_rounds,
             before.phase1_rounds,
         );
         add(
-            crate::metrics::PHASE2_MESSAGES,
+            &series.phase2_messages,
             now.phase2_messages,
             before.phase2_messages,
         );
         add(
-            crate::metrics::ELECTIONS_STARTED,
+            &series.elections_started,
             now.elections_started,
             before.elections_started,
         );
         add(
-            crate::metrics::ELECTIONS_WON,
+            &series.elections_won,
             now.elections_won,
             before.elections_won,
         );
         add(
-            crate::metrics::LEADER_CHANGES,
+            &series.leader_changes,
             now.leader_changes,
             before.leader_changes,
         );
         add(
-            crate::metrics::SLOTS_DECIDED,
+            &series.slots_decided,
             now.slots_decided,
             before.slots_decided,
         );
         let status = self.replica.status();
         self.decided
             .store(status.decided, std::sync::atomic::Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::DECIDED_INDEX).set(status.decided as f64);
-        metrics::gauge!(crate::metrics::FRONTIER_SLOT).set(status.frontier as f64);
-        metrics::gauge!(crate::metrics::COMPACTED_INDEX).set(status.compacted as f64);
-        metrics::gauge!(crate::metrics::BALLOT_ROUND).set(status.ballot.round as f64);
-        metrics::gauge!(crate::metrics::PENDING_COMMANDS).set(status.pending as f64);
-        metrics::gauge!(crate::metrics::IS_LEADER).set(if status.is_leader { 1.0 } else { 0.0 });
-        metrics::gauge!(crate::metrics::LANES_LED).set(status.leading.len() as f64);
-        metrics::gauge!(crate::metrics::LEADER_ID).set(status.leader.map_or(-1.0, f64::from));
-        metrics::gauge!(crate::metrics::RECOVERING).set(if self.replica.is_recovering() {
+        let series = &self.series;
+        series.decided_index.set(status.decided as f64);
+        series.frontier_slot.set(status.frontier as f64);
+        series.compacted_index.set(status.compacted as f64);
+        series.ballot_round.set(status.ballot.round as f64);
+        series.pending_commands.set(status.pending as f64);
+        series
+            .is_leader
+            .set(if status.is_leader { 1.0 } else { 0.0 });
+        series.lanes_led.set(status.leading.len() as f64);
+        series.leader_id.set(status.leader.map_or(-1.0, f64::from));
+        series.recovering.set(if self.replica.is_recovering() {
             1.0
         } else {
             0.0
