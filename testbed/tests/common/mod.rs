@@ -522,10 +522,18 @@ pub async fn check_under_load(
         }));
     }
     let counter = open_account(&client, &tb.url).await;
-    let (reads, counter_deposits) = linearizable_counter(tb, &counter, stop.clone());
+    let (reads, counter_deposits, reads_so_far) = linearizable_counter(tb, &counter, stop.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     faults.await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    // A slow store on a busy machine (the Firestore emulator) may need longer for enough reads
+    // to mean anything: the load goes on until there are, for at most 30 s more.
+    let enough = Instant::now() + Duration::from_secs(30);
+    while reads_so_far.load(std::sync::atomic::Ordering::SeqCst) <= MIN_COUNTER_READS
+        && Instant::now() < enough
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for worker in workers {
         worker.await.unwrap();
@@ -543,7 +551,7 @@ pub async fn check_under_load(
         "linearizable reads that missed acknowledged deposits"
     );
     assert!(
-        reads > 10,
+        reads > MIN_COUNTER_READS,
         "too few counter reads to mean anything: {reads}"
     );
 
@@ -642,16 +650,27 @@ pub async fn check_under_load(
 /// node in turn: a read that began after `n` deposits were acknowledged must show at least `n`
 /// cents. Returns (the reader: reads made and the stale ones, the writer: deposits
 /// acknowledged).
+/// Counter reads a load must have made for its linearizability check to mean anything.
+const MIN_COUNTER_READS: u64 = 10;
+
+/// The reader (its reads and the stale ones), the writer (deposits acknowledged), and the reads so
+/// far of [`linearizable_counter`].
+type CounterLoad = (
+    tokio::task::JoinHandle<(u64, Vec<String>)>,
+    tokio::task::JoinHandle<u64>,
+    Arc<std::sync::atomic::AtomicU64>,
+);
+
+/// Deposits into `counter` and reads it through every node in turn until `stop`: the reader's
+/// reads and stale ones, the deposits acknowledged, and the reads so far (while it runs).
 fn linearizable_counter(
     tb: &Testbed,
     counter: &str,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> (
-    tokio::task::JoinHandle<(u64, Vec<String>)>,
-    tokio::task::JoinHandle<u64>,
-) {
+) -> CounterLoad {
     use std::sync::atomic::{AtomicU64, Ordering};
     let acknowledged = Arc::new(AtomicU64::new(0));
+    let reads_so_far = Arc::new(AtomicU64::new(0));
     let writer = {
         let (client, url, counter, stop, acknowledged) = (
             tb.client.clone(),
@@ -683,6 +702,7 @@ fn linearizable_counter(
     };
     let reader = {
         let (client, front, counter) = (tb.client.clone(), tb.url.clone(), counter.to_owned());
+        let reads_so_far = reads_so_far.clone();
         tokio::spawn(async move {
             let (mut reads, mut stale) = (0u64, Vec::new());
             let mut turn = 0usize;
@@ -719,6 +739,7 @@ fn linearizable_counter(
                     let text = reply.text().await.unwrap_or_default();
                     let cents = cents_in(text.as_bytes(), "balance");
                     reads += 1;
+                    reads_so_far.store(reads, Ordering::SeqCst);
                     if cents < before as i64 {
                         stale.push(format!(
                             "{url}: read {cents} cents after {before} acknowledged deposits"
@@ -730,5 +751,5 @@ fn linearizable_counter(
             (reads, stale)
         })
     };
-    (reader, writer)
+    (reader, writer, reads_so_far)
 }
