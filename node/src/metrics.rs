@@ -170,20 +170,29 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
+impl HttpEntry {
+    /// The series of `route`, `method` and `status` on the recorder installed now.
+    fn new(route: &str, method: &'static str, status: u16) -> HttpEntry {
+        HttpEntry {
+            method,
+            status,
+            requests: metrics::counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string()),
+            duration: metrics::histogram!(HTTP_REQUEST_DURATION, "route" => route.to_owned(), "method" => method),
+        }
+    }
+}
+
 impl HttpSeries {
-    /// Counts one request to `route` by `method` answered with `status` after `seconds`.
-    pub fn record(&self, route: &str, method: &axum::http::Method, status: u16, seconds: f64) {
-        let method = method_label(method);
+    /// Counts one request to `route` by `method` (a [`method_label`]) answered with `status`
+    /// after `seconds`.
+    pub fn record(&self, route: &str, method: &'static str, status: u16, seconds: f64) {
         if !telemetry::recorder_installed() {
             // No recorder of ours (a test, or metrics off): whatever is global gets it, and no
             // handle is kept that would stay bound to nothing once one is installed.
-            metrics::counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string())
-                .increment(1);
-            metrics::histogram!(HTTP_REQUEST_DURATION, "route" => route.to_owned(), "method" => method)
-                .record(seconds);
+            HttpEntry::new(route, method, status).record(seconds);
             return;
         }
-        let find = |entries: &[HttpEntry]| -> Option<usize> {
+        let find = |entries: &[HttpEntry]| {
             entries
                 .iter()
                 .position(|e| e.status == status && e.method == method)
@@ -200,12 +209,7 @@ impl HttpSeries {
         let mut by_route = self.by_route.write().expect("http series lock");
         let entries = by_route.entry(route.to_owned()).or_default();
         let at = find(entries).unwrap_or_else(|| {
-            entries.push(HttpEntry {
-                method,
-                status,
-                requests: metrics::counter!(HTTP_REQUESTS, "route" => route.to_owned(), "method" => method, "status" => status.to_string()),
-                duration: metrics::histogram!(HTTP_REQUEST_DURATION, "route" => route.to_owned(), "method" => method),
-            });
+            entries.push(HttpEntry::new(route, method, status));
             entries.len() - 1
         });
         entries[at].record(seconds);
@@ -235,10 +239,11 @@ mod tests {
         }
         let series = HttpSeries::default();
         let route = format!("/series-test-{}", uuid::Uuid::new_v4().simple());
-        series.record(&route, &Method::POST, 200, 0.001);
-        series.record(&route, &Method::POST, 200, 0.002);
-        series.record(&route, &Method::POST, 503, 0.003);
-        series.record(&route, &Method::from_bytes(b"BREW").unwrap(), 200, 0.004);
+        series.record(&route, method_label(&Method::POST), 200, 0.001);
+        series.record(&route, method_label(&Method::POST), 200, 0.002);
+        series.record(&route, method_label(&Method::POST), 503, 0.003);
+        let brew = Method::from_bytes(b"BREW").unwrap();
+        series.record(&route, method_label(&brew), 200, 0.004);
         let text = telemetry::render();
         let count = |method: &str, status: &str| {
             let series = format!(

@@ -275,22 +275,21 @@ async fn track(mut request: Request, next: Next, always_trace: bool) -> Response
         std::sync::LazyLock::new(Default::default);
     let started = Instant::now();
     let matched = request.extensions().get::<MatchedPath>().cloned();
-    // A proxy's fallback (the front door) has no matched path: name the bank's routes, lump the
-    // rest together so the label stays low-cardinality.
-    let unmatched = match matched {
-        Some(_) => "",
+    let route = match &matched {
+        Some(matched) => matched.as_str(),
+        // A proxy's fallback (the front door): name the bank's routes, lump the rest together
+        // so the label stays low-cardinality.
         None => API_ROUTES
             .iter()
             .find(|r| **r == request.uri().path())
             .copied()
             .unwrap_or("unmatched"),
     };
-    let route = matched.as_ref().map_or(unmatched, MatchedPath::as_str);
-    let method = request.method().clone();
+    let method = crate::metrics::method_label(request.method());
     // Probes (the front door polls readiness every 100 ms) start no traces of their own.
     let probe = matches!(route, "/healthz" | "/readyz" | "/metrics");
     let span = ((always_trace && !probe) || request.headers().contains_key("traceparent"))
-        .then(|| telemetry::trace::http_server_span(method.as_str(), route, request.headers_mut()));
+        .then(|| telemetry::trace::http_server_span(method, route, request.headers_mut()));
     let response = match &span {
         Some(span) => next.run(request).instrument(span.clone()).await,
         None => next.run(request).await,
@@ -299,7 +298,7 @@ async fn track(mut request: Request, next: Next, always_trace: bool) -> Response
     if let Some(span) = span {
         span.record("http.response.status_code", status);
     }
-    SERIES.record(route, &method, status, started.elapsed().as_secs_f64());
+    SERIES.record(route, method, status, started.elapsed().as_secs_f64());
     response
 }
 
