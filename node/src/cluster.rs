@@ -233,7 +233,8 @@ impl ClusterLog {
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
-                n = queue.recv_many(&mut batch, 512) => n,
+                // Handlers a step woke together all queue first (see `plumbing::burst`).
+                n = plumbing::recv_burst(&mut queue, &mut batch, 512) => n,
             };
             if received == 0 {
                 return;
@@ -314,7 +315,7 @@ impl ClusterLog {
             };
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
-                n = queue.recv_many(&mut batch, 1_024) => n,
+                n = plumbing::recv_burst(&mut queue, &mut batch, 1_024) => n,
             };
             if received == 0 {
                 return;

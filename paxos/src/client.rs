@@ -408,6 +408,9 @@ async fn run_propose_stream(
         tokio::select! {
             proposal = queued.recv() => {
                 let Some(mut proposal) = proposal else { return };
+                // Batches that became ready together all queue before one write carries them
+                // (see `plumbing::burst`).
+                tokio::task::yield_now().await;
                 loop {
                     let (commands, reply) = proposal;
                     let id = next_id;

@@ -12,10 +12,13 @@
 //!   checking it in constant time, and the one middleware ([`require_token`]) with the one 401.
 //! - [`process`]: the shutdown signal ([`shutdown_signal`]) and children that die with their
 //!   parent ([`DieWithParent`]).
+//! - [`burst`]: [`recv_burst`], a queue's items taken in bursts, so that a write carries what
+//!   many tasks made ready together instead of one write each.
 //! - [`metrics_response`]: the `/metrics` answer of every process.
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod burst;
 pub mod process;
 mod serve;
 
@@ -23,6 +26,7 @@ pub use auth::{
     TOKEN_ENV, Tokens, bearer_matches, read_cluster_token, read_or_generate_token, read_token_file,
     require_token, token_from_env, token_matches, unauthorized,
 };
+pub use burst::recv_burst;
 pub use process::{DieWithParent, shutdown_signal};
 pub use serve::{LINGER_BYTES, LINGER_TIME, Limits, Oversized, reject_oversized, serve};
 

@@ -383,13 +383,13 @@ async fn propose_stream(State(state): State<HttpState>, mut request: Request) ->
         let mut answers = tokio_util::codec::FramedWrite::new(write, codec());
         // Answers queue here (bounded: a node that stops reading stops being answered, then
         // stops being read) and one writer sends them, several per flush when they pile up.
+        // A step decides many frames' commands at once and each frame's answer comes from a
+        // task of its own: `recv_burst` lets them all queue before one write carries them.
         let (queue, mut queued) = tokio::sync::mpsc::channel::<Bytes>(256);
         let writer = tokio::spawn(async move {
-            while let Some(answer) = queued.recv().await {
-                if answers.feed(answer).await.is_err() {
-                    return;
-                }
-                while let Ok(answer) = queued.try_recv() {
+            let mut burst = Vec::with_capacity(256);
+            while plumbing::recv_burst(&mut queued, &mut burst, 256).await > 0 {
+                for answer in burst.drain(..) {
                     if answers.feed(answer).await.is_err() {
                         return;
                     }
