@@ -116,19 +116,24 @@ impl Message {
 
     /// The message's name, a low-cardinality metric label.
     pub fn kind(&self) -> &'static str {
+        Message::KINDS[self.kind_index()]
+    }
+
+    /// The position of [`Message::kind`] in [`Message::KINDS`].
+    pub fn kind_index(&self) -> usize {
         match self {
-            Message::Prepare(_) => "prepare",
-            Message::Promise(_) => "promise",
-            Message::Accept(_) => "accept",
-            Message::Accepted(_) => "accepted",
-            Message::Nack(_) => "nack",
-            Message::Decide(_) => "decide",
-            Message::Heartbeat(_) => "heartbeat",
-            Message::HeartbeatAck(_) => "heartbeat_ack",
-            Message::CatchUp(_) => "catch_up",
-            Message::CatchUpReply(_) => "catch_up_reply",
-            Message::RecoveryQuery => "recovery_query",
-            Message::RecoveryReply(_) => "recovery_reply",
+            Message::Prepare(_) => 0,
+            Message::Promise(_) => 1,
+            Message::Accept(_) => 2,
+            Message::Accepted(_) => 3,
+            Message::Nack(_) => 4,
+            Message::Decide(_) => 5,
+            Message::Heartbeat(_) => 6,
+            Message::HeartbeatAck(_) => 7,
+            Message::CatchUp(_) => 8,
+            Message::CatchUpReply(_) => 9,
+            Message::RecoveryQuery => 10,
+            Message::RecoveryReply(_) => 11,
         }
     }
 }

@@ -274,6 +274,8 @@ async fn send_messages(
     use futures::SinkExt as _;
     use tracing::Instrument as _;
     let budget = limits.max_body_bytes / 2;
+    // Looked up once, not per frame (see `metrics::DriverMetrics`).
+    let frame_duration = metrics::histogram!(crate::metrics::PEER_RPC_DURATION);
     let mut waiting: std::collections::VecDeque<Outbound> = std::collections::VecDeque::new();
     let mut received = Vec::with_capacity(256);
     let mut failures: u32 = 0;
@@ -376,8 +378,7 @@ async fn send_messages(
         match sent {
             Ok(Ok(())) => {
                 if count > 0 {
-                    metrics::histogram!(crate::metrics::PEER_RPC_DURATION)
-                        .record(started.elapsed().as_secs_f64());
+                    frame_duration.record(started.elapsed().as_secs_f64());
                 }
             }
             _ => {

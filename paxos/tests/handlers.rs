@@ -836,3 +836,52 @@ fn a_burst_of_proposals_shares_one_slot_in_both_modes() {
         assert_eq!(sent, vec![1, 2], "{mode}: one accept per peer");
     }
 }
+
+/// Leaderless, under load: a step that both accepts a peer's slots and proposes this replica's
+/// own commands sends its accept to that peer together with its `Accepted` (which waits for
+/// the sync anyway): one frame instead of two, and one step fewer for the peer. An accept to a
+/// peer this step does not answer still leaves early.
+#[test]
+fn an_accept_of_commands_rides_with_the_answer_to_the_same_peer() {
+    let mut r = replica(0, 3, Mode::Leaderless);
+    r.take_ready();
+    // A first synced step (before it, no accept may leave early at all).
+    r.propose(vec![cmd("a")]).unwrap();
+    r.take_ready();
+    r.handle(env(
+        2,
+        0,
+        Message::Accept(Accept {
+            lane: 2,
+            ballot: b(0, 2),
+            entries: vec![(3, batch(&["y"]))],
+            decided_up_to: 0,
+        }),
+    ));
+    r.propose(vec![cmd("b")]).unwrap();
+    let ready = r.take_ready();
+    let kinds = |envelopes: &[Envelope], to: u32| -> Vec<&'static str> {
+        envelopes
+            .iter()
+            .filter(|e| e.to == to)
+            .map(|e| match &e.msg {
+                Message::Accept(_) => "accept",
+                Message::Accepted(_) => "accepted",
+                _ => "other",
+            })
+            .filter(|kind| *kind != "other")
+            .collect()
+    };
+    assert_eq!(
+        kinds(&ready.early, 2),
+        Vec::<&str>::new(),
+        "held for the answer"
+    );
+    assert_eq!(kinds(&ready.messages, 2), vec!["accept", "accepted"]);
+    assert_eq!(
+        kinds(&ready.early, 1),
+        vec!["accept"],
+        "peer 1 is not answered"
+    );
+    assert_eq!(kinds(&ready.messages, 1), Vec::<&str>::new());
+}

@@ -412,11 +412,30 @@ impl Replica {
                     _ => None,
                 })
                 .collect();
-            let (early, later) = std::mem::take(&mut ready.messages).into_iter().partition(
-                |e| matches!(&e.msg, Message::Accept(a) if !promising.contains(&a.lane)),
-            );
+            let (early, later): (Vec<Envelope>, Vec<Envelope>) =
+                std::mem::take(&mut ready.messages).into_iter().partition(
+                    |e| matches!(&e.msg, Message::Accept(a) if !promising.contains(&a.lane)),
+                );
+            // An accept of commands to a peer this step also answers (an `Accepted`, which
+            // waits for the sync) goes with that answer: one frame and one step of the peer's
+            // instead of two. Leaderless under load, where most steps both accept other lanes'
+            // slots and propose in their own, that is most accepts; it delays them by this
+            // step's sync, which the peer's answer already waits for. No-op skips still leave
+            // early (other lanes' commands wait on them), and leader mode is unchanged (its
+            // leader answers no accepts).
+            let answered: Vec<NodeId> = later
+                .iter()
+                .filter(|e| matches!(e.msg, Message::Accepted(_)))
+                .map(|e| e.to)
+                .collect();
+            let (held, early): (Vec<Envelope>, Vec<Envelope>) = early.into_iter().partition(|e| {
+                answered.contains(&e.to)
+                    && matches!(&e.msg, Message::Accept(a)
+                            if a.entries.iter().any(|(_, v)| matches!(v, Value::Batch(_))))
+            });
             ready.early = early;
-            ready.messages = later;
+            ready.messages = held;
+            ready.messages.extend(later);
         }
         if ready
             .persist

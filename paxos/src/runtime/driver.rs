@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use crate::ballot::Slot;
 use crate::core::{Metrics, Mode, Observation, ProposeError, ReadResult, Replica};
 use crate::messages::Envelope;
-use crate::metrics::count_message;
 use crate::storage::Storage;
 use crate::transfer::Peer;
 use crate::wire::{EntriesReply, ProposeReply, ReadIndexReply, StatusReply, answers};
@@ -65,6 +64,7 @@ pub(super) struct Driver {
     exported: Metrics,
     /// Where they are exported.
     series: crate::metrics::DriverMetrics,
+    messages: crate::metrics::MessageCounters,
     replica: Replica,
     storage: Box<dyn Storage + Send>,
     outbound: Vec<Option<Peer>>,
@@ -99,6 +99,7 @@ impl Driver {
             decided,
             exported: Metrics::default(),
             series: crate::metrics::DriverMetrics::new(),
+            messages: crate::metrics::MessageCounters::new(),
             mode: replica.config().mode,
             replica,
             storage,
@@ -145,7 +146,7 @@ impl Driver {
                 }
                 Some(envelopes) = inbound.recv() => {
                     for envelope in envelopes {
-                        count_message("received", &envelope);
+                        self.messages.received(&envelope);
                         self.replica.handle(envelope);
                     }
                 }
@@ -174,7 +175,7 @@ impl Driver {
         for _ in 0..64 {
             match inbound.try_recv() {
                 Ok(envelopes) => envelopes.into_iter().for_each(|e| {
-                    count_message("received", &e);
+                    self.messages.received(&e);
                     self.replica.handle(e);
                 }),
                 Err(_) => break,
@@ -344,7 +345,7 @@ impl Driver {
         }
         // 0: accepts whose ballot is durable leave first, so the followers' syncs overlap ours.
         for envelope in std::mem::take(&mut ready.early) {
-            count_message("sent", &envelope);
+            self.messages.sent(&envelope);
             let trace = self.trace_of(&envelope);
             if let Some(Some(peer)) = self.outbound.get(envelope.to as usize) {
                 peer.send(envelope, trace);
@@ -364,7 +365,7 @@ impl Driver {
         }
         // 3: send.
         for envelope in std::mem::take(&mut ready.messages) {
-            count_message("sent", &envelope);
+            self.messages.sent(&envelope);
             let trace = self.trace_of(&envelope);
             if let Some(Some(peer)) = self.outbound.get(envelope.to as usize) {
                 peer.send(envelope, trace);

@@ -401,6 +401,7 @@ async fn propose_stream(State(state): State<HttpState>, mut request: Request) ->
         });
         // Frames being decided at once: past this the stream is not read until some are.
         let outstanding = Arc::new(tokio::sync::Semaphore::new(MAX_PROPOSE_FRAMES_OUT));
+        let proposals = metrics::counter!(crate::metrics::PROPOSALS, "via" => "stream");
         loop {
             let Ok(permit) = outstanding.clone().acquire_owned().await else {
                 break;
@@ -419,7 +420,7 @@ async fn propose_stream(State(state): State<HttpState>, mut request: Request) ->
                 break;
             }
             let count = commands.len();
-            metrics::counter!(crate::metrics::PROPOSALS, "via" => "stream").increment(1);
+            proposals.increment(1);
             // Asked here, in the order the frames came; answered from a task of its own.
             let Some(rx) = ask(&state, |reply| LocalRequest::Propose {
                 commands,
