@@ -407,12 +407,11 @@ async fn run_propose_stream(
     loop {
         tokio::select! {
             proposal = queued.recv() => {
-                let Some(mut proposal) = proposal else { return };
-                // Batches that became ready together all queue before one write carries them
-                // (see `plumbing::burst`).
-                tokio::task::yield_now().await;
-                loop {
-                    let (commands, reply) = proposal;
+                let Some(first) = proposal else { return };
+                // Batches that became ready together all go in one write (see `plumbing::burst`).
+                let mut burst = vec![first];
+                plumbing::take_the_rest(&mut queued, &mut burst, 255).await;
+                for (commands, reply) in burst {
                     let id = next_id;
                     next_id += 1;
                     let Ok(frame) = postcard::to_stdvec(&ProposeFrame { id, commands }) else {
@@ -421,10 +420,6 @@ async fn run_propose_stream(
                     waiting.insert(id, reply);
                     if frames.feed(Bytes::from(frame)).await.is_err() {
                         return;
-                    }
-                    match queued.try_recv() {
-                        Ok(next) => proposal = next,
-                        Err(_) => break,
                     }
                 }
                 if SinkExt::<Bytes>::flush(&mut frames).await.is_err() {

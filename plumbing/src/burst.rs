@@ -25,11 +25,23 @@ pub async fn recv_burst<T>(
     buffer: &mut Vec<T>,
     limit: usize,
 ) -> usize {
-    let mut taken = queue.recv_many(buffer, limit).await;
+    let taken = queue.recv_many(buffer, limit).await;
     if taken == 0 || taken >= limit {
         return taken;
     }
+    taken + take_the_rest(queue, buffer, limit - taken).await
+}
+
+/// The second half of [`recv_burst`], for a consumer that got its first item some other way
+/// (a branch of a `select!`): yields once, then moves what is queued (at most `limit`) into
+/// `buffer`. Returns how many it moved.
+pub async fn take_the_rest<T>(
+    queue: &mut mpsc::Receiver<T>,
+    buffer: &mut Vec<T>,
+    limit: usize,
+) -> usize {
     tokio::task::yield_now().await;
+    let mut taken = 0;
     while taken < limit {
         match queue.try_recv() {
             Ok(item) => {

@@ -26,7 +26,7 @@ pub use auth::{
     TOKEN_ENV, Tokens, bearer_matches, read_cluster_token, read_or_generate_token, read_token_file,
     require_token, token_from_env, token_matches, unauthorized,
 };
-pub use burst::recv_burst;
+pub use burst::{recv_burst, take_the_rest};
 pub use process::{DieWithParent, shutdown_signal};
 pub use serve::{LINGER_BYTES, LINGER_TIME, Limits, Oversized, reject_oversized, serve};
 

@@ -645,11 +645,6 @@ pub async fn check_under_load(
     assert_eq!(counter, [counter_acknowledged as i64]);
 }
 
-/// A writer that deposits 0.01 at a time into `counter` through the front door (retrying each
-/// with its key until answered), and a reader that reads `counter` linearizably through every
-/// node in turn: a read that began after `n` deposits were acknowledged must show at least `n`
-/// cents. Returns (the reader: reads made and the stale ones, the writer: deposits
-/// acknowledged).
 /// Counter reads a load must have made for its linearizability check to mean anything.
 const MIN_COUNTER_READS: u64 = 10;
 
@@ -661,8 +656,11 @@ type CounterLoad = (
     Arc<std::sync::atomic::AtomicU64>,
 );
 
-/// Deposits into `counter` and reads it through every node in turn until `stop`: the reader's
-/// reads and stale ones, the deposits acknowledged, and the reads so far (while it runs).
+/// A writer that deposits 0.01 at a time into `counter` through the front door (retrying each
+/// with its key until answered), and a reader that reads `counter` linearizably through every
+/// node in turn, until `stop`: a read that began after `n` deposits were acknowledged must show
+/// at least `n` cents. Returns the reader (reads made and the stale ones), the writer (deposits
+/// acknowledged) and the reads so far (while it runs).
 fn linearizable_counter(
     tb: &Testbed,
     counter: &str,
