@@ -69,6 +69,11 @@ pub struct Cli {
     /// Seed of the clients' random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Run everything this many times, on fresh systems each round, and print the medians of
+    /// the ratios taken within each round: this host's speed moves within minutes, and a round
+    /// puts the systems' runs close together in time.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
 }
 
 /// The binary's `main` for everything but the testbed roles it plays.
@@ -116,6 +121,10 @@ impl Cli {
             "--warmup: at most 10 min"
         );
         anyhow::ensure!((1..=7).contains(&self.nodes), "--nodes: between 1 and 7");
+        anyhow::ensure!(
+            (1..=50).contains(&self.rounds),
+            "--rounds: between 1 and 50"
+        );
         Ok(())
     }
 }
@@ -130,39 +139,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .tempdir()
         .context("creating a data folder")?;
     let mut runs: Vec<Run> = Vec::new();
-    for &mode in &cli.modes {
-        let system = System::Bank(mode);
-        eprintln!("== {system}: starting a {}-node testbed", cli.nodes);
-        let cluster =
-            systems::Testbed::start(&exe, mode, cli.nodes, &dir.path().join(mode.as_str())).await?;
-        for &workload in &cli.workloads {
-            for &clients in &cli.clients {
-                let run = workload::run_bank(&cli, &cluster, system, workload, clients, None).await;
-                runs.push(report_progress(run?));
-            }
+    for round in 1..=cli.rounds {
+        if cli.rounds > 1 {
+            eprintln!("== round {round} of {}", cli.rounds);
         }
-        if let Some(rate) = cli.paced() {
-            let run =
-                workload::run_bank(&cli, &cluster, system, Workload::Transfers, 1, Some(rate))
-                    .await;
-            runs.push(report_progress(run?));
+        let round_dir = dir.path().join(format!("round-{round}"));
+        let first = runs.len();
+        run_round(&cli, round, &exe, &round_dir, &mut runs).await?;
+        for run in &mut runs[first..] {
+            run.round = round;
         }
-        cluster.stop().await;
-    }
-    if cli.no_etcd {
-        eprintln!("== etcd: skipped (--no-etcd): no ratios");
-    } else if cli.workloads.contains(&Workload::Transfers) {
-        eprintln!("== etcd: starting {} members", cli.nodes);
-        let etcd = systems::Etcd::start(&cli.etcd, cli.nodes, &dir.path().join("etcd")).await?;
-        for &clients in &cli.clients {
-            let run = workload::run_etcd(&cli, &etcd, clients, None).await;
-            runs.push(report_progress(run?));
-        }
-        if let Some(rate) = cli.paced() {
-            let run = workload::run_etcd(&cli, &etcd, 1, Some(rate)).await;
-            runs.push(report_progress(run?));
-        }
-        etcd.stop().await;
     }
     let tables = report::tables(&runs);
     println!("{tables}");
@@ -186,9 +172,74 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One round: every mode of the bank and etcd, each on fresh systems under `dir`, in that order
+/// in odd rounds and the reverse in even ones (so no system always runs in the same place of a
+/// round); the runs are added to `runs` as they end.
+async fn run_round(
+    cli: &Cli,
+    round: u32,
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    runs: &mut Vec<Run>,
+) -> anyhow::Result<()> {
+    let mut systems: Vec<System> = cli.modes.iter().map(|&mode| System::Bank(mode)).collect();
+    if cli.no_etcd {
+        eprintln!("== etcd: skipped (--no-etcd): no ratios");
+    } else if cli.workloads.contains(&Workload::Transfers) {
+        systems.push(System::Etcd);
+    }
+    if round.is_multiple_of(2) {
+        systems.reverse();
+    }
+    for system in systems {
+        match system {
+            System::Bank(mode) => {
+                eprintln!("== {system}: starting a {}-node testbed", cli.nodes);
+                let cluster =
+                    systems::Testbed::start(exe, mode, cli.nodes, &dir.join(mode.as_str())).await?;
+                for &workload in &cli.workloads {
+                    for &clients in &cli.clients {
+                        let run =
+                            workload::run_bank(cli, &cluster, system, workload, clients, None)
+                                .await;
+                        runs.push(report_progress(run?));
+                    }
+                }
+                if let Some(rate) = cli.paced() {
+                    let run = workload::run_bank(
+                        cli,
+                        &cluster,
+                        system,
+                        Workload::Transfers,
+                        1,
+                        Some(rate),
+                    )
+                    .await;
+                    runs.push(report_progress(run?));
+                }
+                cluster.stop().await;
+            }
+            System::Etcd => {
+                eprintln!("== etcd: starting {} members", cli.nodes);
+                let etcd = systems::Etcd::start(&cli.etcd, cli.nodes, &dir.join("etcd")).await?;
+                for &clients in &cli.clients {
+                    let run = workload::run_etcd(cli, &etcd, clients, None).await;
+                    runs.push(report_progress(run?));
+                }
+                if let Some(rate) = cli.paced() {
+                    let run = workload::run_etcd(cli, &etcd, 1, Some(rate)).await;
+                    runs.push(report_progress(run?));
+                }
+                etcd.stop().await;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn report_progress(run: Run) -> Run {
     eprintln!(
-        "   {} {} {}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} cores, {:.2} ms CPU/op, {} errors, total {}",
+        "   {} {} {}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {:.2} cores, {:.2} ms CPU/op, {} errors, total {}, host steal {}",
         run.system,
         run.workload,
         run.shape(),
@@ -202,7 +253,9 @@ fn report_progress(run: Run) -> Run {
             Some(true) => "conserved",
             Some(false) => "NOT CONSERVED",
             None => "not checked",
-        }
+        },
+        run.host_steal
+            .map_or("unknown".to_owned(), |s| format!("{:.0}%", s * 100.0)),
     );
     for what in &run.error_examples {
         eprintln!("     error: {what}");

@@ -105,6 +105,14 @@ pub struct Run {
     pub version: Option<String>,
     /// The first failures, described.
     pub error_examples: Vec<String>,
+    /// Which round of `--rounds` (from 1).
+    pub round: u32,
+    /// Share of the host's CPU time the hypervisor gave to other guests during the window
+    /// (`steal` in `/proc/stat`; `None` where the kernel does not say). A run with much steal
+    /// measured a slower machine than its neighbours did.
+    pub host_steal: Option<f64>,
+    /// Cores the load generator (this process: the clients) used, not counted in `cpu_cores`.
+    pub client_cores: Option<f64>,
 }
 
 impl Run {
@@ -185,8 +193,53 @@ pub fn summarize(
         leader: None,
         version: None,
         error_examples: Vec::new(),
+        round: 1,
+        host_steal: None,
+        client_cores: None,
     }
 }
+
+/// CPU time of the whole host so far, from the first line of `/proc/stat`, in clock ticks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostTicks {
+    /// Every state's ticks: user, nice, system, idle, iowait, irq, softirq, steal.
+    pub total: u64,
+    /// Ticks a hypervisor ran other guests while this one had work (`steal`).
+    pub steal: u64,
+}
+
+/// Parses the aggregate `cpu` line of `/proc/stat` (`cpu  user nice system idle iowait irq
+/// softirq steal guest guest_nice`; guest time is already inside user time). `None` for a line
+/// without a steal field (kernels before 2.6.11).
+pub fn parse_host_ticks(proc_stat: &str) -> Option<HostTicks> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (fields.len() == 8).then(|| HostTicks {
+        total: fields.iter().sum(),
+        steal: fields[7],
+    })
+}
+
+/// The host's CPU ticks now (`None` off Linux).
+pub fn host_ticks() -> Option<HostTicks> {
+    parse_host_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// Share of the host's CPU time stolen between two readings.
+pub fn steal_share(before: HostTicks, after: HostTicks) -> Option<f64> {
+    let total = after.total.checked_sub(before.total)?;
+    let steal = after.steal.checked_sub(before.steal)?;
+    (total > 0).then(|| steal as f64 / total as f64)
+}
+
+/// Runs with more steal than this are flagged under the tables.
+pub const STEAL_WARNING: f64 = 0.10;
 
 fn ratio(ours: f64, theirs: Option<f64>) -> String {
     match theirs {
@@ -195,17 +248,147 @@ fn ratio(ours: f64, theirs: Option<f64>) -> String {
     }
 }
 
-/// The Markdown tables: one row per run with each figure's ratio to etcd's on the same
-/// workload and client count, then CPU per process.
+/// The Markdown tables of every round (each bank figure's ratio to etcd's in the same round),
+/// then, with several rounds, the medians of the ratios.
 pub fn tables(runs: &[Run]) -> String {
+    let mut rounds: Vec<u32> = runs.iter().map(|r| r.round).collect();
+    rounds.dedup();
+    if rounds.len() <= 1 {
+        return round_tables(runs);
+    }
     let mut out = String::new();
+    for round in &rounds {
+        let of_round: Vec<Run> = runs.iter().filter(|r| r.round == *round).cloned().collect();
+        let _ = writeln!(out, "### Round {round} of {}\n", rounds.len());
+        out.push_str(&round_tables(&of_round));
+        out.push('\n');
+    }
+    out.push_str(&medians(runs));
+    out
+}
+
+/// The median of `values` (NaN when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if !values.len().is_multiple_of(2) {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Medians over rounds of each bank figure, of its ratio to etcd's in the same round, and of
+/// leaderless mode's throughput over leader mode's in the same round: ratios taken within a
+/// round and then their median, so a slow minute moves one round, not the answer.
+pub fn medians(runs: &[Run]) -> String {
+    let mut out = String::new();
+    let rounds = {
+        let mut r: Vec<u32> = runs.iter().map(|r| r.round).collect();
+        r.sort_unstable();
+        r.dedup();
+        r.len()
+    };
     let _ = writeln!(
         out,
-        "| workload | clients | system | ops/s | vs etcd | p50 ms | vs etcd | p99 ms | vs etcd | cores | CPU ms/op | vs etcd | errors | total |"
+        "### Medians over {rounds} rounds (ratios taken within each round)\n"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| workload | clients | system | ops/s | vs etcd | p50 ms | vs etcd | p99 ms | vs etcd | CPU ms/op | vs etcd | vs leader mode (ops/s) |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut shapes: Vec<(Workload, u32, Option<u64>, System)> = Vec::new();
+    for run in runs {
+        let key = (
+            run.workload,
+            run.clients,
+            run.rate.map(f64::to_bits),
+            run.system,
+        );
+        if !shapes.contains(&key) {
+            shapes.push(key);
+        }
+    }
+    let same_shape = |a: &Run, b: &Run| {
+        a.round == b.round && a.workload == b.workload && a.clients == b.clients && a.rate == b.rate
+    };
+    for (workload, clients, rate, system) in shapes {
+        let of_shape: Vec<&Run> = runs
+            .iter()
+            .filter(|r| {
+                r.workload == workload
+                    && r.clients == clients
+                    && r.rate.map(f64::to_bits) == rate
+                    && r.system == system
+            })
+            .collect();
+        let first = of_shape[0];
+        let to = |other: System, figure: fn(&Run) -> f64| -> String {
+            let ratios: Vec<f64> = of_shape
+                .iter()
+                .filter_map(|run| {
+                    let theirs = runs
+                        .iter()
+                        .find(|r| r.system == other && same_shape(r, run))?;
+                    Some(figure(run) / figure(theirs))
+                })
+                .collect();
+            if ratios.is_empty() || system == other {
+                "-".to_owned()
+            } else {
+                format!("{:.2}x", median(ratios))
+            }
+        };
+        let etcd = |figure: fn(&Run) -> f64| match system {
+            System::Bank(_) => to(System::Etcd, figure),
+            System::Etcd => "-".to_owned(),
+        };
+        let of = |figure: fn(&Run) -> f64| median(of_shape.iter().map(|r| figure(r)).collect());
+        let vs_leader = match system {
+            System::Bank(paxos::Mode::Leaderless) => {
+                to(System::Bank(paxos::Mode::Leader), |r| r.ops_per_s)
+            }
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {} | {} |",
+            workload,
+            first.shape(),
+            system,
+            of(|r| r.ops_per_s),
+            etcd(|r| r.ops_per_s),
+            of(|r| r.p50_ms),
+            etcd(|r| r.p50_ms),
+            of(|r| r.p99_ms),
+            etcd(|r| r.p99_ms),
+            of(|r| r.cpu_ms_per_op),
+            etcd(|r| r.cpu_ms_per_op),
+            vs_leader,
+        );
+    }
+    out
+}
+
+/// One round's tables: one row per run with each figure's ratio to etcd's on the same workload
+/// and client count, then CPU per process, then a warning for runs the hypervisor slowed.
+fn round_tables(runs: &[Run]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| workload | clients | system | ops/s | vs etcd | p50 ms | vs etcd | p99 ms | vs etcd | cores | CPU ms/op | vs etcd | errors | total | host steal | client cores |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
     );
     for run in runs {
         let etcd = runs.iter().find(|r| {
@@ -226,7 +409,7 @@ pub fn tables(runs: &[Run]) -> String {
         let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
             run.workload,
             run.shape(),
             run.system,
@@ -244,7 +427,11 @@ pub fn tables(runs: &[Run]) -> String {
                 Some(true) => "conserved",
                 Some(false) => "NOT CONSERVED",
                 None => "not checked (errors)",
-            }
+            },
+            run.host_steal
+                .map_or("-".to_owned(), |s| format!("{:.0}%", s * 100.0)),
+            run.client_cores
+                .map_or("-".to_owned(), |c| format!("{c:.2}")),
         );
     }
     let _ = writeln!(
@@ -269,6 +456,29 @@ pub fn tables(runs: &[Run]) -> String {
                 p.ms_per_op
             );
         }
+    }
+    let stolen: Vec<String> = runs
+        .iter()
+        .filter_map(|run| {
+            let steal = run.host_steal.filter(|s| *s > STEAL_WARNING)?;
+            Some(format!(
+                "{} {} {} ({:.0}%)",
+                run.system,
+                run.workload,
+                run.shape(),
+                steal * 100.0
+            ))
+        })
+        .collect();
+    if !stolen.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nThe hypervisor took more than {:.0}% of this host's CPU during: {}. Such a run measured \
+             a slower machine than the others; compare ratios from runs with similar steal, or take \
+             the medians of several rounds (`--rounds`).",
+            STEAL_WARNING * 100.0,
+            stolen.join(", ")
+        );
     }
     out
 }
@@ -347,5 +557,107 @@ mod tests {
         assert!(
             text.contains("| transfers | 1 client | paxos bank (leader) | paxos-0 | 1.0 | 1.000 |")
         );
+    }
+
+    fn run_of(system: System, round: u32, ops_per_s: f64, p50_ms: f64) -> Run {
+        let samples: Vec<Sample> = (1..=10).map(|i| sample(i, 1000, false)).collect();
+        let mut run = summarize(
+            system,
+            Workload::Transfers,
+            64,
+            None,
+            Duration::from_secs(1),
+            &samples,
+            vec![("p".into(), 0.01)],
+        );
+        run.round = round;
+        run.ops_per_s = ops_per_s;
+        run.p50_ms = p50_ms;
+        run
+    }
+
+    #[test]
+    fn the_host_s_steal_is_read_from_proc_stat() {
+        let before = parse_host_ticks(
+            "cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\nintr 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            before,
+            HostTicks {
+                total: 1000,
+                steal: 35
+            }
+        );
+        let after = HostTicks {
+            total: 1400,
+            steal: 135,
+        };
+        assert_eq!(steal_share(before, after), Some(0.25));
+        assert_eq!(steal_share(after, after), None, "no time passed");
+        assert_eq!(parse_host_ticks("cpu  1 2 3 4\n"), None, "no steal field");
+        assert_eq!(parse_host_ticks("intr 1\n"), None);
+    }
+
+    #[test]
+    fn a_run_with_much_steal_is_flagged_and_its_steal_shown() {
+        let mut run = run_of(System::Bank(paxos::Mode::Leader), 1, 100.0, 1.0);
+        run.host_steal = Some(0.54);
+        run.client_cores = Some(0.29);
+        let text = tables(&[run.clone()]);
+        let row = text
+            .lines()
+            .find(|l| l.contains("paxos bank (leader)"))
+            .unwrap();
+        assert!(row.ends_with("| 54% | 0.29 |"), "{row}");
+        assert!(text.contains("more than 10% of this host's CPU during: paxos bank (leader) transfers 64 clients (54%)"), "{text}");
+        run.host_steal = Some(0.02);
+        assert!(!tables(&[run]).contains("The hypervisor took"));
+    }
+
+    #[test]
+    fn medians_are_of_ratios_taken_within_each_round() {
+        let leader = System::Bank(paxos::Mode::Leader);
+        let leaderless = System::Bank(paxos::Mode::Leaderless);
+        // Ratios to etcd by round: 2x, 3x, 4x (median 3x); the ratio of the medians of ops/s
+        // (10 / 5) would say 2x. Leaderless over leader: 0.5, 0.9, 1.0 (median 0.9).
+        let runs = vec![
+            run_of(leader, 1, 10.0, 4.0),
+            run_of(leaderless, 1, 5.0, 4.0),
+            run_of(System::Etcd, 1, 5.0, 8.0),
+            run_of(leader, 2, 30.0, 4.0),
+            run_of(leaderless, 2, 27.0, 4.0),
+            run_of(System::Etcd, 2, 10.0, 8.0),
+            run_of(leader, 3, 8.0, 4.0),
+            run_of(leaderless, 3, 8.0, 4.0),
+            run_of(System::Etcd, 3, 2.0, 8.0),
+        ];
+        let text = tables(&runs);
+        assert!(text.contains("### Round 3 of 3"), "{text}");
+        let medians = text.split("### Medians over 3 rounds").nth(1).expect(&text);
+        let row = |system: &str| {
+            medians
+                .lines()
+                .find(|l| l.contains(&format!("| {system} |")))
+                .unwrap_or_else(|| panic!("{system}: {medians}"))
+                .to_owned()
+        };
+        let leader_row = row("paxos bank (leader)");
+        assert!(
+            leader_row.contains("| 10 | 3.00x | 4.00 | 0.50x |"),
+            "{leader_row}"
+        );
+        assert!(leader_row.ends_with("| - |"), "{leader_row}");
+        let leaderless_row = row("paxos bank (leaderless)");
+        assert!(leaderless_row.ends_with("| 0.90x |"), "{leaderless_row}");
+        let etcd_row = row("etcd");
+        assert!(etcd_row.contains("| 5 | - |"), "{etcd_row}");
+        // Each round's own table takes its ratios from its own etcd run.
+        let round2 = text.split("### Round 2 of 3").nth(1).unwrap();
+        let round2_leader = round2
+            .lines()
+            .find(|l| l.contains("paxos bank (leader)"))
+            .unwrap();
+        assert!(round2_leader.contains("| 30 | 3.00x |"), "{round2_leader}");
     }
 }

@@ -112,14 +112,29 @@ impl ClientEnd {
     }
 }
 
-/// Every client's samples in the window (the rest merged) and the CPU of `processes` over the
-/// window.
+/// What the host did during a measured window besides the system's processes.
+struct Host {
+    /// Share of the host's CPU time stolen by the hypervisor.
+    steal: Option<f64>,
+    /// Cores the load generator (this process) used.
+    client_cores: Option<f64>,
+}
+
+impl Host {
+    fn record(self, run: &mut Run) {
+        run.host_steal = self.steal;
+        run.client_cores = self.client_cores;
+    }
+}
+
+/// Every client's samples in the window (the rest merged), the CPU of `processes` over the
+/// window, and what the host did meanwhile.
 async fn drive<F, Fut>(
     cli: &Cli,
     clients: u32,
     processes: &[Process],
     client: F,
-) -> (ClientEnd, Vec<(String, f64)>)
+) -> (ClientEnd, Vec<(String, f64)>, Host)
 where
     F: Fn(u32, Instant, Instant) -> Fut,
     Fut: std::future::Future<Output = ClientEnd> + Send + 'static,
@@ -132,8 +147,18 @@ where
         .collect();
     tokio::time::sleep_until(window_start.into()).await;
     let before: Vec<Option<f64>> = processes.iter().map(|p| cpu_seconds(p.pid)).collect();
+    let (host_before, client_before) = (report::host_ticks(), cpu_seconds(std::process::id()));
     tokio::time::sleep_until(window_end.into()).await;
     let after: Vec<Option<f64>> = processes.iter().map(|p| cpu_seconds(p.pid)).collect();
+    let (host_after, client_after) = (report::host_ticks(), cpu_seconds(std::process::id()));
+    let host = Host {
+        steal: host_before
+            .zip(host_after)
+            .and_then(|(b, a)| report::steal_share(b, a)),
+        client_cores: client_before
+            .zip(client_after)
+            .map(|(b, a)| (a - b) / cli.duration.as_secs_f64()),
+    };
     let cpu = processes
         .iter()
         .zip(before.iter().zip(&after))
@@ -158,7 +183,7 @@ where
     let from = window_start.duration_since(start);
     let to = window_end.duration_since(start);
     all.samples.retain(|s| s.end >= from && s.end <= to);
-    (all, cpu)
+    (all, cpu, host)
 }
 
 fn http_client() -> anyhow::Result<reqwest::Client> {
@@ -343,7 +368,7 @@ pub async fn run_bank(
     let opening = bank_total(&testbed.url, &ids).await?;
     let url: Arc<str> = testbed.url.as_str().into();
     let seed = cli.seed;
-    let (all, cpu) = drive(cli, clients, &testbed.processes, |i, start, end| {
+    let (all, cpu, host) = drive(cli, clients, &testbed.processes, |i, start, end| {
         let (ids, url) = (ids.clone(), url.clone());
         async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (u64::from(i) << 32));
@@ -393,6 +418,7 @@ pub async fn run_bank(
         &all.samples,
         cpu,
     );
+    host.record(&mut run);
     run.conserved = conserved;
     run.error_examples = all.errors;
     run.total_cents = Some(closing);
@@ -500,7 +526,7 @@ pub async fn run_etcd(
     let opening = etcd_total(&mut kv, cli.accounts).await?;
     let accounts = cli.accounts as usize;
     let seed = cli.seed;
-    let (all, cpu) = drive(cli, clients, &etcd.processes, |i, start, end| {
+    let (all, cpu, host) = drive(cli, clients, &etcd.processes, |i, start, end| {
         let mut kv = kv.clone();
         async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (u64::from(i) << 32));
@@ -546,6 +572,7 @@ pub async fn run_etcd(
         &all.samples,
         cpu,
     );
+    host.record(&mut run);
     run.error_examples = all.errors;
     // A transfer is both writes or neither whatever the errors: the total must hold exactly.
     run.conserved = Some(closing == opening);

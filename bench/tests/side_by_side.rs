@@ -127,3 +127,67 @@ fn bank_and_etcd_run_the_same_transfers_and_conserve_their_totals() {
         }
     }
 }
+
+/// `--rounds`: every round runs on fresh systems, even rounds in the reverse order, and the
+/// tables end with the medians of the ratios taken within each round (here leaderless mode's
+/// throughput over leader mode's). Each run records the host's steal and the clients' CPU.
+#[test]
+fn rounds_alternate_their_order_and_end_with_medians() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("runs.json");
+    let markdown = dir.path().join("runs.md");
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--rounds", "2", "--no-etcd", "--paced-rate", "0"])
+        .args(["--duration", "1s", "--warmup", "0s", "--clients", "2"])
+        .args(["--modes", "leader,leaderless", "--workloads", "transfers"])
+        .args(["--accounts", "10"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--markdown")
+        .arg(&markdown)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let order: Vec<(u64, String)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["round"].as_u64().unwrap(),
+                r["system"]["bank"].to_string(),
+            )
+        })
+        .collect();
+    let (leader, leaderless) = (r#""leader""#.to_owned(), r#""leaderless""#.to_owned());
+    assert_eq!(
+        order,
+        vec![
+            (1, leader.clone()),
+            (1, leaderless.clone()),
+            (2, leaderless),
+            (2, leader)
+        ],
+        "{stderr}"
+    );
+    for run in &runs {
+        let steal = run["host_steal"].as_f64().expect("Linux says its steal");
+        assert!((0.0..=1.0).contains(&steal), "{run}");
+        assert!(run["client_cores"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    let table = std::fs::read_to_string(&markdown).unwrap();
+    assert!(table.contains("### Round 2 of 2"), "{table}");
+    let medians = table
+        .split("### Medians over 2 rounds")
+        .nth(1)
+        .expect(&table);
+    let leaderless_row = medians
+        .lines()
+        .find(|l| l.contains("| paxos bank (leaderless) |"))
+        .expect(medians);
+    assert!(
+        leaderless_row.trim_end().ends_with("x |"),
+        "leaderless over leader: {leaderless_row}"
+    );
+}
