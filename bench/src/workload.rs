@@ -213,14 +213,6 @@ async fn post(
     Ok((status, body))
 }
 
-/// An answer that is not among `expected` as an error.
-fn unexpected(answer: &Result<(u16, serde_json::Value), String>) -> Outcome {
-    match answer {
-        Ok((status, body)) => Outcome::Error(format!("{status} {body}")),
-        Err(e) => Outcome::Error(e.clone()),
-    }
-}
-
 /// Opens `n` accounts with 1,000.00 each; their ids.
 async fn open_accounts(url: &str, n: u32) -> anyhow::Result<Vec<String>> {
     let client = reqwest::Client::builder()
@@ -281,10 +273,85 @@ async fn bank_total(url: &str, ids: &[String]) -> anyhow::Result<i64> {
     Ok(total)
 }
 
+/// The bank's URLs one client calls, parsed once (not per request).
+struct Endpoints {
+    move_money: reqwest::Url,
+    deposit_money: reqwest::Url,
+    withdraw_money: reqwest::Url,
+    check_account: reqwest::Url,
+}
+
+impl Endpoints {
+    fn new(base: &str) -> Result<Endpoints, String> {
+        let parse = |path: &str| {
+            reqwest::Url::parse(&format!("{base}{path}")).map_err(|e| format!("{base}{path}: {e}"))
+        };
+        Ok(Endpoints {
+            move_money: parse("/move_money")?,
+            deposit_money: parse("/deposit_money")?,
+            withdraw_money: parse("/withdraw_money")?,
+            check_account: parse("/check_account")?,
+        })
+    }
+}
+
+/// `{"account_id": ...}`.
+#[derive(serde::Serialize)]
+struct AccountRef<'a> {
+    account_id: &'a str,
+}
+
+/// The body of `POST /move_money`.
+#[derive(serde::Serialize)]
+struct MoveBody<'a> {
+    source: AccountRef<'a>,
+    destination: AccountRef<'a>,
+    amount: &'a str,
+}
+
+/// The body of `POST /deposit_money` and `POST /withdraw_money`.
+#[derive(serde::Serialize)]
+struct AmountBody<'a> {
+    account_id: &'a str,
+    amount: &'a str,
+}
+
+/// The status of a POST of `body` (as JSON), and its answer's bytes when the status is not one
+/// of `expected` (to describe it); or what went wrong. The load generator shares the cores with
+/// the system it measures, so it builds no JSON tree and parses no answer it does not need.
+async fn post_step(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    body: &impl serde::Serialize,
+    expected: &[u16],
+) -> Result<u16, String> {
+    let body = serde_json::to_vec(body).map_err(|e| format!("POST {url}: {e}"))?;
+    let response = client
+        .post(url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let answer = response
+        .bytes()
+        .await
+        .map_err(|e| format!("POST {url}: {status}, {e}"))?;
+    if expected.contains(&status) {
+        Ok(status)
+    } else {
+        Err(format!(
+            "POST {url}: {status} {}",
+            String::from_utf8_lossy(&answer)
+        ))
+    }
+}
+
 /// One operation of the bank's workload; mixed steps drawn from `roll` (0..100).
 async fn bank_step(
     client: &reqwest::Client,
-    url: &str,
+    urls: &Endpoints,
     ids: &[String],
     workload: Workload,
     rng: &mut rand::rngs::StdRng,
@@ -294,60 +361,56 @@ async fn bank_step(
         Workload::Transfers => 0,
         Workload::Mixed => rng.random_range(0..100),
     };
-    let answer = match roll {
+    let money = amount(cents);
+    let amount = money.as_str();
+    let (from, to) = (ids[from].as_str(), ids[to].as_str());
+    match roll {
+        // 409: insufficient funds, an answer the bank's rules call for.
         0..40 => {
-            post(
-                client,
-                &format!("{url}/move_money"),
-                json!({"source": {"account_id": ids[from]}, "destination": {"account_id": ids[to]}, "amount": amount(cents)}),
-            )
-            .await
+            let body = MoveBody {
+                source: AccountRef { account_id: from },
+                destination: AccountRef { account_id: to },
+                amount,
+            };
+            match post_step(client, &urls.move_money, &body, &[200, 409]).await {
+                Ok(_) => Outcome::Done,
+                Err(e) => Outcome::Error(e),
+            }
         }
         40..65 => {
-            let answer = post(
-                client,
-                &format!("{url}/deposit_money"),
-                json!({"account_id": ids[from], "amount": amount(cents)}),
-            )
-            .await;
-            return match answer {
-                Ok((200, _)) => Outcome::Changed(cents),
-                _ => unexpected(&answer),
+            let body = AmountBody {
+                account_id: from,
+                amount,
             };
+            match post_step(client, &urls.deposit_money, &body, &[200]).await {
+                Ok(_) => Outcome::Changed(cents),
+                Err(e) => Outcome::Error(e),
+            }
         }
         65..80 => {
-            let answer = post(
-                client,
-                &format!("{url}/withdraw_money"),
-                json!({"account_id": ids[from], "amount": amount(cents)}),
-            )
-            .await;
-            return match answer {
-                Ok((200, _)) => Outcome::Changed(-cents),
-                Ok((409, _)) => Outcome::Done,
-                _ => unexpected(&answer),
+            let body = AmountBody {
+                account_id: from,
+                amount,
             };
+            match post_step(client, &urls.withdraw_money, &body, &[200, 409]).await {
+                Ok(200) => Outcome::Changed(-cents),
+                Ok(_) => Outcome::Done,
+                Err(e) => Outcome::Error(e),
+            }
         }
         _ => {
-            let response = client
-                .get(format!("{url}/check_account"))
-                .query(&[("account_id", &ids[from])])
-                .send()
-                .await;
-            return match response {
+            let mut url = urls.check_account.clone();
+            url.query_pairs_mut().append_pair("account_id", from);
+            let response = client.get(url).send().await;
+            match response {
                 Ok(r) if r.status() == 200 => match r.bytes().await {
                     Ok(_) => Outcome::Done,
                     Err(e) => Outcome::Error(format!("GET check_account: {e}")),
                 },
                 Ok(r) => Outcome::Error(format!("GET check_account: {}", r.status())),
                 Err(e) => Outcome::Error(format!("GET check_account: {e}")),
-            };
+            }
         }
-    };
-    match answer {
-        // 409: insufficient funds, an answer the bank's rules call for.
-        Ok((200 | 409, _)) => Outcome::Done,
-        _ => unexpected(&answer),
     }
 }
 
@@ -373,8 +436,11 @@ pub async fn run_bank(
         async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (u64::from(i) << 32));
             let mut mine = ClientEnd::default();
-            let client = match http_client() {
-                Ok(client) => client,
+            let (client, urls) = match http_client().map_err(|e| e.to_string()).and_then(|c| {
+                let urls = Endpoints::new(&url)?;
+                Ok((c, urls))
+            }) {
+                Ok(ready) => ready,
                 Err(e) => {
                     mine.failed(format!("building an HTTP client: {e}"));
                     return mine;
@@ -384,7 +450,7 @@ pub async fn run_bank(
             while Instant::now() < end {
                 pace.wait().await;
                 let began = Instant::now();
-                let outcome = bank_step(&client, &url, &ids, workload, &mut rng).await;
+                let outcome = bank_step(&client, &urls, &ids, workload, &mut rng).await;
                 let mut sample = Sample::new(start, began, false);
                 match outcome {
                     Outcome::Done => {}
