@@ -113,6 +113,11 @@ pub struct Run {
     pub host_steal: Option<f64>,
     /// Cores the load generator (this process: the clients) used, not counted in `cpu_cores`.
     pub client_cores: Option<f64>,
+    /// The disk's speed just before the run: the median of [`FSYNC_PROBES`] 4 KiB appends, each
+    /// followed by `fdatasync`, in the temporary folder the systems keep their data in, in ms.
+    /// Both systems sync every write to a majority; etcd syncs per transaction, so its
+    /// throughput follows this figure closely.
+    pub disk_sync_ms: Option<f64>,
 }
 
 impl Run {
@@ -196,7 +201,28 @@ pub fn summarize(
         round: 1,
         host_steal: None,
         client_cores: None,
+        disk_sync_ms: None,
     }
+}
+
+/// Appends timed by [`disk_sync_ms`].
+pub const FSYNC_PROBES: usize = 20;
+
+/// The median time, in ms, of [`FSYNC_PROBES`] 4 KiB appends to a new file in `dir`, each
+/// followed by `fdatasync` (blocking: call it off the runtime). An error if the folder is not
+/// writable.
+pub fn disk_sync_ms(dir: &std::path::Path) -> std::io::Result<f64> {
+    use std::io::Write as _;
+    let mut file = tempfile::tempfile_in(dir)?;
+    let block = [0x5a_u8; 4096];
+    let mut times = Vec::with_capacity(FSYNC_PROBES);
+    for _ in 0..FSYNC_PROBES {
+        let started = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(times))
 }
 
 /// CPU time of the whole host so far, from the first line of `/proc/stat`, in clock ticks.
@@ -384,11 +410,11 @@ fn round_tables(runs: &[Run]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| workload | clients | system | ops/s | vs etcd | p50 ms | vs etcd | p99 ms | vs etcd | cores | CPU ms/op | vs etcd | errors | total | host steal | client cores |"
+        "| workload | clients | system | ops/s | vs etcd | p50 ms | vs etcd | p99 ms | vs etcd | cores | CPU ms/op | vs etcd | errors | total | host steal | client cores | disk sync ms |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
     );
     for run in runs {
         let etcd = runs.iter().find(|r| {
@@ -409,7 +435,7 @@ fn round_tables(runs: &[Run]) -> String {
         let dash = |s: String| if s.is_empty() { "-".to_owned() } else { s };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
             run.workload,
             run.shape(),
             run.system,
@@ -432,6 +458,8 @@ fn round_tables(runs: &[Run]) -> String {
                 .map_or("-".to_owned(), |s| format!("{:.0}%", s * 100.0)),
             run.client_cores
                 .map_or("-".to_owned(), |c| format!("{c:.2}")),
+            run.disk_sync_ms
+                .map_or("-".to_owned(), |ms| format!("{ms:.2}")),
         );
     }
     let _ = writeln!(
@@ -600,6 +628,22 @@ mod tests {
     }
 
     #[test]
+    fn the_disk_s_sync_time_is_measured_in_the_given_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let ms = disk_sync_ms(dir.path()).unwrap();
+        assert!(ms.is_finite() && ms > 0.0, "{ms}");
+        assert!(
+            disk_sync_ms(&dir.path().join("missing")).is_err(),
+            "a folder that is not there is an error, not a figure"
+        );
+        let mut run = run_of(System::Etcd, 1, 100.0, 1.0);
+        run.disk_sync_ms = Some(0.123);
+        let text = tables(&[run]);
+        let row = text.lines().find(|l| l.contains("| etcd |")).unwrap();
+        assert!(row.ends_with("| 0.12 |"), "{row}");
+    }
+
+    #[test]
     fn a_run_with_much_steal_is_flagged_and_its_steal_shown() {
         let mut run = run_of(System::Bank(paxos::Mode::Leader), 1, 100.0, 1.0);
         run.host_steal = Some(0.54);
@@ -609,7 +653,7 @@ mod tests {
             .lines()
             .find(|l| l.contains("paxos bank (leader)"))
             .unwrap();
-        assert!(row.ends_with("| 54% | 0.29 |"), "{row}");
+        assert!(row.ends_with("| 54% | 0.29 | - |"), "{row}");
         assert!(text.contains("more than 10% of this host's CPU during: paxos bank (leader) transfers 64 clients (54%)"), "{text}");
         run.host_steal = Some(0.02);
         assert!(!tables(&[run]).contains("The hypervisor took"));

@@ -118,12 +118,15 @@ struct Host {
     steal: Option<f64>,
     /// Cores the load generator (this process) used.
     client_cores: Option<f64>,
+    /// The disk's sync time just before the run.
+    disk_sync_ms: Option<f64>,
 }
 
 impl Host {
     fn record(self, run: &mut Run) {
         run.host_steal = self.steal;
         run.client_cores = self.client_cores;
+        run.disk_sync_ms = self.disk_sync_ms;
     }
 }
 
@@ -139,6 +142,10 @@ where
     F: Fn(u32, Instant, Instant) -> Fut,
     Fut: std::future::Future<Output = ClientEnd> + Send + 'static,
 {
+    let disk_sync_ms = tokio::task::spawn_blocking(|| report::disk_sync_ms(&std::env::temp_dir()))
+        .await
+        .ok()
+        .and_then(Result::ok);
     let start = Instant::now();
     let window_start = start + cli.warmup;
     let window_end = window_start + cli.duration;
@@ -158,6 +165,7 @@ where
         client_cores: client_before
             .zip(client_after)
             .map(|(b, a)| (a - b) / cli.duration.as_secs_f64()),
+        disk_sync_ms,
     };
     let cpu = processes
         .iter()

@@ -130,7 +130,8 @@ fn bank_and_etcd_run_the_same_transfers_and_conserve_their_totals() {
 
 /// `--rounds`: every round runs on fresh systems, even rounds in the reverse order, and the
 /// tables end with the medians of the ratios taken within each round (here leaderless mode's
-/// throughput over leader mode's). Each run records the host's steal and the clients' CPU.
+/// throughput over leader mode's). Each run records the host's steal, the clients' CPU and the
+/// disk's sync time.
 #[test]
 fn rounds_alternate_their_order_and_end_with_medians() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,6 +176,7 @@ fn rounds_alternate_their_order_and_end_with_medians() {
         let steal = run["host_steal"].as_f64().expect("Linux says its steal");
         assert!((0.0..=1.0).contains(&steal), "{run}");
         assert!(run["client_cores"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(run["disk_sync_ms"].as_f64().unwrap() > 0.0, "{run}");
     }
     let table = std::fs::read_to_string(&markdown).unwrap();
     assert!(table.contains("### Round 2 of 2"), "{table}");
