@@ -324,9 +324,10 @@ struct AmountBody<'a> {
     amount: &'a str,
 }
 
-/// The status of a POST of `body` (as JSON), and its answer's bytes when the status is not one
-/// of `expected` (to describe it); or what went wrong. The load generator shares the cores with
-/// the system it measures, so it builds no JSON tree and parses no answer it does not need.
+/// The status of a POST of `body` (as JSON) when it is one of `expected`; otherwise an error
+/// naming the status and the answer's text, or what went wrong. The load generator shares the
+/// cores with the system it measures, so it builds no JSON tree and parses no answer it does not
+/// need.
 async fn post_step(
     client: &reqwest::Client,
     url: &reqwest::Url,
