@@ -149,6 +149,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         for run in &mut runs[first..] {
             run.round = round;
         }
+        // Every round starts fresh systems: the last one's data (logs, stores, etcd's WAL)
+        // would only fill the disk over up to 50 rounds.
+        if let Err(err) = std::fs::remove_dir_all(&round_dir) {
+            eprintln!("   could not remove {}: {err}", round_dir.display());
+        }
     }
     let tables = report::tables(&runs);
     println!("{tables}");

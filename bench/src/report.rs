@@ -277,8 +277,7 @@ fn ratio(ours: f64, theirs: Option<f64>) -> String {
 /// The Markdown tables of every round (each bank figure's ratio to etcd's in the same round),
 /// then, with several rounds, the medians of the ratios.
 pub fn tables(runs: &[Run]) -> String {
-    let mut rounds: Vec<u32> = runs.iter().map(|r| r.round).collect();
-    rounds.dedup();
+    let rounds = rounds_of(runs);
     if rounds.len() <= 1 {
         return round_tables(runs);
     }
@@ -291,6 +290,14 @@ pub fn tables(runs: &[Run]) -> String {
     }
     out.push_str(&medians(runs));
     out
+}
+
+/// The rounds `runs` come from, in order, each once.
+fn rounds_of(runs: &[Run]) -> Vec<u32> {
+    let mut rounds: Vec<u32> = runs.iter().map(|r| r.round).collect();
+    rounds.sort_unstable();
+    rounds.dedup();
+    rounds
 }
 
 /// The median of `values` (NaN when empty).
@@ -313,12 +320,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// round and then their median, so a slow minute moves one round, not the answer.
 pub fn medians(runs: &[Run]) -> String {
     let mut out = String::new();
-    let rounds = {
-        let mut r: Vec<u32> = runs.iter().map(|r| r.round).collect();
-        r.sort_unstable();
-        r.dedup();
-        r.len()
-    };
+    let rounds = rounds_of(runs).len();
     let _ = writeln!(
         out,
         "### Medians over {rounds} rounds (ratios taken within each round)\n"
