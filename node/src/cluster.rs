@@ -40,6 +40,8 @@ pub struct ClusterOptions {
     pub token: String,
     /// Most client commands waiting for their outcome at once.
     pub max_waiting: usize,
+    /// Most proposal batches out to paxos at once (at least 1).
+    pub proposals_in_flight: usize,
     /// Hand paxos a store snapshot every this many applied slots (at least; see
     /// [`compaction_interval`]).
     pub compact_every: u64,
@@ -220,17 +222,33 @@ impl ClusterLog {
         });
     }
 
-    /// Sends waiting proposals to paxos many per call (up to 32 calls in flight), so the node
-    /// and paxos pay one HTTP round trip per batch instead of per client request.
+    /// Sends waiting proposals to paxos many per call, at most
+    /// [`ClusterOptions::proposals_in_flight`] calls out at once (each answered when its
+    /// commands are decided), so the node and paxos pay one round per batch instead of per
+    /// client request, and the batches grow with the load: with one call out, every command
+    /// that arrives during a consensus round leaves in the next batch. At 64 clients on two
+    /// cores, 1 call out against 32 gave 1.03-1.21x the transfers in leader mode and
+    /// 1.04-1.16x in leaderless mode, at less CPU per operation (docs/performance.md).
     async fn propose_batches(
         self: Arc<Self>,
         mut queue: tokio::sync::mpsc::Receiver<ProposeSlot>,
         shutdown: CancellationToken,
     ) {
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(32));
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(
+            self.options.proposals_in_flight.max(1),
+        ));
         let mut batch = Vec::with_capacity(512);
         let mut stream = StreamSlot::default();
         loop {
+            // The permit first: commands that arrive while every permit is out wait in the
+            // queue and leave together in the next batch.
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => return,
+                permit = in_flight.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
                 // Handlers a step woke together all queue first (see `plumbing::burst`).
@@ -239,9 +257,6 @@ impl ClusterLog {
             if received == 0 {
                 return;
             }
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
-            };
             let mut commands = Vec::with_capacity(batch.len());
             let mut traces = Vec::new();
             let mut replies = Vec::with_capacity(batch.len());

@@ -44,6 +44,13 @@ pub struct Config {
     #[arg(long, env = "BANK_MAX_BATCH", default_value_t = 1_024)]
     pub max_batch: usize,
 
+    /// Cluster mode: most proposal batches out to paxos at once, each waiting to be decided.
+    /// Commands that arrive while every batch is out wait and leave together in the next one,
+    /// so batches grow with the load instead of the calls (1: the most batching; a lone
+    /// command never waits).
+    #[arg(long, env = "BANK_PROPOSALS_IN_FLIGHT", default_value_t = 1)]
+    pub proposals_in_flight: usize,
+
     /// Commands waiting to be applied before new ones get 503 overloaded.
     #[arg(long, env = "BANK_QUEUE_CAPACITY", default_value_t = 16_384)]
     pub queue_capacity: usize,
@@ -122,6 +129,7 @@ impl Config {
             format!("--data-dir={}", self.data_dir.display()),
             format!("--idempotency-retention={}", self.idempotency_retention),
             format!("--max-batch={}", self.max_batch),
+            format!("--proposals-in-flight={}", self.proposals_in_flight),
             format!("--queue-capacity={}", self.queue_capacity),
             format!("--request-timeout-ms={}", self.request_timeout_ms),
             format!("--max-body-bytes={}", self.max_body_bytes),
@@ -198,6 +206,13 @@ impl Config {
         check(
             (1..=65_536).contains(&self.max_batch),
             format!("--max-batch must be 1..=65536, got {}", self.max_batch),
+        )?;
+        check(
+            (1..=64).contains(&self.proposals_in_flight),
+            format!(
+                "--proposals-in-flight must be 1..=64, got {}",
+                self.proposals_in_flight
+            ),
         )?;
         check(
             (1..=1_048_576).contains(&self.queue_capacity),
@@ -345,6 +360,14 @@ mod tests {
             err.contains("--max-batch") && err.contains("got 0"),
             "{err}"
         );
+        for bad in ["0", "65"] {
+            let config = Config::parse_from(["node", "--proposals-in-flight", bad]);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("--proposals-in-flight") && err.contains(&format!("got {bad}")),
+                "{err}"
+            );
+        }
         let config = Config::parse_from([
             "node",
             "--listen",

@@ -89,6 +89,7 @@ pub async fn run(
                 peers_public: config.peers_public.clone(),
                 token: token.clone(),
                 max_waiting: config.queue_capacity,
+                proposals_in_flight: config.proposals_in_flight,
                 compact_every: config.compact_every,
             };
             let log =

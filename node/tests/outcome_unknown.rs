@@ -95,6 +95,7 @@ async fn submit_via(paxos: SocketAddr) -> Result<Outcome, SubmitError> {
         peers_public: vec!["http://127.0.0.1:1".into()],
         token: common::TOKEN.into(),
         max_waiting: 16,
+        proposals_in_flight: 1,
         compact_every: 10_000,
     };
     let log = ClusterLog::start(options, store, shutdown.clone(), CancellationToken::new())

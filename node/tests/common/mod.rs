@@ -271,6 +271,7 @@ pub fn cluster_options(mode: paxos::Mode, paxos_url: String) -> node::cluster::C
         peers_public: vec!["http://127.0.0.1:1".into()],
         token: TOKEN.into(),
         max_waiting: 256,
+        proposals_in_flight: 1,
         compact_every: 10_000,
     }
 }

@@ -1,0 +1,162 @@
+//! A node keeps at most `proposals_in_flight` proposal batches out to paxos, each answered once
+//! its commands are decided; commands that arrive while every batch is out wait and leave
+//! together in the next one, so batches grow with the load instead of the calls.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use node::cluster::{ClusterLog, ClusterOptions};
+use node::command::{AccountId, Command, Operation};
+use node::log::Log;
+use node::store::{EmbeddedStore, Store, StoreOptions};
+use tokio_util::sync::CancellationToken;
+
+/// What the stand-in paxos saw: proposal calls, the most out at once, and each call's size.
+#[derive(Default)]
+struct Calls {
+    made: AtomicUsize,
+    out: AtomicUsize,
+    most_out: AtomicUsize,
+    sizes: std::sync::Mutex<Vec<usize>>,
+    log: std::sync::Mutex<Vec<axum::body::Bytes>>,
+}
+
+/// A paxos process without the propose stream (the node then proposes by `POST
+/// /local/propose`) that decides each call's commands 200 ms after it came.
+async fn slow_paxos(calls: Arc<Calls>) -> String {
+    async fn propose(State(calls): State<Arc<Calls>>, body: axum::body::Bytes) -> Vec<u8> {
+        let commands: Vec<axum::body::Bytes> = postcard::from_bytes(&body).unwrap();
+        calls.made.fetch_add(1, Ordering::SeqCst);
+        let out = calls.out.fetch_add(1, Ordering::SeqCst) + 1;
+        calls.most_out.fetch_max(out, Ordering::SeqCst);
+        calls.sizes.lock().unwrap().push(commands.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let replies: Vec<paxos::wire::ProposeReply> = {
+            let mut log = calls.log.lock().unwrap();
+            commands
+                .into_iter()
+                .map(|command| {
+                    log.push(command);
+                    paxos::wire::ProposeReply::Decided {
+                        slot: log.len() as u64,
+                    }
+                })
+                .collect()
+        };
+        calls.out.fetch_sub(1, Ordering::SeqCst);
+        postcard::to_stdvec(&replies).unwrap()
+    }
+    async fn entries(
+        State(calls): State<Arc<Calls>>,
+        axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, u64>>,
+    ) -> Vec<u8> {
+        let from = q.get("from").copied().unwrap_or(1).max(1);
+        for _ in 0..50 {
+            let found: Vec<(u64, paxos::Value)> = {
+                let log = calls.log.lock().unwrap();
+                (from..=log.len() as u64)
+                    .map(|slot| {
+                        let command = log[slot as usize - 1].clone();
+                        (slot, paxos::Value::Batch(Arc::new(vec![command])))
+                    })
+                    .collect()
+            };
+            if !found.is_empty() {
+                return postcard::to_stdvec(&paxos::wire::EntriesReply::Entries(found)).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        postcard::to_stdvec(&paxos::wire::EntriesReply::Entries(Vec::new())).unwrap()
+    }
+    let app = Router::new()
+        .route("/local/propose", axum::routing::post(propose))
+        .route("/local/entries", axum::routing::get(entries))
+        .with_state(calls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+fn open_account() -> Command {
+    Command {
+        op: Operation::OpenAccount {
+            account_id: AccountId::random(),
+        },
+        idempotency_key: None,
+        request_id: None,
+    }
+}
+
+/// One command, then 3 waves of 10 while its batch is out (50 ms apart); every command is
+/// applied. What the stand-in saw.
+async fn waves(proposals_in_flight: usize) -> Arc<Calls> {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open_in_dir(dir.path(), StoreOptions::default()).unwrap());
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let calls = Arc::new(Calls::default());
+    let options = ClusterOptions {
+        proposals_in_flight,
+        ..common::cluster_options(paxos::Mode::Leaderless, slow_paxos(calls.clone()).await)
+    };
+    let log = ClusterLog::start(options, store, shutdown.clone(), CancellationToken::new())
+        .await
+        .unwrap();
+    let submit = |log: &Arc<ClusterLog>| {
+        let log = log.clone();
+        tokio::spawn(async move { log.submit(open_account()).await })
+    };
+    let mut submitted = vec![submit(&log)];
+    while calls.made.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..3 {
+        submitted.extend((0..10).map(|_| submit(&log)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for outcome in submitted {
+        tokio::time::timeout(Duration::from_secs(20), outcome)
+            .await
+            .expect("answered")
+            .unwrap()
+            .expect("applied");
+    }
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_batch_out_the_commands_that_arrive_meanwhile_leave_together() {
+    let calls = waves(1).await;
+    assert_eq!(
+        calls.most_out.load(Ordering::SeqCst),
+        1,
+        "one call out at a time"
+    );
+    let sizes = calls.sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 31);
+    // The 30 arrive within about 110 ms of the first call's 200: they leave together (a third
+    // call only if the machine delayed one of them past the first call's answer).
+    assert!(
+        sizes[0] == 1 && sizes.len() <= 3 && sizes[1] >= 20,
+        "calls of {sizes:?} commands"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_limit_lets_the_waves_leave_while_a_batch_is_out() {
+    let calls = waves(4).await;
+    let sizes = calls.sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 31);
+    assert!(
+        (2..=4).contains(&calls.most_out.load(Ordering::SeqCst)) && sizes.len() >= 3,
+        "calls of {sizes:?} commands, {} out at most",
+        calls.most_out.load(Ordering::SeqCst)
+    );
+}
