@@ -44,6 +44,10 @@ pub const OPENING_CENTS: i64 = 100_000;
 /// Longest wait for one answer (a slower answer is an error).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest answer a bank client reads (the bank's to these requests are under 1 KiB; a larger
+/// one is an error).
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
 /// A transfer or mixed-workload step between `from` and `to` (distinct) of `amount` cents.
 fn pick(rng: &mut rand::rngs::StdRng, accounts: usize) -> (usize, usize, i64) {
     let from = rng.random_range(0..accounts);
@@ -351,14 +355,14 @@ impl BankConnection {
     /// The status and whole body of the answer to `exchange`, within [`REQUEST_TIMEOUT`], or
     /// what went wrong (and the connection is then dropped).
     async fn send(&mut self, exchange: Exchange<'_>) -> Result<(u16, bytes::Bytes), String> {
-        let what = format!("{} {}", exchange.method, exchange.path);
+        let (method, path) = (exchange.method.clone(), exchange.path);
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, self.send_on_connection(exchange))
             .await
             .unwrap_or_else(|_| Err(format!("no answer in {REQUEST_TIMEOUT:?}")));
         if outcome.is_err() {
             self.open = None;
         }
-        outcome.map_err(|e| format!("{what}: {e}"))
+        outcome.map_err(|e| format!("{method} {path}: {e}"))
     }
 
     async fn send_on_connection(
@@ -374,10 +378,11 @@ impl BankConnection {
         ));
         *request.method_mut() = exchange.method;
         *request.uri_mut() = exchange.path.parse().map_err(|e| format!("{e}"))?;
+        let post = request.method() == hyper::Method::POST;
         let headers = request.headers_mut();
         headers.insert(hyper::header::HOST, self.host.clone());
-        if request.method() == hyper::Method::POST {
-            request.headers_mut().insert(
+        if post {
+            headers.insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("application/json"),
             );
@@ -389,8 +394,11 @@ impl BankConnection {
             sender.ready().await?;
             let response = sender.send_request(request).await?;
             let (parts, body) = response.into_parts();
-            let bytes = body.collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((parts.status.as_u16(), bytes))
+            let bytes = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await?
+                .to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts.status.as_u16(), bytes))
         };
         let (outcome, ended) = {
             let mut work = std::pin::pin!(work);
@@ -782,6 +790,8 @@ mod tests {
         /// The first connection reads its request and hangs up without an answer; later ones
         /// are kept alive and answered 200.
         HangUpFirst,
+        /// Answers 200 with a body of `MAX_ANSWER_BYTES + 1` bytes.
+        Oversized,
     }
 
     /// Reads one request (head and `Content-Length` body); false at the end of the stream.
@@ -830,6 +840,10 @@ mod tests {
                             Serve::HangUpFirst if n == 0 => return,
                             Serve::HangUpFirst => {
                                 "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_owned()
+                            }
+                            Serve::Oversized => {
+                                let n = MAX_ANSWER_BYTES + 1;
+                                format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n{}", "x".repeat(n))
                             }
                         };
                         if stream.write_all(answer.as_bytes()).await.is_err() {
@@ -901,6 +915,17 @@ mod tests {
         let mut bank = BankConnection::new(&url).unwrap();
         let refused = bank.post("/move_money", &deposit(), &[200, 409]).await;
         assert_eq!(refused, Err("POST /move_money: 500 boom".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_an_error() {
+        let (url, _) = server(Serve::Oversized).await;
+        let mut bank = BankConnection::new(&url).unwrap();
+        let answer = bank.post("/deposit_money", &deposit(), &[200]).await;
+        assert!(
+            answer.as_ref().is_err_and(|e| e.contains("length limit")),
+            "{answer:?}"
+        );
     }
 
     #[test]

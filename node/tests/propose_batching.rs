@@ -23,7 +23,7 @@ struct Calls {
     out: AtomicUsize,
     most_out: AtomicUsize,
     sizes: std::sync::Mutex<Vec<usize>>,
-    log: std::sync::Mutex<Vec<axum::body::Bytes>>,
+    log: common::StandIn,
 }
 
 /// A paxos process without the propose stream (the node then proposes by `POST
@@ -36,42 +36,15 @@ async fn slow_paxos(calls: Arc<Calls>) -> String {
         calls.most_out.fetch_max(out, Ordering::SeqCst);
         calls.sizes.lock().unwrap().push(commands.len());
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let replies: Vec<paxos::wire::ProposeReply> = {
-            let mut log = calls.log.lock().unwrap();
-            commands
-                .into_iter()
-                .map(|command| {
-                    log.push(command);
-                    paxos::wire::ProposeReply::Decided {
-                        slot: log.len() as u64,
-                    }
-                })
-                .collect()
-        };
+        let answer = common::decide_all(&calls.log, commands);
         calls.out.fetch_sub(1, Ordering::SeqCst);
-        postcard::to_stdvec(&replies).unwrap()
+        answer
     }
     async fn entries(
         State(calls): State<Arc<Calls>>,
-        axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, u64>>,
+        axum::extract::Query(q): axum::extract::Query<common::EntriesFrom>,
     ) -> Vec<u8> {
-        let from = q.get("from").copied().unwrap_or(1).max(1);
-        for _ in 0..50 {
-            let found: Vec<(u64, paxos::Value)> = {
-                let log = calls.log.lock().unwrap();
-                (from..=log.len() as u64)
-                    .map(|slot| {
-                        let command = log[slot as usize - 1].clone();
-                        (slot, paxos::Value::Batch(Arc::new(vec![command])))
-                    })
-                    .collect()
-            };
-            if !found.is_empty() {
-                return postcard::to_stdvec(&paxos::wire::EntriesReply::Entries(found)).unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        postcard::to_stdvec(&paxos::wire::EntriesReply::Entries(Vec::new())).unwrap()
+        common::entries_of(&calls.log, q.from).await
     }
     let app = Router::new()
         .route("/local/propose", axum::routing::post(propose))

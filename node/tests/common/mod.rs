@@ -205,7 +205,44 @@ pub type StandIn = Arc<std::sync::Mutex<Vec<axum::body::Bytes>>>;
 
 #[derive(serde::Deserialize)]
 pub struct EntriesFrom {
-    from: u64,
+    pub from: u64,
+}
+
+/// The answer of a stand-in's `POST /local/propose`: every command decided, each in the next
+/// slot of `log`.
+pub fn decide_all(log: &StandIn, commands: Vec<axum::body::Bytes>) -> Vec<u8> {
+    let mut log = log.lock().unwrap();
+    let replies: Vec<paxos::wire::ProposeReply> = commands
+        .into_iter()
+        .map(|command| {
+            log.push(command);
+            paxos::wire::ProposeReply::Decided {
+                slot: log.len() as u64,
+            }
+        })
+        .collect();
+    postcard::to_stdvec(&replies).unwrap()
+}
+
+/// The answer of a stand-in's `GET /local/entries`: `log`'s entries from `from`, long-polled
+/// for up to 500 ms.
+pub async fn entries_of(log: &StandIn, from: u64) -> Vec<u8> {
+    for _ in 0..50 {
+        let found: Vec<(u64, paxos::Value)> = {
+            let log = log.lock().unwrap();
+            (from.max(1)..=log.len() as u64)
+                .map(|slot| {
+                    let command = log[slot as usize - 1].clone();
+                    (slot, paxos::Value::Batch(Arc::new(vec![command])))
+                })
+                .collect()
+        };
+        if !found.is_empty() {
+            return postcard::to_stdvec(&paxos::wire::EntriesReply::Entries(found)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    postcard::to_stdvec(&paxos::wire::EntriesReply::Entries(Vec::new())).unwrap()
 }
 
 /// A paxos process of the version before the propose stream: `POST /local/propose` decides
@@ -218,38 +255,13 @@ pub async fn older_paxos(log: StandIn, delay: Duration) -> String {
     ) -> Vec<u8> {
         let commands: Vec<axum::body::Bytes> = postcard::from_bytes(&body).unwrap();
         tokio::time::sleep(delay).await;
-        let mut log = log.lock().unwrap();
-        let replies: Vec<paxos::wire::ProposeReply> = commands
-            .into_iter()
-            .map(|command| {
-                log.push(command);
-                paxos::wire::ProposeReply::Decided {
-                    slot: log.len() as u64,
-                }
-            })
-            .collect();
-        postcard::to_stdvec(&replies).unwrap()
+        decide_all(&log, commands)
     }
     async fn entries(
         axum::extract::State((log, _)): axum::extract::State<(StandIn, Duration)>,
         axum::extract::Query(q): axum::extract::Query<EntriesFrom>,
     ) -> Vec<u8> {
-        for _ in 0..50 {
-            let found: Vec<(u64, paxos::Value)> = {
-                let log = log.lock().unwrap();
-                (q.from.max(1)..=log.len() as u64)
-                    .map(|slot| {
-                        let command = log[slot as usize - 1].clone();
-                        (slot, paxos::Value::Batch(Arc::new(vec![command])))
-                    })
-                    .collect()
-            };
-            if !found.is_empty() {
-                return postcard::to_stdvec(&paxos::wire::EntriesReply::Entries(found)).unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        postcard::to_stdvec(&paxos::wire::EntriesReply::Entries(Vec::new())).unwrap()
+        entries_of(&log, q.from).await
     }
     let app = Router::new()
         .route("/local/propose", axum::routing::post(propose))
