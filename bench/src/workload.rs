@@ -198,24 +198,41 @@ where
     (all, cpu, host)
 }
 
-/// The status and JSON body of a POST, or what went wrong.
+/// Longest time a setup POST is retried while the bank answers that nothing was applied (a
+/// leader being elected just after the testbed came up).
+const SETUP_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// The status and JSON body of a POST, or what went wrong. A 503 whose code says nothing was
+/// applied (`no_leader`, `unavailable`, `overloaded`) is retried every 100 ms for up to
+/// [`SETUP_RETRY_FOR`]; `outcome_unknown` is not (the command may have been applied).
 async fn post(
     client: &reqwest::Client,
     url: &str,
     body: serde_json::Value,
 ) -> Result<(u16, serde_json::Value), String> {
-    let response = client
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .json()
-        .await
-        .map_err(|e| format!("POST {url}: {status}, {e}"))?;
-    Ok((status, body))
+    let deadline = Instant::now() + SETUP_RETRY_FOR;
+    loop {
+        let response = client
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let answer: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| format!("POST {url}: {status}, {e}"))?;
+        let nothing_applied = status == 503
+            && matches!(
+                answer["code"].as_str(),
+                Some("no_leader" | "unavailable" | "overloaded")
+            );
+        if !nothing_applied || Instant::now() >= deadline {
+            return Ok((status, answer));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Opens `n` accounts with 1,000.00 each; their ids.
@@ -792,6 +809,8 @@ mod tests {
         HangUpFirst,
         /// Answers 200 with a body of `MAX_ANSWER_BYTES + 1` bytes.
         Oversized,
+        /// Answers its first two requests 503 `no_leader`, then 200 `{}`.
+        NoLeaderTwice,
     }
 
     /// Reads one request (head and `Content-Length` body); false at the end of the stream.
@@ -827,7 +846,9 @@ mod tests {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut buffer = Vec::new();
+                    let mut served = 0;
                     while read_request(&mut stream, &mut buffer).await {
+                        served += 1;
                         let answer = match serve {
                             Serve::KeepAlive(status, text) => format!(
                                 "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{text}",
@@ -840,6 +861,16 @@ mod tests {
                             Serve::HangUpFirst if n == 0 => return,
                             Serve::HangUpFirst => {
                                 "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_owned()
+                            }
+                            Serve::NoLeaderTwice if served <= 2 => {
+                                let body = r#"{"code":"no_leader","error":"no leader"}"#;
+                                format!(
+                                    "HTTP/1.1 503 X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                                    body.len()
+                                )
+                            }
+                            Serve::NoLeaderTwice => {
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}".to_owned()
                             }
                             Serve::Oversized => {
                                 let n = MAX_ANSWER_BYTES + 1;
@@ -926,6 +957,16 @@ mod tests {
             answer.as_ref().is_err_and(|e| e.contains("length limit")),
             "{answer:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn setup_posts_wait_out_an_election() {
+        let (url, _) = server(Serve::NoLeaderTwice).await;
+        let client = reqwest::Client::new();
+        let (status, _) = post(&client, &format!("{url}/open_account"), json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
     }
 
     #[test]
