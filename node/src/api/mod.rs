@@ -66,6 +66,10 @@ pub mod metrics_render {
 /// The public (client) router.
 pub fn public_router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
+    // Shared behind one `Arc`: axum clones the state for every request and middleware layer,
+    // and a clone of the fields themselves is an atomic increment (and, dropped, a decrement) on
+    // every `Arc` inside, some of whose counters other threads touch too.
+    let state = Arc::new(state);
     Router::new()
         .route("/", get(page::accounts_page))
         .route("/open_account", post(open_account))
@@ -129,7 +133,7 @@ const FORWARDED_ROUTES: [&str; 5] = [
 /// Leader mode: a follower hands banking requests to the leader unchanged and relays the answer,
 /// so any node is a valid entry point. Local reads (`consistency=local`) stay here.
 async fn forward_to_leader(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -557,7 +561,7 @@ fn render(outcome: Outcome) -> Result<Response, AppError> {
         (status = 503, description = "Unavailable or overloaded; retry", body = ErrorBody),
     ))]
 async fn open_account(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let key = idempotency_key(&headers)?;
@@ -581,7 +585,7 @@ async fn open_account(
         (status = 503, description = "Unavailable or overloaded; retry", body = ErrorBody),
     ))]
 async fn deposit_money(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<AccountAmountRequest>,
 ) -> Result<Response, AppError> {
@@ -605,7 +609,7 @@ async fn deposit_money(
         (status = 503, description = "Unavailable or overloaded; retry", body = ErrorBody),
     ))]
 async fn withdraw_money(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<AccountAmountRequest>,
 ) -> Result<Response, AppError> {
@@ -629,7 +633,7 @@ async fn withdraw_money(
         (status = 503, description = "Unavailable or overloaded; retry", body = ErrorBody),
     ))]
 async fn move_money(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<MoveRequest>,
 ) -> Result<Response, AppError> {
@@ -677,7 +681,7 @@ struct CheckBody {
         (status = 503, description = "Unavailable or no leader", body = ErrorBody),
     ))]
 async fn check_account(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     query: Result<Query<CheckQuery>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Result<Response, AppError> {
@@ -725,7 +729,7 @@ async fn check_account(
     (status = 200, description = "Alive", body = String),
     (status = 503, description = "A vital task stopped: the process is exiting", body = String),
 ))]
-async fn healthz(State(state): State<AppState>) -> Response {
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     alive_response(&state)
 }
 
@@ -749,7 +753,7 @@ fn alive_response(state: &AppState) -> Response {
     (status = 200, description = "Ready", body = String),
     (status = 503, description = "Not ready", body = String),
 ))]
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     ready_response(&state).await
 }
 

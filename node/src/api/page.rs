@@ -4,6 +4,7 @@
 //! shown (`?after=<uuid>`), so page N costs the same as page 1 even with a million accounts.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::response::Html;
@@ -41,7 +42,7 @@ pub fn escape(text: &str) -> String {
 }
 
 pub(super) async fn accounts_page(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Html<String>, AppError> {
     let Query(query) = query.map_err(|e| AppError::InvalidQuery(e.body_text()))?;
