@@ -121,66 +121,54 @@ pub(crate) struct StepPlan {
     pub early_after_sync: bool,
 }
 
-/// Most writes held in memory (see [`plan_step`]) before a step syncs them anyway.
-const MAX_HELD_WRITES: usize = 1_024;
-
-/// Decides what a step does with its writes, given what is `held` from earlier steps.
+/// Decides what a step does with its writes.
 ///
 /// The proposer counts its own vote when it proposes (the core's contract: the driver lets no
 /// reply out before that write is synced). In leaderless mode, under load, most steps that
 /// propose in this replica's lane carry nothing else to write, and were synced on their own:
-/// a third of each replica's fsyncs. Such a step is held instead (with any decisions it
-/// records), and written with the next step that syncs, which under load soon comes (a step
-/// that accepts another lane's slot). The own vote still counts only once it is on disk: a
-/// step that decides a slot whose own accept is held (or written in the step itself) syncs it
-/// first, before any message (an accept carries the decided prefix), answer or entry leaves;
-/// a decision of any other slot rests on votes already on disk (peers answer after their
-/// sync); and the `Entries`/`Status` requests read with the inputs are answered after the
-/// step's writes. What is lost with a crash while held was never counted outside this replica:
-/// its next life wins its lanes back by phase 1 at a new ballot (see `Replica::new`), which
-/// finds any value a peer accepted. Nothing is held before this life synced a step, so a crash
-/// can never make the next life look fresh after an accept left; and never in leader mode,
-/// whose leader's sync overlaps its followers' (holding would only move it after their answers).
+/// a third of each replica's fsyncs. Such a step is held instead, and written with the next
+/// step that syncs, which under load is the next one (it accepts the other lanes' slots). The
+/// own vote still counts only once it is on disk, because every step that decides anything
+/// while writes are held syncs them first, before
+/// any message (an accept carries the decided prefix), answer or entry leaves; and the
+/// `Entries`/`Status` requests read with the inputs are answered after the step's writes.
+/// What is lost with a crash while held was never counted outside this replica: its next life
+/// wins its lanes back by phase 1 at a new ballot (see `Replica::new`), which finds any value
+/// a peer accepted. Nothing is held before this life synced a step, so a crash can never make
+/// the next life look fresh after an accept left; and never in leader mode, whose leader's sync
+/// overlaps its followers' (holding would only move it after their answers).
 pub(crate) fn plan_step(
     mode: Mode,
     me: crate::ballot::NodeId,
     ever_synced: bool,
-    held: &[crate::storage::PersistOp],
+    holding: bool,
     persist: &[crate::storage::PersistOp],
+    decides: bool,
 ) -> StepPlan {
     use crate::storage::PersistOp;
-    let own_accept = |op: &PersistOp| match op {
-        PersistOp::Accept { slot, ballot, .. } if ballot.node == me => Some(*slot),
-        _ => None,
-    };
-    let is_decide = |op: &PersistOp| matches!(op, PersistOp::Decide { .. });
-    let rests_on_unsynced = persist.iter().any(|op| match op {
-        PersistOp::Decide { slot, .. } => (held.iter().chain(persist))
-            .filter_map(own_accept)
-            .any(|own| own == *slot),
-        _ => false,
-    });
-    let only_own_and_decisions = persist
-        .iter()
-        .all(|op| own_accept(op).is_some() || is_decide(op));
-    let has_own = persist.iter().any(|op| own_accept(op).is_some());
-    if mode == Mode::Leaderless
-        && ever_synced
-        && only_own_and_decisions
-        && (has_own || !held.is_empty())
-        && !rests_on_unsynced
-        && held.len() + persist.len() <= MAX_HELD_WRITES
-    {
+    let own = |op: &PersistOp| matches!(op, PersistOp::Accept { ballot, .. } if ballot.node == me);
+    let decides = decides
+        || persist
+            .iter()
+            .any(|op| matches!(op, PersistOp::Decide { .. }));
+    let has_own = persist.iter().any(own);
+    let only_own = persist.iter().all(own);
+    if mode == Mode::Leaderless && ever_synced && has_own && only_own && !decides {
         return StepPlan {
             hold: true,
             sync: false,
             early_after_sync: false,
         };
     }
-    let needs_sync = persist.iter().any(|op| !is_decide(op)) || !held.is_empty();
+    // A decision rests on votes of earlier steps (a peer answers an accept sent before), so
+    // only a held write can be unsynced under it.
+    let rests_on_unsynced = decides && holding;
+    let needs_sync = persist
+        .iter()
+        .any(|op| !matches!(op, PersistOp::Decide { .. }));
     StepPlan {
         hold: false,
-        sync: needs_sync,
+        sync: needs_sync || rests_on_unsynced,
         early_after_sync: rests_on_unsynced,
     }
 }
@@ -483,8 +471,9 @@ impl Driver {
             self.mode,
             self.replica.id(),
             self.ever_synced,
-            &self.held,
+            !self.held.is_empty(),
             &ready.persist,
+            !ready.decided.is_empty(),
         );
         // 0: accepts whose ballot is durable leave first, so the followers' syncs overlap ours.
         if !plan.early_after_sync {
@@ -498,12 +487,7 @@ impl Driver {
         let persist = std::mem::take(&mut ready.persist);
         let mut deferred_decisions = Vec::new();
         if plan.hold {
-            if persist
-                .iter()
-                .any(|op| !matches!(op, crate::storage::PersistOp::Decide { .. }))
-            {
-                self.series.held_steps.increment(1);
-            }
+            self.series.held_steps.increment(1);
             self.held.extend(persist);
         } else if plan.sync {
             if self.held.is_empty() {
@@ -750,22 +734,10 @@ mod tests {
 
     #[test]
     fn a_leaderless_step_of_own_accepts_only_is_held() {
-        let plan = plan_step(Mode::Leaderless, ME, true, &[], &[own_accept(4)]);
+        let plan = plan_step(Mode::Leaderless, ME, true, false, &[own_accept(4)], false);
         assert_eq!(plan, HOLD);
-        let plan = plan_step(
-            Mode::Leaderless,
-            ME,
-            true,
-            &[own_accept(4)],
-            &[own_accept(7)],
-        );
+        let plan = plan_step(Mode::Leaderless, ME, true, true, &[own_accept(7)], false);
         assert_eq!(plan, HOLD, "held steps pile up until one syncs");
-        // Decisions of other slots rest on votes on disk: they wait with what is held.
-        let plan = plan_step(Mode::Leaderless, ME, true, &[own_accept(4)], &[decide(2)]);
-        assert_eq!(plan, HOLD);
-        let persist = [decide(2), own_accept(7)];
-        let plan = plan_step(Mode::Leaderless, ME, true, &[], &persist);
-        assert_eq!(plan, HOLD);
     }
 
     #[test]
@@ -776,179 +748,46 @@ mod tests {
             (Mode::Leader, false),
         ];
         for (mode, ever_synced) in steps {
-            let plan = plan_step(mode, ME, ever_synced, &[], &[own_accept(4)]);
+            let plan = plan_step(mode, ME, ever_synced, false, &[own_accept(4)], false);
             assert_eq!(plan, SYNC, "{mode:?}, synced before: {ever_synced}");
         }
     }
 
     #[test]
     fn a_step_with_anything_else_to_write_syncs_what_is_held_with_it() {
-        for held in [&[][..], &[own_accept(1)][..]] {
+        for holding in [false, true] {
             let persist = [own_accept(4), peer_accept(5)];
-            let plan = plan_step(Mode::Leaderless, ME, true, held, &persist);
-            assert_eq!(plan, SYNC, "held: {held:?}");
+            let plan = plan_step(Mode::Leaderless, ME, true, holding, &persist, false);
+            assert_eq!(plan, SYNC, "holding: {holding}");
         }
     }
 
     #[test]
-    fn deciding_a_slot_whose_own_accept_is_held_syncs_it_before_anything_leaves() {
-        // Learned from an `Accepted` (the decision counts the held own vote), alone or with
-        // other writes; or in the step that proposed it (a cluster of one).
-        let steps: [(&[PersistOp], &[PersistOp]); 4] = [
-            (&[own_accept(4)], &[decide(4)]),
-            (&[own_accept(4)], &[decide(2), decide(4), peer_accept(5)]),
-            (&[own_accept(1), own_accept(4)], &[decide(4), own_accept(7)]),
-            (&[], &[own_accept(4), decide(4)]),
+    fn a_decision_while_writes_are_held_syncs_them_before_anything_leaves() {
+        // Learned from a peer's `Decide`, from an `Accepted` (the decision may count the held
+        // own vote), with or without other writes.
+        let steps: [(&[PersistOp], bool); 4] = [
+            (&[decide(4)], false),
+            (&[], true),
+            (&[decide(4), peer_accept(5)], false),
+            (&[decide(4), own_accept(7)], false),
         ];
-        for (held, persist) in steps {
-            let plan = plan_step(Mode::Leaderless, ME, true, held, persist);
-            assert_eq!(plan, SYNC_FIRST, "held {held:?}, step {persist:?}");
+        for (persist, decided) in steps {
+            let plan = plan_step(Mode::Leaderless, ME, true, true, persist, decided);
+            assert_eq!(plan, SYNC_FIRST, "{persist:?}, decided: {decided}");
         }
-    }
-
-    #[test]
-    fn too_much_held_is_synced() {
-        let held: Vec<PersistOp> = (1..=MAX_HELD_WRITES as Slot).map(own_accept).collect();
-        let plan = plan_step(Mode::Leaderless, ME, true, &held, &[own_accept(9_999)]);
-        assert_eq!(plan, SYNC);
     }
 
     #[test]
     fn decisions_with_nothing_held_are_deferred_as_before() {
-        for mode in [Mode::Leaderless, Mode::Leader] {
-            let plan = plan_step(mode, ME, true, &[], &[decide(4)]);
-            assert_eq!(plan, NO_SYNC, "{mode:?}");
-        }
-    }
-
-    /// Storage that records each write it is given (each one synced).
-    #[derive(Clone, Default)]
-    struct Recording(std::sync::Arc<std::sync::Mutex<Vec<Vec<PersistOp>>>>);
-
-    impl crate::storage::Storage for Recording {
-        fn load(&self) -> Result<crate::storage::PersistentState, crate::storage::StorageError> {
-            Ok(crate::storage::PersistentState::default())
-        }
-        fn write(&mut self, ops: &[PersistOp]) -> Result<(), crate::storage::StorageError> {
-            self.0.lock().unwrap().push(ops.to_vec());
-            Ok(())
-        }
-    }
-
-    impl Recording {
-        fn has_own_accept(&self, slot: Slot) -> bool {
-            self.0.lock().unwrap().iter().flatten().any(
-                |op| matches!(op, PersistOp::Accept { slot: s, ballot, .. } if *s == slot && ballot.node == 0),
-            )
-        }
-    }
-
-    fn accepted(slot: Slot) -> Vec<crate::messages::Envelope> {
-        let msg = crate::messages::Message::Accepted(crate::messages::Accepted {
-            lane: 0,
-            ballot: Ballot::new(0, 0),
-            slots: vec![slot],
-        });
-        vec![crate::messages::Envelope::new(1, 0, msg)]
-    }
-
-    /// Peer `lane` fills slot `lane + 1` with a no-op and tells it decided.
-    fn skipped_by(lane: u32) -> Vec<crate::messages::Envelope> {
-        use crate::messages::{Accept, Decide, Envelope, Message};
-        let ballot = Ballot::new(0, lane);
-        let slot = Slot::from(lane) + 1;
-        let accept = Message::Accept(Accept {
-            lane,
-            ballot,
-            entries: vec![(slot, Value::Noop)],
-            decided_up_to: 0,
-        });
-        let decide = Message::Decide(Decide {
-            lane,
-            ballot,
-            up_to: slot,
-        });
-        vec![
-            Envelope::new(lane, 0, accept),
-            Envelope::new(lane, 0, decide),
-        ]
-    }
-
-    fn propose(
-        requests: &mpsc::Sender<LocalRequest>,
-        text: &'static str,
-    ) -> oneshot::Receiver<Vec<ProposeReply>> {
-        let (reply, answer) = oneshot::channel();
-        let commands = vec![Bytes::from_static(text.as_bytes())];
-        let request = LocalRequest::Propose {
-            commands,
-            trace: None,
-            reply,
-        };
-        requests.try_send(request).unwrap();
-        answer
-    }
-
-    /// Replica 0 of three, leaderless, driven for real with no peers attached: its own accept
-    /// of slot 4 is held, and the step that decides slot 4 (a peer's `Accepted`, with an
-    /// `Entries` request in the same burst) writes it before the proposal is answered and
-    /// before the entries are.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_decision_resting_on_a_held_accept_waits_for_its_write() {
-        let cfg = crate::core::Config::new(0, 3, Mode::Leaderless);
-        let replica = Replica::new(cfg, crate::storage::PersistentState::default());
-        let storage = Recording::default();
-        let outbound = vec![None, None, None];
-        let decided = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let driver = Driver::new(replica, Box::new(storage.clone()), outbound, decided);
-        let (requests, requests_rx) = mpsc::channel(16);
-        let (inbound, inbound_rx) = mpsc::channel(16);
-        let shutdown = CancellationToken::new();
-        let _stop = shutdown.clone().drop_guard();
-        let running = tokio::spawn(driver.run(10_000, requests_rx, inbound_rx, shutdown.clone()));
-        let settle = || tokio::time::sleep(Duration::from_millis(50));
-
-        // The first write of a life is synced at once.
-        let first = propose(&requests, "first");
-        settle().await;
-        assert!(storage.has_own_accept(1), "slot 1 written at once");
-        inbound.send(accepted(1)).await.unwrap();
-        let replies = first.await.unwrap();
-        assert_eq!(replies, vec![ProposeReply::Decided { slot: 1 }]);
-        // The other lanes skip their slots (the log is applied in order).
-        inbound.send(skipped_by(1)).await.unwrap();
-        inbound.send(skipped_by(2)).await.unwrap();
-        settle().await;
-
-        // The next one is held.
-        let second = propose(&requests, "second");
-        settle().await;
-        assert!(
-            !storage.has_own_accept(4),
-            "slot 4 held, not synced on its own"
-        );
-
-        // A peer's answer decides it; an entries request comes in the same burst.
-        let (reply, entries) = oneshot::channel();
-        let request = LocalRequest::Entries {
-            from: 4,
-            max: 10,
-            wait: false,
-            reply,
-        };
-        inbound.try_send(accepted(4)).unwrap();
-        requests.try_send(request).unwrap();
-        let entries = entries.await.unwrap();
-        assert!(
-            storage.has_own_accept(4),
-            "entries answered before the accept they rest on was written"
-        );
-        let EntriesReply::Entries(entries) = entries else {
-            panic!("entries, not a snapshot");
-        };
-        assert_eq!(entries.first().map(|(slot, _)| *slot), Some(4));
-        let replies = second.await.unwrap();
-        assert_eq!(replies, vec![ProposeReply::Decided { slot: 4 }]);
-        assert!(!running.is_finished());
+        let plan = plan_step(Mode::Leaderless, ME, true, false, &[decide(4)], true);
+        assert_eq!(plan, NO_SYNC);
+        let plan = plan_step(Mode::Leader, ME, true, false, &[decide(4)], true);
+        assert_eq!(plan, NO_SYNC);
+        // A step that decides and proposes with nothing held syncs its own accept as before;
+        // its accepts leave first (the decisions rest on votes already on disk).
+        let persist = [decide(4), own_accept(7)];
+        let plan = plan_step(Mode::Leaderless, ME, true, false, &persist, true);
+        assert_eq!(plan, SYNC);
     }
 }
