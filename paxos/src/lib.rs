@@ -32,16 +32,6 @@
 //! 6. tell clients about `ready.dropped` commands (not decided; safe to retry elsewhere) and
 //!    `ready.reads` (linearizable read points).
 //!
-//! One relaxation of step 2, taken by the runtime in leaderless mode (`runtime::driver`'s
-//! `plan_step`): a batch made only of `PersistOp::Accept`s of this replica's own proposals may
-//! be kept in memory and written with the next synced batch, provided that every step that
-//! decides anything while such writes are held syncs them first, before any of its messages
-//! (early accepts included: they carry the decided prefix), answers or decided entries leave,
-//! and that nothing is held before the replica's first synced write of its life. The proposer's
-//! own vote, which the core counts when it proposes, is then on disk before any decision
-//! resting on it is seen outside the replica; a crash loses only a vote nobody counted (its
-//! next life wins its lanes back with phase 1 at a new ballot).
-//!
 //! A storage error in step 2 is fatal: the replica must stop, not go on with state it cannot
 //! trust. Time is a count of `tick()` calls; the runtime maps ticks to milliseconds.
 //!

@@ -68,8 +68,6 @@ pub const PHASE1_DURATION: &str = "paxos_phase1_duration_seconds";
 pub const SLOT_COMMIT_TICKS: &str = "paxos_slot_commit_ticks";
 /// `paxos_persist_duration_seconds`.
 pub const PERSIST_DURATION: &str = "paxos_persist_duration_seconds";
-/// `paxos_held_steps_total`.
-pub const HELD_STEPS: &str = "paxos_held_steps_total";
 /// `paxos_peer_rpc_duration_seconds`.
 pub const PEER_RPC_DURATION: &str = "paxos_peer_rpc_duration_seconds";
 
@@ -115,10 +113,6 @@ pub const METRICS: &[Metric] = &[
         "Times the believed holder of a lane changed",
     ),
     counter(SLOTS_DECIDED, "Slots learned decided"),
-    counter(
-        HELD_STEPS,
-        "Leaderless: steps that only accepted this replica's own proposals, written with the next synced step instead of synced on their own",
-    ),
     counter(MESSAGES, "Protocol messages by direction and type"),
     counter(
         MESSAGES_DROPPED,
@@ -240,7 +234,6 @@ pub(crate) struct DriverMetrics {
     pub phase1_duration: metrics::Histogram,
     pub slot_commit_ticks: metrics::Histogram,
     pub persist_duration: metrics::Histogram,
-    pub held_steps: metrics::Counter,
 }
 
 impl DriverMetrics {
@@ -270,7 +263,6 @@ impl DriverMetrics {
             phase1_duration: metrics::histogram!(PHASE1_DURATION),
             slot_commit_ticks: metrics::histogram!(SLOT_COMMIT_TICKS),
             persist_duration: metrics::histogram!(PERSIST_DURATION),
-            held_steps: metrics::counter!(HELD_STEPS),
         }
     }
 }

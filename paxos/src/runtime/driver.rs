@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::ballot::Slot;
-use crate::core::{Metrics, Mode, Observation, ProposeError, ReadResult, Ready, Replica};
+use crate::core::{Metrics, Mode, Observation, ProposeError, ReadResult, Replica};
 use crate::messages::Envelope;
 use crate::storage::Storage;
 use crate::transfer::Peer;
@@ -84,93 +84,6 @@ pub(super) struct Driver {
     next_read: u64,
     /// The runtime has a single worker: writes run on it (see `persist`).
     one_worker: bool,
-    /// Leaderless: this replica's accepts of its own proposals, written with the next step
-    /// that syncs (see [`plan_step`]).
-    held: Vec<crate::storage::PersistOp>,
-    /// A step of this life was synced (before that nothing is held: see [`plan_step`]).
-    ever_synced: bool,
-    /// `Entries`, `Status` and `Elect` requests read with the step's inputs, answered once its
-    /// writes are on disk: what they show may rest on them.
-    after_step: Vec<AfterStep>,
-}
-
-/// A local request answered once the step that read it has written its state.
-enum AfterStep {
-    Entries {
-        from: Slot,
-        max: usize,
-        wait: bool,
-        reply: oneshot::Sender<EntriesReply>,
-    },
-    Status {
-        reply: oneshot::Sender<StatusReply>,
-    },
-}
-
-/// What a step does with its writes (see [`plan_step`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct StepPlan {
-    /// Keep the step's writes (this replica's accepts of its own proposals only) in memory,
-    /// written with the next step that syncs.
-    pub hold: bool,
-    /// Write what is held and the step's writes, and sync, before the step's messages and
-    /// answers leave.
-    pub sync: bool,
-    /// The early accepts wait for that sync too: a decision of this step may rest on a held
-    /// write, and an accept carries the decided prefix.
-    pub early_after_sync: bool,
-}
-
-/// Decides what a step does with its writes.
-///
-/// The proposer counts its own vote when it proposes (the core's contract: the driver lets no
-/// reply out before that write is synced). In leaderless mode, under load, most steps that
-/// propose in this replica's lane carry nothing else to write, and were synced on their own:
-/// a third of each replica's fsyncs. Such a step is held instead, and written with the next
-/// step that syncs, which under load is the next one (it accepts the other lanes' slots). The
-/// own vote still counts only once it is on disk, because every step that decides anything
-/// while writes are held syncs them first, before
-/// any message (an accept carries the decided prefix), answer or entry leaves; and the
-/// `Entries`/`Status` requests read with the inputs are answered after the step's writes.
-/// What is lost with a crash while held was never counted outside this replica: its next life
-/// wins its lanes back by phase 1 at a new ballot (see `Replica::new`), which finds any value
-/// a peer accepted. Nothing is held before this life synced a step, so a crash can never make
-/// the next life look fresh after an accept left; and never in leader mode, whose leader's sync
-/// overlaps its followers' (holding would only move it after their answers).
-pub(crate) fn plan_step(
-    mode: Mode,
-    me: crate::ballot::NodeId,
-    ever_synced: bool,
-    holding: bool,
-    persist: &[crate::storage::PersistOp],
-    decides: bool,
-) -> StepPlan {
-    use crate::storage::PersistOp;
-    let own = |op: &PersistOp| matches!(op, PersistOp::Accept { ballot, .. } if ballot.node == me);
-    let decides = decides
-        || persist
-            .iter()
-            .any(|op| matches!(op, PersistOp::Decide { .. }));
-    let has_own = persist.iter().any(own);
-    let only_own = persist.iter().all(own);
-    if mode == Mode::Leaderless && ever_synced && has_own && only_own && !decides {
-        return StepPlan {
-            hold: true,
-            sync: false,
-            early_after_sync: false,
-        };
-    }
-    // A decision rests on votes of earlier steps (a peer answers an accept sent before), so
-    // only a held write can be unsynced under it.
-    let rests_on_unsynced = decides && holding;
-    let needs_sync = persist
-        .iter()
-        .any(|op| !matches!(op, PersistOp::Decide { .. }));
-    StepPlan {
-        hold: false,
-        sync: needs_sync || rests_on_unsynced,
-        early_after_sync: rests_on_unsynced,
-    }
 }
 
 impl Driver {
@@ -200,9 +113,6 @@ impl Driver {
             read_waiters: HashMap::new(),
             next_read: 1,
             one_worker: false,
-            held: Vec::new(),
-            ever_synced: false,
-            after_step: Vec::new(),
         }
     }
 
@@ -314,6 +224,21 @@ impl Driver {
                     }
                 }
             }
+            LocalRequest::Entries {
+                from,
+                max,
+                wait,
+                reply,
+            } => {
+                if let Some(answer) = self.entries_for(from, max) {
+                    let _ = reply.send(answer);
+                } else if wait && self.entry_waiters.len() < MAX_ENTRY_WAITERS {
+                    self.entry_waiters.push((from, max, reply));
+                } else {
+                    // Nothing yet (or too many long polls already waiting): answer empty now.
+                    let _ = reply.send(EntriesReply::Entries(Vec::new()));
+                }
+            }
             LocalRequest::ReadIndex { reply } => {
                 let id = self.next_read;
                 self.next_read += 1;
@@ -329,58 +254,14 @@ impl Driver {
                     }
                 }
             }
-            LocalRequest::Entries {
-                from,
-                max,
-                wait,
-                reply,
-            } => self.after_step.push(AfterStep::Entries {
-                from,
-                max,
-                wait,
-                reply,
-            }),
-            LocalRequest::Status { reply } => self.after_step.push(AfterStep::Status { reply }),
+            LocalRequest::Compact { slot, data } => self.replica.compact(slot, data),
+            LocalRequest::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
             LocalRequest::Elect { reply } => {
                 self.replica.start_election();
-                self.after_step.push(AfterStep::Status { reply });
+                let _ = reply.send(self.status());
             }
-            LocalRequest::Compact { slot, data } => self.replica.compact(slot, data),
-        }
-    }
-
-    /// Answers the requests read with the step's inputs that show decided state, now that the
-    /// step's writes are on disk.
-    fn answer_after_step(&mut self) {
-        for request in std::mem::take(&mut self.after_step) {
-            match request {
-                AfterStep::Entries {
-                    from,
-                    max,
-                    wait,
-                    reply,
-                } => self.answer_entries(from, max, wait, reply),
-                AfterStep::Status { reply } => {
-                    let _ = reply.send(self.status());
-                }
-            }
-        }
-    }
-
-    fn answer_entries(
-        &mut self,
-        from: Slot,
-        max: usize,
-        wait: bool,
-        reply: oneshot::Sender<EntriesReply>,
-    ) {
-        if let Some(answer) = self.entries_for(from, max) {
-            let _ = reply.send(answer);
-        } else if wait && self.entry_waiters.len() < MAX_ENTRY_WAITERS {
-            self.entry_waiters.push((from, max, reply));
-        } else {
-            // Nothing yet (or too many long polls already waiting): answer empty now.
-            let _ = reply.send(EntriesReply::Entries(Vec::new()));
         }
     }
 
@@ -458,51 +339,29 @@ impl Driver {
     }
 
     async fn after_inputs(&mut self) -> anyhow::Result<()> {
-        let ready = self.replica.take_ready();
-        if !ready.is_empty() {
-            self.step(ready).await?;
+        let mut ready = self.replica.take_ready();
+        if ready.is_empty() {
+            return Ok(());
         }
-        self.answer_after_step();
-        Ok(())
-    }
-
-    async fn step(&mut self, mut ready: Ready) -> anyhow::Result<()> {
-        let plan = plan_step(
-            self.mode,
-            self.replica.id(),
-            self.ever_synced,
-            !self.held.is_empty(),
-            &ready.persist,
-            !ready.decided.is_empty(),
-        );
         // 0: accepts whose ballot is durable leave first, so the followers' syncs overlap ours.
-        if !plan.early_after_sync {
-            self.send_early(&mut ready);
+        for envelope in std::mem::take(&mut ready.early) {
+            self.messages.sent(&envelope);
+            let trace = self.trace_of(&envelope);
+            if let Some(Some(peer)) = self.outbound.get(envelope.to as usize) {
+                peer.send(envelope, trace);
+            }
         }
         // 1-2: persist and sync before anything else leaves. A storage error is fatal. A step
         // that only records decisions gates nothing (peers re-teach a lost decision), so it is
         // written last, after the node has heard of them, and waits in memory for the next
-        // synced step (storage::DeferredDecisions). A step of own accepts only may be held
-        // (see `plan_step`).
+        // synced step (storage::DeferredDecisions).
+        let decisions_only = ready
+            .persist
+            .iter()
+            .all(|op| matches!(op, crate::storage::PersistOp::Decide { .. }));
         let persist = std::mem::take(&mut ready.persist);
-        let mut deferred_decisions = Vec::new();
-        if plan.hold {
-            self.series.held_steps.increment(1);
-            self.held.extend(persist);
-        } else if plan.sync {
-            if self.held.is_empty() {
-                self.persist(&persist).await?;
-            } else {
-                let mut all = std::mem::take(&mut self.held);
-                all.extend(persist);
-                self.persist(&all).await?;
-            }
-            self.ever_synced = true;
-        } else {
-            deferred_decisions = persist;
-        }
-        if plan.early_after_sync {
-            self.send_early(&mut ready);
+        if !decisions_only {
+            self.persist(&persist).await?;
         }
         // 3: send.
         for envelope in std::mem::take(&mut ready.messages) {
@@ -550,25 +409,15 @@ impl Driver {
                 Observation::CommitTicks(t) => self.series.slot_commit_ticks.record(*t as f64),
             }
         }
-        if !deferred_decisions.is_empty() {
+        if decisions_only && !persist.is_empty() {
             // Held in memory until the next synced step (storage::DeferredDecisions): no
             // transaction, so no reason to leave the runtime for it.
             self.storage
-                .write(&deferred_decisions)
+                .write(&persist)
                 .context("paxos storage failed; stopping")?;
         }
         self.export_metrics();
         Ok(())
-    }
-
-    fn send_early(&mut self, ready: &mut Ready) {
-        for envelope in std::mem::take(&mut ready.early) {
-            self.messages.sent(&envelope);
-            let trace = self.trace_of(&envelope);
-            if let Some(Some(peer)) = self.outbound.get(envelope.to as usize) {
-                peer.send(envelope, trace);
-            }
-        }
     }
 
     /// Writes (and, unless they are only decisions, syncs) one step's state.
@@ -676,118 +525,5 @@ impl Driver {
         } else {
             0.0
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ballot::Ballot;
-    use crate::messages::Value;
-    use crate::storage::PersistOp;
-
-    const ME: crate::ballot::NodeId = 1;
-
-    fn own_accept(slot: Slot) -> PersistOp {
-        PersistOp::Accept {
-            slot,
-            ballot: Ballot::new(0, ME),
-            value: Value::Noop,
-        }
-    }
-
-    fn peer_accept(slot: Slot) -> PersistOp {
-        PersistOp::Accept {
-            slot,
-            ballot: Ballot::new(0, 2),
-            value: Value::Noop,
-        }
-    }
-
-    fn decide(slot: Slot) -> PersistOp {
-        PersistOp::Decide {
-            slot,
-            value: Value::Noop,
-        }
-    }
-
-    const HOLD: StepPlan = StepPlan {
-        hold: true,
-        sync: false,
-        early_after_sync: false,
-    };
-    const SYNC: StepPlan = StepPlan {
-        hold: false,
-        sync: true,
-        early_after_sync: false,
-    };
-    const SYNC_FIRST: StepPlan = StepPlan {
-        hold: false,
-        sync: true,
-        early_after_sync: true,
-    };
-    const NO_SYNC: StepPlan = StepPlan {
-        hold: false,
-        sync: false,
-        early_after_sync: false,
-    };
-
-    #[test]
-    fn a_leaderless_step_of_own_accepts_only_is_held() {
-        let plan = plan_step(Mode::Leaderless, ME, true, false, &[own_accept(4)], false);
-        assert_eq!(plan, HOLD);
-        let plan = plan_step(Mode::Leaderless, ME, true, true, &[own_accept(7)], false);
-        assert_eq!(plan, HOLD, "held steps pile up until one syncs");
-    }
-
-    #[test]
-    fn nothing_is_held_in_leader_mode_or_before_this_life_synced() {
-        let steps = [
-            (Mode::Leader, true),
-            (Mode::Leaderless, false),
-            (Mode::Leader, false),
-        ];
-        for (mode, ever_synced) in steps {
-            let plan = plan_step(mode, ME, ever_synced, false, &[own_accept(4)], false);
-            assert_eq!(plan, SYNC, "{mode:?}, synced before: {ever_synced}");
-        }
-    }
-
-    #[test]
-    fn a_step_with_anything_else_to_write_syncs_what_is_held_with_it() {
-        for holding in [false, true] {
-            let persist = [own_accept(4), peer_accept(5)];
-            let plan = plan_step(Mode::Leaderless, ME, true, holding, &persist, false);
-            assert_eq!(plan, SYNC, "holding: {holding}");
-        }
-    }
-
-    #[test]
-    fn a_decision_while_writes_are_held_syncs_them_before_anything_leaves() {
-        // Learned from a peer's `Decide`, from an `Accepted` (the decision may count the held
-        // own vote), with or without other writes.
-        let steps: [(&[PersistOp], bool); 4] = [
-            (&[decide(4)], false),
-            (&[], true),
-            (&[decide(4), peer_accept(5)], false),
-            (&[decide(4), own_accept(7)], false),
-        ];
-        for (persist, decided) in steps {
-            let plan = plan_step(Mode::Leaderless, ME, true, true, persist, decided);
-            assert_eq!(plan, SYNC_FIRST, "{persist:?}, decided: {decided}");
-        }
-    }
-
-    #[test]
-    fn decisions_with_nothing_held_are_deferred_as_before() {
-        let plan = plan_step(Mode::Leaderless, ME, true, false, &[decide(4)], true);
-        assert_eq!(plan, NO_SYNC);
-        let plan = plan_step(Mode::Leader, ME, true, false, &[decide(4)], true);
-        assert_eq!(plan, NO_SYNC);
-        // A step that decides and proposes with nothing held syncs its own accept as before;
-        // its accepts leave first (the decisions rest on votes already on disk).
-        let persist = [decide(4), own_accept(7)];
-        let plan = plan_step(Mode::Leaderless, ME, true, false, &persist, true);
-        assert_eq!(plan, SYNC);
     }
 }
