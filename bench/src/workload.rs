@@ -219,8 +219,7 @@ async fn post(
             .await
             .map_err(|e| format!("POST {url}: {e}"))?;
         let status = response.status().as_u16();
-        let answer: serde_json::Value = response
-            .json()
+        let answer = json_answer(response)
             .await
             .map_err(|e| format!("POST {url}: {status}, {e}"))?;
         let nothing_applied = status == 503
@@ -233,6 +232,18 @@ async fn post(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The JSON of a setup or audit answer, read up to [`MAX_ANSWER_BYTES`] like the clients'.
+async fn json_answer(response: reqwest::Response) -> Result<serde_json::Value, String> {
+    use http_body_util::BodyExt as _;
+    let body = hyper::Response::<reqwest::Body>::from(response).into_body();
+    let bytes = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
 /// Opens `n` accounts with 1,000.00 each; their ids.
@@ -282,14 +293,13 @@ async fn bank_total(url: &str, ids: &[String]) -> anyhow::Result<i64> {
         .build()?;
     let mut total = 0;
     for id in ids {
-        let body: serde_json::Value = client
+        let response = client
             .get(format!("{url}/check_account"))
             .query(&[("account_id", id)])
             .send()
             .await?
-            .error_for_status()?
-            .json()
-            .await?;
+            .error_for_status()?;
+        let body = json_answer(response).await.map_err(anyhow::Error::msg)?;
         total += testbed::ledger::cents(&body["balance"]).context("a balance")?;
     }
     Ok(total)
@@ -953,6 +963,17 @@ mod tests {
         let (url, _) = server(Serve::Oversized).await;
         let mut bank = BankConnection::new(&url).unwrap();
         let answer = bank.post("/deposit_money", &deposit(), &[200]).await;
+        assert!(
+            answer.as_ref().is_err_and(|e| e.contains("length limit")),
+            "{answer:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_setup_answer_over_the_limit_is_an_error() {
+        let (url, _) = server(Serve::Oversized).await;
+        let client = reqwest::Client::new();
+        let answer = post(&client, &format!("{url}/open_account"), json!({})).await;
         assert!(
             answer.as_ref().is_err_and(|e| e.contains("length limit")),
             "{answer:?}"
