@@ -268,7 +268,7 @@ pub fn write_logs(dir: &Path, runs: &[ModeRun]) -> anyhow::Result<()> {
         runs.iter().flat_map(|run| {
             run.samples.iter().map(move |s| {
                 format!(
-                    "{:.4},{},{},{:.3},{},{}",
+                    "{:.6},{},{},{:.3},{},{}",
                     s.at.as_secs_f64(),
                     run.mode,
                     s.op,
@@ -285,7 +285,7 @@ pub fn write_logs(dir: &Path, runs: &[ModeRun]) -> anyhow::Result<()> {
         runs.iter().flat_map(|run| {
             run.probes.iter().map(move |p| {
                 format!(
-                    "{:.3},{},{},{},{:.3}",
+                    "{:.6},{},{},{},{:.3}",
                     p.at, run.mode, p.target, p.outcome, p.latency_ms
                 )
             })
@@ -297,13 +297,13 @@ pub fn write_logs(dir: &Path, runs: &[ModeRun]) -> anyhow::Result<()> {
         runs.iter().flat_map(|run| {
             run.faults.iter().map(move |f| {
                 format!(
-                    "{:.3},{},{},{},{},{},{},\"{}\"",
+                    "{:.6},{},{},{},{},{},{},\"{}\"",
                     f.at,
                     run.mode,
                     f.fault,
                     f.target,
                     f.node.map(|n| n.to_string()).unwrap_or_default(),
-                    f.healed.map(|h| format!("{h:.3}")).unwrap_or_default(),
+                    f.healed.map(|h| format!("{h:.6}")).unwrap_or_default(),
                     f.outcome,
                     f.detail.replace('"', "'")
                 )
@@ -763,6 +763,64 @@ mod tests {
         assert_eq!((out[0].failed, out[0].last_failure_ms), (0, None));
         assert_eq!(out[1].failed, 1);
         assert_eq!(out[1].last_failure_ms.map(f64::round), Some(490.0));
+    }
+
+    /// The raw logs must say what the report says: the CI run of f61eb03 failed because the
+    /// fault's time was written in milliseconds and the requests' in tenths of one, so a request
+    /// due 40 us before a kill (12.0100 s, kill at 12.01004 s) read back as sent *at or after*
+    /// the kill (12.010), and the outage recomputed from the files disagreed with the report's.
+    #[test]
+    fn the_raw_logs_keep_a_request_and_a_fault_40_us_apart_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let samples = vec![
+            // Due 40 us before the kill, acknowledged after the outage began.
+            Sample {
+                at: Duration::from_micros(12_010_000),
+                latency: Duration::from_micros(277_278),
+                ..sample(0, 0, "ok")
+            },
+            Sample {
+                at: Duration::from_micros(12_020_000),
+                latency: Duration::from_micros(313_964),
+                ..sample(0, 0, "ok")
+            },
+        ];
+        let kill = fault(12.010_040);
+        let run = ModeRun {
+            mode: Mode::Leaderless,
+            samples,
+            probes: Vec::new(),
+            faults: vec![kill.clone()],
+            check: Default::default(),
+            counter: Default::default(),
+            writes: (0, 0, 0),
+            duration: Duration::from_secs(30),
+        };
+        write_logs(dir.path(), std::slice::from_ref(&run)).unwrap();
+        let column = |file: &str, i: usize| -> Vec<f64> {
+            (std::fs::read_to_string(dir.path().join(file))
+                .unwrap()
+                .lines())
+            .skip(1)
+            .map(|line| line.split(',').nth(i).unwrap().parse().unwrap())
+            .collect()
+        };
+        let (due, latency_ms) = (column("requests.csv", 0), column("requests.csv", 3));
+        let at = column("faults.csv", 0)[0];
+        assert!(
+            due[0] < at,
+            "request at {} read back not before the kill at {at}",
+            due[0]
+        );
+        let from_files = (due.iter().zip(&latency_ms))
+            .filter(|(due, _)| **due >= at)
+            .map(|(due, latency)| (due + latency / 1e3 - at) * 1e3)
+            .fold(f64::INFINITY, f64::min);
+        let reported = outages(&run.samples, &run.faults)[0].outage_ms.unwrap();
+        assert!(
+            (reported - from_files).abs() < 0.01,
+            "report {reported} ms, files {from_files} ms"
+        );
     }
 
     #[test]
