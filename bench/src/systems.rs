@@ -21,6 +21,20 @@ pub struct Process {
 
 pub use chaos::cluster::cpu_seconds;
 
+/// CPU seconds (user + system, every thread) this process has used so far, to the microsecond
+/// (`getrusage`). `/proc/<pid>/stat`, all there is for other processes, counts in clock ticks
+/// (10 ms): the load generator's share of a one-second run could read as zero.
+pub fn own_cpu_seconds() -> Option<f64> {
+    // SAFETY: an all-zero `rusage` is a valid value for getrusage to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer to a `rusage`.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released: another process could take it first,
 /// which makes the system under test fail to start with a clear error).
 fn free_port() -> anyhow::Result<u16> {
@@ -267,5 +281,30 @@ impl Etcd {
         for child in &mut self.children {
             stop_child(child, Duration::from_secs(10)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The CI run of 9bea6b9 failed `rounds_alternate_their_order_and_end_with_medians`: a
+    /// one-second run of 11 operations on a slow host read the clients' CPU as 0.0 (ticks of
+    /// `/proc/self/stat`). Read to the microsecond, a few milliseconds of work show, and not as
+    /// a whole number of ticks.
+    #[test]
+    fn the_load_generator_s_own_cpu_is_read_finer_than_a_clock_tick() {
+        let read = super::own_cpu_seconds;
+        let before = read().expect("getrusage works");
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(3) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let used = read().expect("getrusage works") - before;
+        assert!(used > 0.0, "{used}");
+        let ticks = used / 0.01;
+        assert!(
+            (ticks - ticks.round()).abs() > 1e-6,
+            "{used} s is a whole number of 10 ms ticks"
+        );
     }
 }

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::Cli;
 use crate::report::{self, Run, Sample, System};
-use crate::systems::{Etcd, Process, Testbed, cpu_seconds};
+use crate::systems::{Etcd, Process, Testbed, cpu_seconds, own_cpu_seconds};
 
 /// What the clients do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -158,10 +158,10 @@ where
         .collect();
     tokio::time::sleep_until(window_start.into()).await;
     let before: Vec<Option<f64>> = processes.iter().map(|p| cpu_seconds(p.pid)).collect();
-    let (host_before, client_before) = (report::host_ticks(), cpu_seconds(std::process::id()));
+    let (host_before, client_before) = (report::host_ticks(), own_cpu_seconds());
     tokio::time::sleep_until(window_end.into()).await;
     let after: Vec<Option<f64>> = processes.iter().map(|p| cpu_seconds(p.pid)).collect();
-    let (host_after, client_after) = (report::host_ticks(), cpu_seconds(std::process::id()));
+    let (host_after, client_after) = (report::host_ticks(), own_cpu_seconds());
     let host = Host {
         steal: host_before
             .zip(host_after)
