@@ -53,6 +53,7 @@ impl Replica {
                                 ballot,
                                 entries,
                                 decided_up_to,
+                                voted: false,
                             }),
                         );
                     }
