@@ -26,17 +26,11 @@
 //! 2. write `ready.persist` atomically to storage and **sync it** — before anything else (a batch
 //!    made only of `PersistOp::Decide` may skip the sync, and may be written after steps 3-6:
 //!    it gates no message, and a replica that loses a decision relearns it from its peers);
-//! 3. only then send `ready.messages` (they may promise or acknowledge what step 2 wrote, and
-//!    an accept among them says its sender's own vote is on disk: `messages::Accept::voted`);
+//! 3. only then send `ready.messages` (they may promise or acknowledge what step 2 wrote);
 //! 4. install `ready.snapshot` into the application, if any;
 //! 5. apply `ready.decided` to the application in order (slots are consecutive);
 //! 6. tell clients about `ready.dropped` commands (not decided; safe to retry elsewhere) and
 //!    `ready.reads` (linearizable read points).
-//!
-//! Nothing that shows decided state (`ready.decided`, [`core::Replica::decided_entries`],
-//! [`core::Replica::status`]) may reach the application before step 2 of the step that learned
-//! it: with three replicas an acceptor learns a slot from its own vote of that very step and the
-//! sender's vote carried by the accept, a majority only once its own is on disk.
 //!
 //! A storage error in step 2 is fatal: the replica must stop, not go on with state it cannot
 //! trust. Time is a count of `tick()` calls; the runtime maps ticks to milliseconds.

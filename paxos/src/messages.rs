@@ -188,12 +188,6 @@ pub struct Accept {
     pub entries: Vec<(Slot, Value)>,
     /// Every slot of the lane up to this one is decided (piggybacked commit).
     pub decided_up_to: Slot,
-    /// The sender's own accept of every entry, at `ballot`, was on its disk when this left (the
-    /// message left after the sync of the step that wrote it). With three replicas an acceptor
-    /// that accepts such an entry holds two votes of three once its own write is synced: it
-    /// learns the slot then, without waiting for the sender's `Decide`. False for accepts sent
-    /// before their step's sync (early accepts, see `Ready::early`).
-    pub voted: bool,
 }
 
 /// Phase 2b: the sender accepted these slots at `ballot`.

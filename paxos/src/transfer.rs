@@ -186,7 +186,7 @@ impl Peer {
 }
 
 /// The `Upgrade` protocol of a peer stream (`GET /peer/stream`).
-pub const STREAM_PROTOCOL: &str = "paxos-peer/2";
+pub const STREAM_PROTOCOL: &str = "paxos-peer/1";
 
 /// Header of the stream request naming the sending replica (a newer stream from the same
 /// replica replaces the older one at the receiver).
@@ -690,7 +690,6 @@ mod tests {
                 ballot: crate::Ballot::default(),
                 entries: vec![(1, big)],
                 decided_up_to: 0,
-                voted: false,
             }),
         );
         assert!(
@@ -730,7 +729,7 @@ mod tests {
                     .get_mut()
                     .write_all(
                         b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
-                          upgrade: paxos-peer/2\r\n\r\n",
+                          upgrade: paxos-peer/1\r\n\r\n",
                     )
                     .await
                     .unwrap();
@@ -798,7 +797,7 @@ mod tests {
         let head = heads.recv().await.unwrap();
         assert!(head.starts_with("get /peer/stream http/1.1"), "{head}");
         assert!(head.contains("authorization: bearer the-token"), "{head}");
-        assert!(head.contains("upgrade: paxos-peer/2"), "{head}");
+        assert!(head.contains("upgrade: paxos-peer/1"), "{head}");
         assert!(head.contains("x-paxos-from: 2"), "{head}");
         assert!(heads.try_recv().is_err(), "no second request");
 

@@ -89,7 +89,6 @@ fn acceptor_rejects_lower_ballots() {
         ballot: b(1, 0),
         entries: vec![(1, batch(&["x"]))],
         decided_up_to: 0,
-        voted: false,
     };
     r.handle(env(0, 2, Message::Accept(accept)));
     let ready = r.take_ready();
@@ -111,7 +110,6 @@ fn acceptor_accepts_and_acknowledges() {
         ballot: b(0, 0),
         entries: vec![(1, v.clone())],
         decided_up_to: 0,
-        voted: false,
     };
     r.handle(env(0, 1, Message::Accept(accept)));
     let ready = r.take_ready();
@@ -147,7 +145,6 @@ fn promise_reports_accepted_values() {
         ballot: b(0, 0),
         entries: vec![(1, v.clone())],
         decided_up_to: 0,
-        voted: false,
     };
     r.handle(env(0, 1, Message::Accept(accept)));
     r.take_ready();
@@ -192,7 +189,6 @@ fn decide_delivers_accepted_values_in_order() {
         ballot: b(0, 0),
         entries: vec![(1, v1.clone()), (2, v2.clone())],
         decided_up_to: 0,
-        voted: false,
     };
     r.handle(env(0, 1, Message::Accept(accept)));
     r.take_ready();
@@ -226,7 +222,6 @@ fn decide_at_another_ballot_triggers_catch_up() {
         ballot: b(0, 0),
         entries: vec![(1, batch(&["old"]))],
         decided_up_to: 0,
-        voted: false,
     };
     r.handle(env(0, 1, Message::Accept(accept)));
     r.take_ready();
@@ -269,16 +264,14 @@ fn leader_proposes_batches_and_decides_on_a_majority() {
             value: v.clone()
         }]
     );
-    // A fresh leader has synced nothing yet: its first accepts at the default ballot wait for
-    // the sync (sent early, a crash could let its next life reuse (0, 0) for another value),
-    // and so carry its vote, on disk by the time they leave.
     let accept = Accept {
         lane: 0,
         ballot: b(0, 0),
         entries: vec![(1, v.clone())],
         decided_up_to: 0,
-        voted: true,
     };
+    // A fresh leader has synced nothing yet: its first accepts at the default ballot wait for
+    // the sync (sent early, a crash could let its next life reuse (0, 0) for another value).
     assert!(ready.early.is_empty(), "{:?}", ready.early);
     assert_eq!(
         ready.messages,
@@ -451,7 +444,6 @@ fn silent_leader_is_replaced_and_accepted_values_survive() {
         ballot: b(1, 1),
         entries: vec![(1, v)],
         decided_up_to: 0,
-        voted: false,
     };
     // Its ballot's promise was synced before its prepare went out: the accept may leave
     // before this step's write is synced.
@@ -557,7 +549,6 @@ fn leaderless_replica_skips_its_idle_slots() {
         ballot: b(0, 2),
         entries: vec![(6, batch(&["y"]))],
         decided_up_to: 0,
-        voted: false,
     };
     r.handle(env(2, 0, Message::Accept(accept)));
     r.take_ready();
@@ -592,7 +583,6 @@ fn leaderless_replicas_revoke_a_silent_lane() {
             ballot: b(0, 1),
             entries,
             decided_up_to: 0,
-            voted: false,
         }),
     ));
     r.handle(env(
@@ -866,7 +856,6 @@ fn an_accept_of_commands_rides_with_the_answer_to_the_same_peer() {
             ballot: b(0, 2),
             entries: vec![(3, batch(&["y"]))],
             decided_up_to: 0,
-            voted: false,
         }),
     ));
     r.propose(vec![cmd("b")]).unwrap();
@@ -895,121 +884,4 @@ fn an_accept_of_commands_rides_with_the_answer_to_the_same_peer() {
         "peer 1 is not answered"
     );
     assert_eq!(kinds(&ready.messages, 1), Vec::<&str>::new());
-}
-
-fn accept_of(lane: u32, slot: u64, v: &Value, voted: bool) -> Message {
-    Message::Accept(Accept {
-        lane,
-        ballot: b(0, lane),
-        entries: vec![(slot, v.clone())],
-        decided_up_to: 0,
-        voted,
-    })
-}
-
-/// With three replicas, an accept that carries the sender's durable vote gives the acceptor two
-/// votes of three once its own accept is written: it learns the slot in the same step (written
-/// after its accept, in the one synced write), in both modes, without the sender's `Decide`.
-#[test]
-fn an_acceptor_learns_a_slot_from_an_accept_carrying_the_sender_s_vote() {
-    for mode in [Mode::Leader, Mode::Leaderless] {
-        let mut r = replica(1, 3, mode);
-        r.take_ready();
-        let v = batch(&["a"]);
-        r.handle(env(0, 1, accept_of(0, 1, &v, true)));
-        let ready = r.take_ready();
-        assert_eq!(
-            ready.persist,
-            vec![
-                PersistOp::Accept {
-                    slot: 1,
-                    ballot: b(0, 0),
-                    value: v.clone()
-                },
-                PersistOp::Decide {
-                    slot: 1,
-                    value: v.clone()
-                }
-            ],
-            "{mode:?}: the decision is written with (after) the vote it rests on"
-        );
-        assert_eq!(ready.decided, vec![(1, v.clone())], "{mode:?}");
-        assert!(
-            matches!(only_message(&ready).msg, Message::Accepted(_)),
-            "{mode:?}: the sender is still answered"
-        );
-    }
-}
-
-/// Without the sender's vote on disk (an accept sent before its step's sync), or with five
-/// replicas (two votes are not a majority), the acceptor waits for the `Decide`.
-#[test]
-fn an_acceptor_learns_nothing_from_an_accept_without_a_durable_vote_or_with_five_replicas() {
-    for (nodes, voted) in [(3, false), (5, true)] {
-        let mut r = replica(1, nodes, Mode::Leaderless);
-        r.take_ready();
-        let v = batch(&["a"]);
-        r.handle(env(0, 1, accept_of(0, 1, &v, voted)));
-        let ready = r.take_ready();
-        assert!(ready.decided.is_empty(), "{nodes} replicas, voted {voted}");
-        assert!(
-            (ready.persist.iter()).all(|op| !matches!(op, PersistOp::Decide { .. })),
-            "{nodes} replicas, voted {voted}: {:?}",
-            ready.persist
-        );
-    }
-}
-
-/// Leaderless: a lane's owner sends no `Decide` of a slot every peer was sent with its vote
-/// (each learned it at its own sync; the next accept or tick tells them the prefix anyway), and
-/// still sends it at once for a slot whose accepts left before its step's sync.
-#[test]
-fn leaderless_the_owner_sends_a_decide_only_for_slots_its_peers_cannot_learn_alone() {
-    let mut r = replica(0, 3, Mode::Leaderless);
-    r.take_ready();
-    let decides = |ready: &paxos::core::Ready| {
-        (ready.early.iter().chain(&ready.messages))
-            .filter(|e| matches!(e.msg, Message::Decide(_)))
-            .count()
-    };
-    let accepted = |slot| {
-        Message::Accepted(Accepted {
-            lane: 0,
-            ballot: b(0, 0),
-            slots: vec![slot],
-        })
-    };
-    // The first proposal of a life waits for the sync (see above): its accepts carry the vote.
-    r.propose(vec![cmd("a")]).unwrap();
-    let ready = r.take_ready();
-    assert!(ready.early.is_empty());
-    assert!(
-        ready
-            .messages
-            .iter()
-            .all(|e| matches!(&e.msg, Message::Accept(a) if a.voted))
-    );
-    r.handle(env(1, 0, accepted(1)));
-    let ready = r.take_ready();
-    assert_eq!(r.status().decided, 1, "decided");
-    assert_eq!(decides(&ready), 0, "no Decide: {:?}", ready.messages);
-    // Once a step was synced, a lone proposal's accepts leave early, without the vote.
-    r.propose(vec![cmd("b")]).unwrap();
-    let ready = r.take_ready();
-    assert!(
-        ready
-            .early
-            .iter()
-            .all(|e| matches!(&e.msg, Message::Accept(a) if !a.voted))
-            && ready.early.len() == 2,
-        "{:?}",
-        ready.early
-    );
-    r.handle(env(1, 0, accepted(4)));
-    let ready = r.take_ready();
-    assert_eq!(decides(&ready), 2, "a Decide to each peer at once");
-    // The prefix of the first slot still reaches the peers: the next tick's `Decide`s (none
-    // left here: the second one carried the whole prefix).
-    r.tick();
-    assert_eq!(decides(&r.take_ready()), 0, "told once");
 }

@@ -82,13 +82,6 @@ impl Replica {
         self.observe_ballot(lane, m.ballot);
         self.promise(lane, m.ballot);
         let mut slots = Vec::with_capacity(m.entries.len());
-        // The sender's vote was on its disk when it sent these (`Accept::voted`), and this
-        // replica's is in this step's writes, synced before anything of the step leaves (an
-        // `Entries` request read with the step is answered after it too): with three replicas
-        // or fewer, two votes at one ballot are a majority, so each entry accepted here is
-        // chosen. It is learned now, not at the sender's `Decide` a hop and a step later.
-        let chosen_here = m.voted && self.quorum().is_reached_by(2);
-        let mut learned = Vec::new();
         for (slot, value) in m.entries {
             if slot == 0 || self.lane_of(slot) != lane {
                 continue;
@@ -106,20 +99,11 @@ impl Replica {
                     decided: false,
                 },
             );
-            if chosen_here {
-                learned.push((slot, value.clone()));
-            }
             self.ready.persist.push(PersistOp::Accept {
                 slot,
                 ballot: m.ballot,
                 value,
             });
-        }
-        if !learned.is_empty() {
-            for (slot, value) in learned {
-                self.decide(slot, value);
-            }
-            self.refresh_lane_prefix(lane);
         }
         if !slots.is_empty() {
             self.send(

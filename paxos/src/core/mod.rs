@@ -50,9 +50,6 @@ struct Inflight {
     value: Value,
     acks: Votes,
     sent_at: u64,
-    /// Peers sent an accept of it carrying this replica's durable vote (`Accept::voted`): they
-    /// learn the slot at their own sync, without a `Decide`.
-    told_voted: Votes,
 }
 
 #[derive(Clone, Debug, Hash)]
@@ -81,12 +78,9 @@ struct Lane {
     deadline: u64,
     /// Highest slot of the lane's decided prefix known here (0: none).
     decided_prefix: Slot,
-    /// The peers have not been told the decided prefix yet; the next accept carries it, or a
-    /// `Decide` on the next tick.
+    /// Leader mode: the followers have not been told the decided prefix yet; the next accept
+    /// carries it, or a `Decide` on the next tick.
     decide_due: bool,
-    /// Leaderless: the `Decide` leaves with this very step (some newly decided slot was not
-    /// sent to every peer with this replica's durable vote, so a peer may be waiting for it).
-    decide_now: bool,
 }
 
 /// SplitMix64: the core's only randomness, seeded from the config (the simulator uses it too).
@@ -224,7 +218,6 @@ impl Replica {
                 deadline: cfg.election_ticks + rng.below(cfg.election_ticks),
                 decided_prefix: 0,
                 decide_due: false,
-                decide_now: false,
             })
             .collect();
         let mut replica = Replica {
@@ -392,9 +385,7 @@ impl Replica {
         self.start_read_round();
         if self.cfg.mode == Mode::Leaderless {
             for lane in 0..self.lanes_n {
-                if self.lanes[lane as usize].decide_now {
-                    self.send_due_decide(lane);
-                }
+                self.send_due_decide(lane);
             }
         }
         self.metrics.messages_sent += self.ready.messages.len() as u64;
@@ -445,28 +436,6 @@ impl Replica {
             ready.early = early;
             ready.messages = held;
             ready.messages.extend(later);
-        }
-        // Accepts that leave after this step's sync carry this replica's vote, on disk by then:
-        // its own accept of each entry was written in this step or an earlier one, and every
-        // step that writes an accept is synced before its messages leave. Not while recovering
-        // (those writes are held back, see `Recovery::deferred`).
-        if self.recovery.is_none() {
-            for envelope in &mut ready.messages {
-                if let Message::Accept(accept) = &mut envelope.msg {
-                    accept.voted = true;
-                    if let Role::Leading {
-                        ballot, inflight, ..
-                    } = &mut self.lanes[accept.lane as usize].role
-                        && *ballot == accept.ballot
-                    {
-                        for (slot, _) in &accept.entries {
-                            if let Some(f) = inflight.get_mut(slot) {
-                                f.told_voted.insert(envelope.to);
-                            }
-                        }
-                    }
-                }
-            }
         }
         if ready
             .persist

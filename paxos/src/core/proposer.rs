@@ -222,7 +222,6 @@ impl Replica {
                     value: value.clone(),
                     acks: Votes::of(self.cfg.id),
                     sent_at: self.tick,
-                    told_voted: Votes::default(),
                 },
             );
         }
@@ -237,13 +236,11 @@ impl Replica {
         let decided_up_to = self.lanes[lane as usize].decided_prefix;
         // The accept tells every peer the decided prefix: no separate `Decide` is due.
         self.lanes[lane as usize].decide_due = false;
-        self.lanes[lane as usize].decide_now = false;
         self.broadcast(Message::Accept(Accept {
             lane,
             ballot,
             entries,
             decided_up_to,
-            voted: false,
         }));
         if self.quorum().majority() == 1 {
             self.check_quorums(lane);
@@ -282,15 +279,6 @@ impl Replica {
         if chosen.is_empty() {
             return;
         }
-        // Every peer was sent each of these slots with this replica's durable vote, so each
-        // learns them at its own sync (see `Replica::on_accept`); the `Decide` can wait for the
-        // next accept or tick (a peer that missed the accept). Only with three replicas or
-        // fewer, where two votes are a majority.
-        let peers_learn = quorum.is_reached_by(2)
-            && chosen.iter().all(|(slot, _)| {
-                let told = inflight[slot].told_voted;
-                (0..self.cfg.nodes).all(|n| n == self.cfg.id || told.contains(n))
-            });
         let before = self.lanes[lane as usize].decided_prefix;
         for (slot, value) in chosen {
             self.decide(slot, value);
@@ -300,20 +288,17 @@ impl Replica {
         if up_to > before {
             // Not a message per round. Leader mode: only the leader's node answers clients, and
             // it hears of decisions from this replica directly, so the followers learn them from
-            // their own sync (see `peers_learn`), the next accept (at once under load) or a
-            // `Decide` on the next tick. Leaderless: every replica's clients wait for every
-            // lane, so unless the peers learn the slots by themselves the `Decide` leaves with
-            // this very step (or an accept of the step that carries the prefix, see
+            // the next accept (at once under load) or a `Decide` on the next tick. Leaderless:
+            // every replica's clients wait for every lane, so the `Decide` leaves with this very
+            // step, unless an accept of the step already carries the prefix (see
             // `Replica::take_ready`).
             self.lanes[lane as usize].decide_due = true;
-            self.lanes[lane as usize].decide_now |= !peers_learn;
         }
     }
 
     /// Leader mode: sends the `Decide` that no accept carried since the prefix grew.
     pub(super) fn send_due_decide(&mut self, lane: u32) {
         let l = &mut self.lanes[lane as usize];
-        l.decide_now = false;
         if !std::mem::take(&mut l.decide_due) {
             return;
         }

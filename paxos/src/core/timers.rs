@@ -53,7 +53,6 @@ impl Replica {
                                 ballot,
                                 entries,
                                 decided_up_to,
-                                voted: false,
                             }),
                         );
                     }

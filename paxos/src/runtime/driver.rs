@@ -84,23 +84,6 @@ pub(super) struct Driver {
     next_read: u64,
     /// The runtime has a single worker: writes run on it (see `persist`).
     one_worker: bool,
-    /// `Entries`, `Status` and `Elect` requests read with the step's inputs, answered once its
-    /// writes are on disk: what they show may rest on them (an acceptor learns a slot from its
-    /// own vote of the step, see `Accept::voted`).
-    after_step: Vec<AfterStep>,
-}
-
-/// A local request answered once the step that read it has written its state.
-enum AfterStep {
-    Entries {
-        from: Slot,
-        max: usize,
-        wait: bool,
-        reply: oneshot::Sender<EntriesReply>,
-    },
-    Status {
-        reply: oneshot::Sender<StatusReply>,
-    },
 }
 
 impl Driver {
@@ -130,7 +113,6 @@ impl Driver {
             read_waiters: HashMap::new(),
             next_read: 1,
             one_worker: false,
-            after_step: Vec::new(),
         }
     }
 
@@ -247,12 +229,16 @@ impl Driver {
                 max,
                 wait,
                 reply,
-            } => self.after_step.push(AfterStep::Entries {
-                from,
-                max,
-                wait,
-                reply,
-            }),
+            } => {
+                if let Some(answer) = self.entries_for(from, max) {
+                    let _ = reply.send(answer);
+                } else if wait && self.entry_waiters.len() < MAX_ENTRY_WAITERS {
+                    self.entry_waiters.push((from, max, reply));
+                } else {
+                    // Nothing yet (or too many long polls already waiting): answer empty now.
+                    let _ = reply.send(EntriesReply::Entries(Vec::new()));
+                }
+            }
             LocalRequest::ReadIndex { reply } => {
                 let id = self.next_read;
                 self.next_read += 1;
@@ -269,37 +255,12 @@ impl Driver {
                 }
             }
             LocalRequest::Compact { slot, data } => self.replica.compact(slot, data),
-            LocalRequest::Status { reply } => self.after_step.push(AfterStep::Status { reply }),
+            LocalRequest::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
             LocalRequest::Elect { reply } => {
                 self.replica.start_election();
-                self.after_step.push(AfterStep::Status { reply });
-            }
-        }
-    }
-
-    /// Answers the requests read with the step's inputs that show decided state, now that the
-    /// step's writes are on disk.
-    fn answer_after_step(&mut self) {
-        for request in std::mem::take(&mut self.after_step) {
-            match request {
-                AfterStep::Entries {
-                    from,
-                    max,
-                    wait,
-                    reply,
-                } => {
-                    if let Some(answer) = self.entries_for(from, max) {
-                        let _ = reply.send(answer);
-                    } else if wait && self.entry_waiters.len() < MAX_ENTRY_WAITERS {
-                        self.entry_waiters.push((from, max, reply));
-                    } else {
-                        // Nothing yet (or too many long polls waiting): answer empty now.
-                        let _ = reply.send(EntriesReply::Entries(Vec::new()));
-                    }
-                }
-                AfterStep::Status { reply } => {
-                    let _ = reply.send(self.status());
-                }
+                let _ = reply.send(self.status());
             }
         }
     }
@@ -380,7 +341,6 @@ impl Driver {
     async fn after_inputs(&mut self) -> anyhow::Result<()> {
         let mut ready = self.replica.take_ready();
         if ready.is_empty() {
-            self.answer_after_step();
             return Ok(());
         }
         // 0: accepts whose ballot is durable leave first, so the followers' syncs overlap ours.
@@ -411,7 +371,6 @@ impl Driver {
                 peer.send(envelope, trace);
             }
         }
-        self.answer_after_step();
         // 4-6: tell the local node.
         if !self.proposals.is_empty() {
             for (command, answer) in answers(&ready) {
@@ -566,87 +525,5 @@ impl Driver {
         } else {
             0.0
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ballot::Ballot;
-    use crate::messages::{Accept, Envelope, Message, Value};
-    use crate::storage::PersistOp;
-
-    /// Storage that records each write it is given (each one synced).
-    #[derive(Clone, Default)]
-    struct Recording(Arc<std::sync::Mutex<Vec<Vec<PersistOp>>>>);
-
-    impl crate::storage::Storage for Recording {
-        fn load(&self) -> Result<crate::storage::PersistentState, crate::storage::StorageError> {
-            Ok(crate::storage::PersistentState::default())
-        }
-        fn write(&mut self, ops: &[PersistOp]) -> Result<(), crate::storage::StorageError> {
-            self.0.lock().unwrap().push(ops.to_vec());
-            Ok(())
-        }
-    }
-
-    impl Recording {
-        fn has_accept(&self, slot: Slot) -> bool {
-            (self.0.lock().unwrap().iter().flatten())
-                .any(|op| matches!(op, PersistOp::Accept { slot: s, .. } if *s == slot))
-        }
-    }
-
-    /// Replica 1 of three, driven for real with no peers attached, learns slot 1 from replica
-    /// 0's accept carrying its durable vote: the decision rests on replica 1's own accept, written
-    /// in that step. An `Entries` request read in the same burst is answered only after that
-    /// write (answered while reading the inputs, it would hand the node a slot that a crash
-    /// before the sync could leave with one vote, unchosen).
-    #[tokio::test(flavor = "current_thread")]
-    async fn an_entry_learned_from_the_step_s_own_vote_is_answered_after_its_write() {
-        let cfg = crate::core::Config::new(1, 3, Mode::Leaderless);
-        let replica = Replica::new(cfg, crate::storage::PersistentState::default());
-        let storage = Recording::default();
-        let decided = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let driver = Driver::new(
-            replica,
-            Box::new(storage.clone()),
-            vec![None, None, None],
-            decided,
-        );
-        let (requests, requests_rx) = mpsc::channel(16);
-        let (inbound, inbound_rx) = mpsc::channel(16);
-        let shutdown = CancellationToken::new();
-        let _stop = shutdown.clone().drop_guard();
-        let running = tokio::spawn(driver.run(10_000, requests_rx, inbound_rx, shutdown.clone()));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-
-        let value = Value::Batch(Arc::new(vec![Bytes::from_static(b"x")]));
-        let accept = Message::Accept(Accept {
-            lane: 0,
-            ballot: Ballot::new(0, 0),
-            entries: vec![(1, value.clone())],
-            decided_up_to: 0,
-            voted: true,
-        });
-        let (reply, entries) = oneshot::channel();
-        inbound.try_send(vec![Envelope::new(0, 1, accept)]).unwrap();
-        let request = LocalRequest::Entries {
-            from: 1,
-            max: 10,
-            wait: true,
-            reply,
-        };
-        requests.try_send(request).unwrap();
-        let entries = entries.await.unwrap();
-        assert!(
-            storage.has_accept(1),
-            "entries answered before the accept they rest on was written"
-        );
-        let EntriesReply::Entries(entries) = entries else {
-            panic!("entries, not a snapshot");
-        };
-        assert_eq!(entries, vec![(1, value)]);
-        assert!(!running.is_finished());
     }
 }
