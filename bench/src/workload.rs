@@ -234,15 +234,23 @@ async fn post(
     }
 }
 
+/// An answer's body, read up to [`MAX_ANSWER_BYTES`] (the clients' and the setup's alike).
+async fn limited_body<B>(body: B) -> Result<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
+    Ok(http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+        .collect()
+        .await?
+        .to_bytes())
+}
+
 /// The JSON of a setup or audit answer, read up to [`MAX_ANSWER_BYTES`] like the clients'.
 async fn json_answer(response: reqwest::Response) -> Result<serde_json::Value, String> {
-    use http_body_util::BodyExt as _;
     let body = hyper::Response::<reqwest::Body>::from(response).into_body();
-    let bytes = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let bytes = limited_body(body).await.map_err(|e| e.to_string())?;
     serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
@@ -396,7 +404,6 @@ impl BankConnection {
         &mut self,
         exchange: Exchange<'_>,
     ) -> Result<(u16, bytes::Bytes), String> {
-        use http_body_util::BodyExt as _;
         if self.open.as_ref().is_none_or(|o| o.sender.is_closed()) {
             self.open = Some(self.connect().await?);
         }
@@ -421,10 +428,7 @@ impl BankConnection {
             sender.ready().await?;
             let response = sender.send_request(request).await?;
             let (parts, body) = response.into_parts();
-            let bytes = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
-                .collect()
-                .await?
-                .to_bytes();
+            let bytes = limited_body(body).await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((parts.status.as_u16(), bytes))
         };
         let (outcome, ended) = {

@@ -260,6 +260,12 @@ fn csv(path: &Path, header: &str, rows: impl Iterator<Item = String>) -> anyhow:
     Ok(())
 }
 
+/// A time in seconds as every raw log writes it: to the microsecond, the same in every file, so
+/// that the order of a request and a fault microseconds apart survives the round trip.
+fn seconds(s: f64) -> String {
+    format!("{s:.6}")
+}
+
 /// Writes the raw logs of every mode.
 pub fn write_logs(dir: &Path, runs: &[ModeRun]) -> anyhow::Result<()> {
     csv(
@@ -268,8 +274,8 @@ pub fn write_logs(dir: &Path, runs: &[ModeRun]) -> anyhow::Result<()> {
         runs.iter().flat_map(|run| {
             run.samples.iter().map(move |s| {
                 format!(
-                    "{:.6},{},{},{:.3},{},{}",
-                    s.at.as_secs_f64(),
+                    "{},{},{},{:.3},{},{}",
+                    seconds(s.at.as_secs_f64()),
                     run.mode,
                     s.op,
                     ms(s.latency),
@@ -285,8 +291,12 @@ pub fn write_logs(dir: &Path, runs: &[ModeRun]) -> anyhow::Result<()> {
         runs.iter().flat_map(|run| {
             run.probes.iter().map(move |p| {
                 format!(
-                    "{:.6},{},{},{},{:.3}",
-                    p.at, run.mode, p.target, p.outcome, p.latency_ms
+                    "{},{},{},{},{:.3}",
+                    seconds(p.at),
+                    run.mode,
+                    p.target,
+                    p.outcome,
+                    p.latency_ms
                 )
             })
         }),
@@ -297,13 +307,13 @@ pub fn write_logs(dir: &Path, runs: &[ModeRun]) -> anyhow::Result<()> {
         runs.iter().flat_map(|run| {
             run.faults.iter().map(move |f| {
                 format!(
-                    "{:.6},{},{},{},{},{},{},\"{}\"",
-                    f.at,
+                    "{},{},{},{},{},{},{},\"{}\"",
+                    seconds(f.at),
                     run.mode,
                     f.fault,
                     f.target,
                     f.node.map(|n| n.to_string()).unwrap_or_default(),
-                    f.healed.map(|h| format!("{h:.6}")).unwrap_or_default(),
+                    f.healed.map(seconds).unwrap_or_default(),
                     f.outcome,
                     f.detail.replace('"', "'")
                 )
@@ -785,12 +795,11 @@ mod tests {
                 ..sample(0, 0, "ok")
             },
         ];
-        let kill = fault(12.010_040);
         let run = ModeRun {
             mode: Mode::Leaderless,
             samples,
             probes: Vec::new(),
-            faults: vec![kill.clone()],
+            faults: vec![fault(12.010_040)],
             check: Default::default(),
             counter: Default::default(),
             writes: (0, 0, 0),
