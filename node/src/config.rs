@@ -51,6 +51,12 @@ pub struct Config {
     #[arg(long, env = "BANK_PROPOSALS_IN_FLIGHT", default_value_t = 1)]
     pub proposals_in_flight: usize,
 
+    /// Cluster mode: under load, the longest a proposal batch waits to grow as large as the
+    /// last one (at most 24 commands), in microseconds; 0 never waits. At low load (the last
+    /// batch held one command) a command leaves at once whatever this says.
+    #[arg(long, env = "BANK_PROPOSE_LINGER_US", default_value_t = 2_000)]
+    pub propose_linger_us: u64,
+
     /// Commands waiting to be applied before new ones get 503 overloaded.
     #[arg(long, env = "BANK_QUEUE_CAPACITY", default_value_t = 16_384)]
     pub queue_capacity: usize,
@@ -130,6 +136,7 @@ impl Config {
             format!("--idempotency-retention={}", self.idempotency_retention),
             format!("--max-batch={}", self.max_batch),
             format!("--proposals-in-flight={}", self.proposals_in_flight),
+            format!("--propose-linger-us={}", self.propose_linger_us),
             format!("--queue-capacity={}", self.queue_capacity),
             format!("--request-timeout-ms={}", self.request_timeout_ms),
             format!("--max-body-bytes={}", self.max_body_bytes),
@@ -215,6 +222,13 @@ impl Config {
             ),
         )?;
         check(
+            self.propose_linger_us <= 100_000,
+            format!(
+                "--propose-linger-us must be 0..=100000, got {}",
+                self.propose_linger_us
+            ),
+        )?;
+        check(
             (1..=1_048_576).contains(&self.queue_capacity),
             format!(
                 "--queue-capacity must be 1..=1048576, got {}",
@@ -291,6 +305,7 @@ mod tests {
         config.metrics_token_file = Some("/tmp/metrics".into());
         config.idempotency_retention = 77;
         config.max_batch = 5;
+        config.propose_linger_us = 0;
         config.queue_capacity = 6;
         config.request_timeout_ms = 8;
         config.max_body_bytes = 4096;
@@ -368,6 +383,12 @@ mod tests {
                 "{err}"
             );
         }
+        let config = Config::parse_from(["node", "--propose-linger-us", "100001"]);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--propose-linger-us") && err.contains("got 100001"),
+            "{err}"
+        );
         let config = Config::parse_from([
             "node",
             "--listen",

@@ -96,6 +96,7 @@ async fn submit_via(paxos: SocketAddr) -> Result<Outcome, SubmitError> {
         token: common::TOKEN.into(),
         max_waiting: 16,
         proposals_in_flight: 1,
+        propose_linger: std::time::Duration::from_millis(2),
         compact_every: 10_000,
     };
     let log = ClusterLog::start(options, store, shutdown.clone(), CancellationToken::new())

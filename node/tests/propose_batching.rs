@@ -133,3 +133,105 @@ async fn a_higher_limit_lets_the_waves_leave_while_a_batch_is_out() {
         calls.most_out.load(Ordering::SeqCst)
     );
 }
+
+/// Under load (the last batch carried several commands) a batch waits, up to the linger, to
+/// be as large as the last one: the clients answered by a decision come back a few at a time,
+/// and without lingering the first of them left in a slot of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_a_batch_waits_for_as_many_commands_as_the_last_one_carried() {
+    let (log, calls, _dir, _stop) = node_with_linger(Duration::from_secs(5)).await;
+    // A lone command: the first batch, one command, sent at once (the linger is 5 s).
+    let started = std::time::Instant::now();
+    let first = submit(&log);
+    while calls.made.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a lone command waited for the linger"
+    );
+    // Ten while it is out: they leave together in the next batch.
+    let ten: Vec<_> = (0..10).map(|_| submit(&log)).collect();
+    answered(vec![first]).await;
+    answered(ten).await;
+    // Ten more, 5 ms apart, as clients answered by that decision would come back: one batch.
+    let mut trickle = Vec::new();
+    for _ in 0..10 {
+        trickle.push(submit(&log));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    answered(trickle).await;
+    let sizes = calls.sizes.lock().unwrap().clone();
+    assert_eq!(sizes, vec![1, 10, 10], "calls of these many commands");
+}
+
+/// The linger bounds the wait: after a batch of ten, three commands wait for seven more that
+/// never come, then leave together once the linger is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_does_not_fill_leaves_when_the_linger_is_over() {
+    let linger = Duration::from_millis(300);
+    let (log, calls, _dir, _stop) = node_with_linger(linger).await;
+    let first = submit(&log);
+    while calls.made.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ten: Vec<_> = (0..10).map(|_| submit(&log)).collect();
+    answered(vec![first]).await;
+    answered(ten).await;
+    let started = std::time::Instant::now();
+    let three: Vec<_> = (0..3).map(|_| submit(&log)).collect();
+    answered(three).await;
+    // Answered 200 ms after the call (the stand-in's delay), so the call left `linger` or
+    // later after the three came.
+    assert!(
+        started.elapsed() >= linger + Duration::from_millis(200),
+        "the three left before the linger was over ({:?})",
+        started.elapsed()
+    );
+    let sizes = calls.sizes.lock().unwrap().clone();
+    assert_eq!(sizes, vec![1, 10, 3], "calls of these many commands");
+}
+
+/// A node proposing to the slow stand-in with this linger; the directory and the guard that
+/// stops it go with it.
+async fn node_with_linger(
+    linger: Duration,
+) -> (
+    Arc<ClusterLog>,
+    Arc<Calls>,
+    tempfile::TempDir,
+    tokio_util::sync::DropGuard,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open_in_dir(dir.path(), StoreOptions::default()).unwrap());
+    let shutdown = CancellationToken::new();
+    let calls = Arc::new(Calls::default());
+    let options = ClusterOptions {
+        propose_linger: linger,
+        ..common::cluster_options(paxos::Mode::Leaderless, slow_paxos(calls.clone()).await)
+    };
+    let log = ClusterLog::start(options, store, shutdown.clone(), CancellationToken::new())
+        .await
+        .unwrap();
+    (log, calls, dir, shutdown.drop_guard())
+}
+
+fn submit(
+    log: &Arc<ClusterLog>,
+) -> tokio::task::JoinHandle<Result<node::command::Outcome, node::log::SubmitError>> {
+    let log = log.clone();
+    tokio::spawn(async move { log.submit(open_account()).await })
+}
+
+async fn answered(
+    submitted: Vec<tokio::task::JoinHandle<Result<node::command::Outcome, node::log::SubmitError>>>,
+) {
+    for outcome in submitted {
+        tokio::time::timeout(Duration::from_secs(20), outcome)
+            .await
+            .expect("answered")
+            .unwrap()
+            .expect("applied");
+    }
+}

@@ -284,6 +284,7 @@ pub fn cluster_options(mode: paxos::Mode, paxos_url: String) -> node::cluster::C
         token: TOKEN.into(),
         max_waiting: 256,
         proposals_in_flight: 1,
+        propose_linger: std::time::Duration::from_millis(2),
         compact_every: 10_000,
     }
 }
