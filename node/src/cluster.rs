@@ -68,15 +68,25 @@ pub fn compaction_interval(compact_every: u64, last_records: u64) -> u64 {
 /// every replica, the bank transaction) is small: lingering waits for at most this many.
 pub const LINGER_BATCH: usize = 24;
 
+/// A batch lingers only after one of at least this many commands. Below it the node is not
+/// loaded enough for waiting to pay: at 4 and 16 clients in leaderless mode (batches of 1-5,
+/// the clients' next requests going to any node) lingering after batches of 2 and more cost
+/// 28% and 6% of the throughput (docs/performance.md, tenth round).
+pub const LINGER_FROM: usize = 6;
+
 /// How many commands a batch that holds `len` should wait for (at most the linger), given that
 /// the last batch held `last`: as many as the last (at most [`LINGER_BATCH`]) when it held
-/// several, since in a loaded cluster the clients whose commands the last batch carried come
-/// back with their next ones within a round trip; none at low load (the last batch held one
-/// command), so a lone command leaves at once. `None`: send now.
+/// [`LINGER_FROM`] or more, since in a loaded cluster the clients whose commands the last batch
+/// carried come back with their next ones within a round trip; none at lower load, so a lone
+/// command leaves at once. `None`: send now.
 pub fn linger_target(len: usize, last: usize) -> Option<usize> {
     let target = last.min(LINGER_BATCH);
-    (last >= 2 && len < target).then_some(target)
+    (last >= LINGER_FROM && len < target).then_some(target)
 }
+
+/// A lingering batch leaves as soon as no command came for this fraction of the linger: it
+/// waits for commands that are coming, not for ones that may never come.
+pub const LINGER_GAP_DIVISOR: u32 = 4;
 
 #[derive(Debug, Default)]
 struct LeaderView {
@@ -247,9 +257,10 @@ impl ClusterLog {
     /// cores, 1 call out against 32 gave 1.03-1.21x the transfers in leader mode and
     /// 1.04-1.16x in leaderless mode, at less CPU per operation (docs/performance.md).
     ///
-    /// Under load a batch also lingers (at most [`ClusterOptions::propose_linger`]) until it is
-    /// as large as the last one ([`linger_target`]): without it a batch left with the first
-    /// few commands that came back after a decision, and the rest made a slot of their own.
+    /// Under load a batch also lingers (at most [`ClusterOptions::propose_linger`], and only
+    /// while commands keep coming: [`LINGER_GAP_DIVISOR`]) until it is as large as the last one
+    /// ([`linger_target`]): without it a batch left with the first few commands that came back
+    /// after a decision, and the rest made a slot of their own.
     async fn propose_batches(
         self: Arc<Self>,
         mut queue: tokio::sync::mpsc::Receiver<ProposeSlot>,
@@ -282,12 +293,15 @@ impl ClusterLog {
             if !self.options.propose_linger.is_zero()
                 && let Some(target) = linger_target(batch.len(), last_len)
             {
-                let deadline = tokio::time::Instant::now() + self.options.propose_linger;
+                let linger = self.options.propose_linger;
+                let deadline = tokio::time::Instant::now() + linger;
+                let gap = linger / LINGER_GAP_DIVISOR;
                 while batch.len() < target {
                     let room = 512 - batch.len();
+                    let until = deadline.min(tokio::time::Instant::now() + gap);
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep_until(deadline) => break,
+                        () = tokio::time::sleep_until(until) => break,
                         n = plumbing::recv_burst(&mut queue, &mut batch, room) => if n == 0 {
                             break;
                         },
@@ -828,7 +842,9 @@ impl Log for ClusterLog {
 
 #[cfg(test)]
 mod tests {
-    use super::{LINGER_BATCH, SNAPSHOT_AMORTIZATION, compaction_interval, linger_target};
+    use super::{
+        LINGER_BATCH, LINGER_FROM, SNAPSHOT_AMORTIZATION, compaction_interval, linger_target,
+    };
 
     #[test]
     fn a_batch_lingers_only_after_a_batch_of_several_and_only_up_to_its_size() {
@@ -838,6 +854,12 @@ mod tests {
             None,
             "low load: a lone command leaves at once"
         );
+        assert_eq!(
+            linger_target(1, LINGER_FROM - 1),
+            None,
+            "a few commands a batch: not loaded enough to wait"
+        );
+        assert_eq!(linger_target(1, LINGER_FROM), Some(LINGER_FROM));
         assert_eq!(linger_target(1, 10), Some(10), "after 10, wait for 10");
         assert_eq!(linger_target(10, 10), None, "as large as the last: leave");
         assert_eq!(linger_target(12, 10), None);

@@ -90,7 +90,7 @@ pub async fn run(
                 token: token.clone(),
                 max_waiting: config.queue_capacity,
                 proposals_in_flight: config.proposals_in_flight,
-                propose_linger: std::time::Duration::from_micros(config.propose_linger_us),
+                propose_linger: config.propose_linger(),
                 compact_every: config.compact_every,
             };
             let log =
