@@ -64,6 +64,9 @@ pub fn compaction_interval(compact_every: u64, last_records: u64) -> u64 {
     compact_every.max(last_records / SNAPSHOT_AMORTIZATION)
 }
 
+/// Most commands in one proposal batch.
+const MAX_PROPOSE_BATCH: usize = 512;
+
 /// Past this many commands a batch's share of a slot's fixed cost (the accepts, the fsync on
 /// every replica, the bank transaction) is small: lingering waits for at most this many.
 pub const LINGER_BATCH: usize = 24;
@@ -71,7 +74,7 @@ pub const LINGER_BATCH: usize = 24;
 /// A batch lingers only after one of at least this many commands. Below it the node is not
 /// loaded enough for waiting to pay: at 4 and 16 clients in leaderless mode (batches of 1-5,
 /// the clients' next requests going to any node) lingering after batches of 2 and more cost
-/// 28% and 6% of the throughput (docs/performance.md, tenth round).
+/// 28% and 6% of the throughput in one pair of runs each (docs/performance.md, tenth round).
 pub const LINGER_FROM: usize = 6;
 
 /// How many commands a batch that holds `len` should wait for (at most the linger), given that
@@ -269,7 +272,7 @@ impl ClusterLog {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(
             self.options.proposals_in_flight.max(1),
         ));
-        let mut batch = Vec::with_capacity(512);
+        let mut batch = Vec::with_capacity(MAX_PROPOSE_BATCH);
         let mut stream = StreamSlot::default();
         let mut last_len = 0;
         loop {
@@ -285,7 +288,7 @@ impl ClusterLog {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
                 // Handlers a step woke together all queue first (see `plumbing::burst`).
-                n = plumbing::recv_burst(&mut queue, &mut batch, 512) => n,
+                n = plumbing::recv_burst(&mut queue, &mut batch, MAX_PROPOSE_BATCH) => n,
             };
             if received == 0 {
                 return;
@@ -297,7 +300,7 @@ impl ClusterLog {
                 let deadline = tokio::time::Instant::now() + linger;
                 let gap = linger / LINGER_GAP_DIVISOR;
                 while batch.len() < target {
-                    let room = 512 - batch.len();
+                    let room = MAX_PROPOSE_BATCH - batch.len();
                     let until = deadline.min(tokio::time::Instant::now() + gap);
                     tokio::select! {
                         () = shutdown.cancelled() => return,

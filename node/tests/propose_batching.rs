@@ -69,38 +69,16 @@ fn open_account() -> Command {
 /// One command, then 3 waves of 10 while its batch is out (50 ms apart); every command is
 /// applied. What the stand-in saw.
 async fn waves(proposals_in_flight: usize) -> Arc<Calls> {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(EmbeddedStore::open_in_dir(dir.path(), StoreOptions::default()).unwrap());
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    let calls = Arc::new(Calls::default());
-    let options = ClusterOptions {
-        proposals_in_flight,
-        ..common::cluster_options(paxos::Mode::Leaderless, slow_paxos(calls.clone()).await)
-    };
-    let log = ClusterLog::start(options, store, shutdown.clone(), CancellationToken::new())
-        .await
-        .unwrap();
-    let submit = |log: &Arc<ClusterLog>| {
-        let log = log.clone();
-        tokio::spawn(async move { log.submit(open_account()).await })
-    };
+    // Leader mode's default linger: these batches grow while one is out, not by lingering.
+    let (log, calls, _dir, _stop) =
+        node_proposing(proposals_in_flight, Duration::from_millis(2)).await;
     let mut submitted = vec![submit(&log)];
-    while calls.made.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    first_call(&calls).await;
     for _ in 0..3 {
         submitted.extend((0..10).map(|_| submit(&log)));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for outcome in submitted {
-        tokio::time::timeout(Duration::from_secs(20), outcome)
-            .await
-            .expect("answered")
-            .unwrap()
-            .expect("applied");
-    }
+    answered(submitted).await;
     calls
 }
 
@@ -139,13 +117,11 @@ async fn a_higher_limit_lets_the_waves_leave_while_a_batch_is_out() {
 /// and without lingering the first of them left in a slot of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_a_batch_waits_for_as_many_commands_as_the_last_one_carried() {
-    let (log, calls, _dir, _stop) = node_with_linger(Duration::from_secs(5)).await;
+    let (log, calls, _dir, _stop) = node_proposing(1, Duration::from_secs(5)).await;
     // A lone command: the first batch, one command, sent at once (the linger is 5 s).
     let started = std::time::Instant::now();
     let first = submit(&log);
-    while calls.made.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    first_call(&calls).await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "a lone command waited for the linger"
@@ -171,11 +147,9 @@ async fn under_load_a_batch_waits_for_as_many_commands_as_the_last_one_carried()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_stops_growing_leaves_without_waiting_out_the_linger() {
     let linger = Duration::from_secs(8);
-    let (log, calls, _dir, _stop) = node_with_linger(linger).await;
+    let (log, calls, _dir, _stop) = node_proposing(1, linger).await;
     let first = submit(&log);
-    while calls.made.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    first_call(&calls).await;
     let ten: Vec<_> = (0..10).map(|_| submit(&log)).collect();
     answered(vec![first]).await;
     answered(ten).await;
@@ -193,9 +167,10 @@ async fn a_batch_that_stops_growing_leaves_without_waiting_out_the_linger() {
     assert_eq!(sizes, vec![1, 10, 3], "calls of these many commands");
 }
 
-/// A node proposing to the slow stand-in with this linger; the directory and the guard that
-/// stops it go with it.
-async fn node_with_linger(
+/// A node proposing to the slow stand-in with this many batches out and this linger; the
+/// directory and the guard that stops it go with it.
+async fn node_proposing(
+    proposals_in_flight: usize,
     linger: Duration,
 ) -> (
     Arc<ClusterLog>,
@@ -209,6 +184,7 @@ async fn node_with_linger(
     let shutdown = CancellationToken::new();
     let calls = Arc::new(Calls::default());
     let options = ClusterOptions {
+        proposals_in_flight,
         propose_linger: linger,
         ..common::cluster_options(paxos::Mode::Leaderless, slow_paxos(calls.clone()).await)
     };
@@ -216,6 +192,13 @@ async fn node_with_linger(
         .await
         .unwrap();
     (log, calls, dir, shutdown.drop_guard())
+}
+
+/// Waits until the stand-in got its first call.
+async fn first_call(calls: &Calls) {
+    while calls.made.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn submit(
