@@ -74,6 +74,11 @@ pub struct Cli {
     /// puts the systems' runs close together in time.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
+    /// Where the logs of a testbed that answered a run with errors are kept (its processes'
+    /// `*.log` files, under `round-<N>-<mode>/`): an error under load (an election, a timeout)
+    /// is rare, and the testbed's folder goes at the end of its round.
+    #[arg(long, default_value = "bench-failures")]
+    pub failure_logs: PathBuf,
 }
 
 /// The binary's `main` for everything but the testbed roles it plays.
@@ -200,8 +205,9 @@ async fn run_round(
         match system {
             System::Bank(mode) => {
                 eprintln!("== {system}: starting a {}-node testbed", cli.nodes);
-                let cluster =
-                    systems::Testbed::start(exe, mode, cli.nodes, &dir.join(mode.as_str())).await?;
+                let testbed_dir = dir.join(mode.as_str());
+                let cluster = systems::Testbed::start(exe, mode, cli.nodes, &testbed_dir).await?;
+                let first = runs.len();
                 for &workload in &cli.workloads {
                     for &clients in &cli.clients {
                         let run =
@@ -223,6 +229,18 @@ async fn run_round(
                     runs.push(report_progress(run?));
                 }
                 cluster.stop().await;
+                if runs[first..].iter().any(|run| run.errors > 0) {
+                    let kept = cli
+                        .failure_logs
+                        .join(format!("round-{round}-{}", mode.as_str()));
+                    match keep_logs(&testbed_dir, &kept) {
+                        Ok(n) => eprintln!(
+                            "   a run had errors: kept the testbed's {n} log files in {}",
+                            kept.display()
+                        ),
+                        Err(err) => eprintln!("   could not keep the testbed's logs: {err:#}"),
+                    }
+                }
             }
             System::Etcd => {
                 eprintln!("== etcd: starting {} members", cli.nodes);
@@ -240,6 +258,30 @@ async fn run_round(
         }
     }
     Ok(())
+}
+
+/// Copies every `*.log` file under `from` to the same place under `to`; returns how many.
+fn keep_logs(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<usize> {
+    let mut kept = 0;
+    let mut folders = vec![from.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).with_context(|| format!("{}", folder.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "log") {
+                let target = to.join(path.strip_prefix(from)?);
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                std::fs::copy(&path, &target)
+                    .with_context(|| format!("copying {}", path.display()))?;
+                kept += 1;
+            }
+        }
+    }
+    Ok(kept)
 }
 
 fn report_progress(run: Run) -> Run {
@@ -266,4 +308,32 @@ fn report_progress(run: Run) -> Run {
         eprintln!("     error: {what}");
     }
     run
+}
+
+#[cfg(test)]
+mod tests {
+    /// A testbed's logs sit at `<mode>/testbed.log` and `<mode>/data/node-N/{node,paxos}.log`
+    /// among stores and WALs: only the logs are kept, each at its place.
+    #[test]
+    fn only_the_log_files_are_kept_and_keep_their_places() {
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        let node = from.path().join("data/node-1");
+        std::fs::create_dir_all(node.join("paxos")).unwrap();
+        std::fs::write(from.path().join("testbed.log"), "up").unwrap();
+        std::fs::write(node.join("paxos.log"), "starting an election").unwrap();
+        std::fs::write(node.join("node.log"), "node").unwrap();
+        std::fs::write(node.join("paxos/paxos.wal"), [0u8; 64]).unwrap();
+        std::fs::write(from.path().join("data/cluster-token"), "secret").unwrap();
+        let kept_in = to.path().join("round-3-leader");
+        assert_eq!(super::keep_logs(from.path(), &kept_in).unwrap(), 3);
+        assert_eq!(
+            std::fs::read_to_string(kept_in.join("data/node-1/paxos.log")).unwrap(),
+            "starting an election"
+        );
+        assert!(kept_in.join("testbed.log").is_file());
+        assert!(kept_in.join("data/node-1/node.log").is_file());
+        assert!(!kept_in.join("data/node-1/paxos/paxos.wal").exists());
+        assert!(!kept_in.join("data/cluster-token").exists(), "no secrets");
+    }
 }

@@ -2,7 +2,9 @@
 //! "M" is the Mencius paper (Mao, Junqueira, Marzullo, OSDI 2008).
 
 use bytes::Bytes;
-use paxos::core::{Config, Mode, ProposeError, ReadResult, Replica};
+use paxos::core::{
+    CampaignCause, Config, Mode, Observation, ProposeError, ReadResult, Replica, StepDownCause,
+};
 use paxos::messages::*;
 use paxos::storage::{MemStorage, PersistOp, PersistentState, Storage};
 
@@ -387,6 +389,14 @@ fn leader_steps_down_on_a_higher_ballot() {
     r.handle(env(1, 0, Message::Nack(nack)));
     let ready = r.take_ready();
     assert_eq!(ready.dropped, vec![cmd("queued")]);
+    assert!(
+        ready.observations.contains(&Observation::StepDown {
+            lane: 0,
+            cause: StepDownCause::HigherBallot
+        }),
+        "the step-down says why: {:?}",
+        ready.observations
+    );
     assert!(!r.status().is_leader);
     assert_eq!(
         r.propose(vec![cmd("c")]),
@@ -412,6 +422,19 @@ fn silent_leader_is_replaced_and_accepted_values_survive() {
         }),
         "own promise first"
     );
+    // The election says whom it replaces and how long that replica was silent (the leader never
+    // sent a heartbeat here: every tick so far).
+    let election_ticks = Config::new(1, 3, Mode::Leader).election_ticks;
+    let campaign = ready.observations.iter().find_map(|o| match o {
+        Observation::Campaign { lane: 0, cause } => Some(*cause),
+        _ => None,
+    });
+    match campaign {
+        Some(CampaignCause::HolderSilent { holder: 0, ticks }) => {
+            assert!(ticks > election_ticks, "silent {ticks} ticks");
+        }
+        other => panic!("expected the silent leader 0 as the cause, got {other:?}"),
+    }
     let v = batch(&["survivor"]);
     let entries = vec![PromiseEntry {
         slot: 1,
@@ -884,4 +907,46 @@ fn an_accept_of_commands_rides_with_the_answer_to_the_same_peer() {
         "peer 1 is not answered"
     );
     assert_eq!(kinds(&ready.messages, 1), Vec::<&str>::new());
+}
+
+/// Check-quorum: a leader that hears no majority for two election timeouts steps down, and says
+/// so (the log line an operator reads after an unexpected election).
+#[test]
+fn a_leader_cut_off_from_a_majority_steps_down_and_says_why() {
+    let mut r = replica(0, 3, Mode::Leader);
+    assert!(r.status().is_leader, "a fresh replica 0 leads at (0, 0)");
+    let election_ticks = Config::new(0, 3, Mode::Leader).election_ticks;
+    let ready = tick_until(&mut r, |ready| {
+        ready
+            .observations
+            .iter()
+            .any(|o| matches!(o, Observation::StepDown { .. }))
+    });
+    assert!(!r.status().is_leader);
+    assert!(
+        ready.observations.contains(&Observation::StepDown {
+            lane: 0,
+            cause: StepDownCause::NoMajorityHeard {
+                ticks: 2 * election_ticks
+            }
+        }),
+        "{:?}",
+        ready.observations
+    );
+}
+
+/// An election asked for (the prober's `POST /elect`) is told apart from one a silence caused.
+#[test]
+fn a_requested_election_says_it_was_requested() {
+    let mut r = replica(1, 3, Mode::Leader);
+    r.take_ready();
+    r.start_election();
+    let ready = r.take_ready();
+    assert_eq!(
+        ready.observations,
+        vec![Observation::Campaign {
+            lane: 0,
+            cause: CampaignCause::Requested
+        }]
+    );
 }

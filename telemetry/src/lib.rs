@@ -142,6 +142,13 @@ fn tracer_provider(identity: &Identity) -> opentelemetry_sdk::trace::TracerProvi
         .with_resource(resource)
 }
 
+/// Human logs are coloured only on a terminal (and not when `NO_COLOR` is set and not empty,
+/// see no-color.org): the testbed sends every process's logs to a file, where escape codes
+/// only get in the way of `grep`.
+fn colored_logs(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
 fn install(
     identity: &Identity,
     format: LogFormat,
@@ -157,6 +164,10 @@ fn install(
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = match format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_ansi(colored_logs(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
             .with_writer(std::io::stderr)
             .with_filter(filter)
             .boxed(),
@@ -274,4 +285,22 @@ pub fn install_prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    /// The testbed writes every child's stderr to a file: escape codes there broke `grep` on
+    /// field values (`silent_ms=370` was `silent_ms\x1b[0m\x1b[2m=\x1b[0m370`).
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(super::colored_logs(true, None));
+        assert!(!super::colored_logs(false, None), "a file gets plain text");
+        assert!(!super::colored_logs(true, Some(OsStr::new("1"))));
+        assert!(
+            super::colored_logs(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+    }
 }

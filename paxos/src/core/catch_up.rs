@@ -6,7 +6,7 @@ use crate::ballot::{NodeId, Slot};
 use crate::messages::{CatchUp, CatchUpReply, Message};
 use crate::storage::PersistOp;
 
-use super::{Replica, Role};
+use super::{Replica, Role, StepDownCause};
 
 impl Replica {
     pub(super) fn request_catch_up(&mut self, peer: NodeId) {
@@ -84,7 +84,7 @@ impl Replica {
                 *next_slot = (*next_slot).max(first_free);
             }
             if lost_track {
-                self.step_down(lane);
+                self.step_down(lane, StepDownCause::CaughtUp);
             }
         }
     }

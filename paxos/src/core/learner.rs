@@ -5,7 +5,7 @@ use crate::ballot::{Ballot, NodeId, Slot};
 use crate::messages::Value;
 use crate::storage::PersistOp;
 
-use super::{Entry, Observation, Replica, Role};
+use super::{Entry, Observation, Replica, Role, StepDownCause};
 
 impl Replica {
     /// A leader of `lane` at `ballot` says every lane slot up to `up_to` is decided.
@@ -92,7 +92,7 @@ impl Replica {
             // decided it, so this ballot is stale. Stepping down keeps the rule that a
             // leader's decided prefix at its ballot only covers slots where what it
             // proposed at that ballot is what was chosen.
-            self.step_down(lane);
+            self.step_down(lane, StepDownCause::Overtaken);
         }
     }
 

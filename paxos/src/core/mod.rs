@@ -35,7 +35,9 @@ use crate::messages::{Command, Envelope, Message, PromiseEntry, RecoveryReply, V
 use crate::storage::{PersistOp, PersistentState};
 
 pub use config::{Config, Mode};
-pub use outputs::{Metrics, Observation, ProposeError, ReadResult, Ready, Status};
+pub use outputs::{
+    CampaignCause, Metrics, Observation, ProposeError, ReadResult, Ready, Status, StepDownCause,
+};
 use quorum::{Quorum, Votes};
 
 #[derive(Clone, Debug, Hash)]
@@ -536,7 +538,7 @@ impl Replica {
             return;
         }
         if !self.is_leading(0) {
-            self.start_prepare(0);
+            self.start_prepare(0, CampaignCause::Requested);
             self.flush();
         }
     }

@@ -45,6 +45,53 @@ pub enum Observation {
     BatchSize(usize),
     /// Ticks from proposing a slot to learning it decided.
     CommitTicks(u64),
+    /// This replica started phase 1 for `lane` (an election in leader mode, a takeover or a
+    /// reclaim in leaderless mode), and why.
+    Campaign {
+        /// The lane (0 in leader mode).
+        lane: u32,
+        /// Why.
+        cause: CampaignCause,
+    },
+    /// This replica stopped leading (or preparing) `lane`, and why.
+    StepDown {
+        /// The lane (0 in leader mode).
+        lane: u32,
+        /// Why.
+        cause: StepDownCause,
+    },
+}
+
+/// Why a replica started phase 1 for a lane: what an operator asks first about an election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CampaignCause {
+    /// The lane's holder sent no heartbeat for `ticks` ticks (more than the election timeout).
+    HolderSilent {
+        /// The replica believed to hold the lane.
+        holder: NodeId,
+        /// Ticks since its last heartbeat.
+        ticks: u64,
+    },
+    /// This replica held the lane before (it stepped down, or restarted) and takes it back.
+    Reclaim,
+    /// Asked to (`POST /elect`, the prober's or an operator's call).
+    Requested,
+}
+
+/// Why a replica stopped leading a lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepDownCause {
+    /// A higher ballot was seen: another replica won the lane.
+    HigherBallot,
+    /// Check-quorum (leader mode): no majority's heartbeats for `ticks` ticks.
+    NoMajorityHeard {
+        /// The check-quorum window: two election timeouts.
+        ticks: u64,
+    },
+    /// Another value was chosen in a slot it proposed (a higher ballot decided it).
+    Overtaken,
+    /// A catch-up moved the log past the slots it was proposing in.
+    CaughtUp,
 }
 
 /// Counters for the runtime's metrics.

@@ -11,7 +11,10 @@ use crate::messages::{
 };
 use crate::storage::PersistOp;
 
-use super::{Entry, Inflight, Mode, Observation, ReadResult, Replica, Role, Votes};
+use super::{
+    CampaignCause, Entry, Inflight, Mode, Observation, ReadResult, Replica, Role, StepDownCause,
+    Votes,
+};
 
 impl Replica {
     // ----- phase 1 (PMS 2.2 and 3; M 4.3 revocation) -----
@@ -31,11 +34,14 @@ impl Replica {
             Role::Follower => false,
         };
         if holds_lower {
-            self.step_down(lane);
+            self.step_down(lane, StepDownCause::HigherBallot);
         }
     }
 
-    pub(super) fn step_down(&mut self, lane: u32) {
+    pub(super) fn step_down(&mut self, lane: u32, cause: StepDownCause) {
+        self.ready
+            .observations
+            .push(Observation::StepDown { lane, cause });
         let l = &mut self.lanes[lane as usize];
         l.role = Role::Follower;
         let deadline = self.randomized_deadline();
@@ -49,7 +55,10 @@ impl Replica {
         }
     }
 
-    pub(super) fn start_prepare(&mut self, lane: u32) {
+    pub(super) fn start_prepare(&mut self, lane: u32, cause: CampaignCause) {
+        self.ready
+            .observations
+            .push(Observation::Campaign { lane, cause });
         let max_round = self
             .promised
             .iter()

@@ -3,7 +3,7 @@
 use crate::ballot::{NodeId, Slot};
 use crate::messages::{Accept, Message, Prepare, Value};
 
-use super::{Mode, Replica, Role, Votes};
+use super::{CampaignCause, Mode, Replica, Role, StepDownCause, Votes};
 
 impl Replica {
     pub(super) fn tick_lane(&mut self, lane: u32) {
@@ -16,7 +16,8 @@ impl Replica {
             && matches!(self.lanes[lane as usize].role, Role::Leading { .. })
             && !self.hears_majority(2 * self.cfg.election_ticks)
         {
-            self.step_down(lane);
+            let ticks = 2 * self.cfg.election_ticks;
+            self.step_down(lane, StepDownCause::NoMajorityHeard { ticks });
             return;
         }
         match &mut self.lanes[lane as usize].role {
@@ -95,7 +96,18 @@ impl Replica {
                     return;
                 }
                 if self.should_campaign(lane) {
-                    self.start_prepare(lane);
+                    let holder = self.lanes[lane as usize].highest_seen.node;
+                    let cause = if holder == self.cfg.id
+                        || self.cfg.mode == Mode::Leaderless && lane == self.cfg.id
+                    {
+                        CampaignCause::Reclaim
+                    } else {
+                        CampaignCause::HolderSilent {
+                            holder,
+                            ticks: tick.saturating_sub(self.last_heard[holder as usize]),
+                        }
+                    };
+                    self.start_prepare(lane, cause);
                 } else {
                     self.lanes[lane as usize].deadline = tick + self.cfg.heartbeat_ticks;
                 }

@@ -84,6 +84,8 @@ pub(super) struct Driver {
     next_read: u64,
     /// The runtime has a single worker: writes run on it (see `persist`).
     one_worker: bool,
+    /// Milliseconds a core tick stands for (to log elections' causes in time).
+    tick_ms: u64,
 }
 
 impl Driver {
@@ -113,6 +115,7 @@ impl Driver {
             read_waiters: HashMap::new(),
             next_read: 1,
             one_worker: false,
+            tick_ms: 10,
         }
     }
 
@@ -127,6 +130,7 @@ impl Driver {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
         self.one_worker = tokio::runtime::Handle::current().metrics().num_workers() == 1;
+        self.tick_ms = tick_ms.max(1);
         self.after_inputs().await?;
         loop {
             tokio::select! {
@@ -407,6 +411,12 @@ impl Driver {
             match observation {
                 Observation::BatchSize(n) => self.series.batch_size.record(*n as f64),
                 Observation::CommitTicks(t) => self.series.slot_commit_ticks.record(*t as f64),
+                Observation::Campaign { lane, cause } => {
+                    log_campaign(self.mode, *lane, *cause, self.tick_ms)
+                }
+                Observation::StepDown { lane, cause } => {
+                    log_step_down(self.mode, *lane, *cause, self.tick_ms)
+                }
             }
         }
         if decisions_only && !persist.is_empty() {
@@ -525,5 +535,63 @@ impl Driver {
         } else {
             0.0
         });
+    }
+}
+
+/// Every election is logged with its cause: after an unexpected one, an operator's first
+/// question is who went quiet, and for how long. Leader-mode elections and takeovers of another
+/// replica's lane are warnings; a leaderless replica taking its own lane back (at every restart)
+/// and requested elections are routine.
+fn log_campaign(mode: Mode, lane: u32, cause: crate::core::CampaignCause, tick_ms: u64) {
+    use crate::core::CampaignCause;
+    match cause {
+        CampaignCause::Reclaim if mode == Mode::Leader => tracing::warn!(
+            mode = mode.as_str(),
+            lane,
+            "starting an election to take back the lead this replica held"
+        ),
+        CampaignCause::HolderSilent { holder, ticks } => tracing::warn!(
+            mode = mode.as_str(),
+            lane,
+            holder,
+            silent_ms = ticks * tick_ms,
+            "starting an election: no heartbeat from the lane's holder"
+        ),
+        CampaignCause::Reclaim => tracing::info!(
+            mode = mode.as_str(),
+            lane,
+            "starting an election to take back a lane this replica held"
+        ),
+        CampaignCause::Requested => {
+            tracing::info!(mode = mode.as_str(), lane, "starting a requested election")
+        }
+    }
+}
+
+/// A step-down with its cause; see [`log_campaign`].
+fn log_step_down(mode: Mode, lane: u32, cause: crate::core::StepDownCause, tick_ms: u64) {
+    use crate::core::StepDownCause;
+    match cause {
+        StepDownCause::HigherBallot => tracing::info!(
+            mode = mode.as_str(),
+            lane,
+            "stepping down: another replica holds a higher ballot"
+        ),
+        StepDownCause::NoMajorityHeard { ticks } => tracing::warn!(
+            mode = mode.as_str(),
+            lane,
+            window_ms = ticks * tick_ms,
+            "stepping down: no heartbeat from a majority (check-quorum)"
+        ),
+        StepDownCause::Overtaken => tracing::warn!(
+            mode = mode.as_str(),
+            lane,
+            "stepping down: a higher ballot decided a slot this replica proposed"
+        ),
+        StepDownCause::CaughtUp => tracing::warn!(
+            mode = mode.as_str(),
+            lane,
+            "stepping down: a catch-up moved the log past this replica's proposals"
+        ),
     }
 }

@@ -452,13 +452,15 @@ const START_CENTS: i64 = 100_000;
 /// holds exactly what the acknowledged operations imply, and retries return their first answers.
 pub async fn kill_during_load(tb: Testbed, mode: &str) {
     let mode = mode.to_owned();
+    let victim = std::sync::OnceLock::new();
     let faults = async {
-        let victim = if mode == "leader" {
+        let killed = if mode == "leader" {
             tb.wait_leader(None, Duration::from_secs(5)).await
         } else {
             1
         };
-        tb.kill_9(victim).await;
+        victim.set(killed).unwrap();
+        tb.kill_9(killed).await;
         if mode == "leader" {
             // A leader again (possibly the victim itself, restarted by the testbed, re-elected).
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -466,6 +468,37 @@ pub async fn kill_during_load(tb: Testbed, mode: &str) {
         }
     };
     check_under_load(&tb, faults, 2).await;
+    if mode == "leader" {
+        // The election is in the logs with its cause, as plain text (the log files are what
+        // an operator greps after an unexpected one): a survivor's names the silent leader and
+        // for how long; or the restarted victim, back before the survivors' timeout, took the
+        // lead back.
+        let victim = *victim.get().unwrap();
+        let log_of = |n: u64| {
+            let path = tb.dir.path().join(format!("data/node-{n}/paxos.log"));
+            std::fs::read_to_string(&path).unwrap_or_default()
+        };
+        let logs: Vec<(u64, String)> = (0..3).map(|n| (n, log_of(n))).collect();
+        let elections: Vec<(u64, &str)> = logs
+            .iter()
+            .flat_map(|(n, log)| log.lines().map(move |line| (*n, line)))
+            .filter(|(_, line)| line.contains("starting an election"))
+            .collect();
+        assert!(
+            elections.iter().any(|(n, line)| {
+                (*n != victim
+                    && line.contains("no heartbeat from the lane's holder")
+                    && line.contains(&format!("holder={victim}"))
+                    && line.contains("silent_ms="))
+                    || (*n == victim && line.contains("take back the lead"))
+            }),
+            "the election is logged with its cause: {logs:?}"
+        );
+        assert!(
+            elections.iter().all(|(_, line)| !line.contains('\x1b')),
+            "plain text in a log file: {elections:?}"
+        );
+    }
 }
 
 /// Runs `faults` while eight writers deposit and move money with idempotency keys, one more
