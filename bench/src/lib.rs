@@ -263,23 +263,18 @@ async fn run_round(
 /// Copies every `*.log` file under `from` to the same place under `to`; returns how many.
 fn keep_logs(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<usize> {
     let mut kept = 0;
-    let mut folders = vec![from.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).with_context(|| format!("{}", folder.display()))? {
-            let path = entry?.path();
-            if path.is_dir() {
-                folders.push(path);
-            } else if path.extension().is_some_and(|ext| ext == "log") {
-                let target = to.join(path.strip_prefix(from)?);
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("creating {}", parent.display()))?;
-                }
-                std::fs::copy(&path, &target)
-                    .with_context(|| format!("copying {}", path.display()))?;
-                kept += 1;
-            }
+    for entry in walkdir::WalkDir::new(from) {
+        let path = entry?.into_path();
+        if !path.is_file() || path.extension().is_none_or(|ext| ext != "log") {
+            continue;
         }
+        let target = to.join(path.strip_prefix(from)?);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::copy(&path, &target).with_context(|| format!("copying {}", path.display()))?;
+        kept += 1;
     }
     Ok(kept)
 }

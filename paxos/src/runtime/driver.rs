@@ -84,7 +84,8 @@ pub(super) struct Driver {
     next_read: u64,
     /// The runtime has a single worker: writes run on it (see `persist`).
     one_worker: bool,
-    /// Milliseconds a core tick stands for (to log elections' causes in time).
+    /// Milliseconds a core tick stands for (the ticker's period; elections' causes are logged
+    /// in milliseconds).
     tick_ms: u64,
 }
 
@@ -96,6 +97,7 @@ impl Driver {
         storage: Box<dyn Storage + Send>,
         outbound: Vec<Option<Peer>>,
         decided: Arc<std::sync::atomic::AtomicU64>,
+        tick_ms: u64,
     ) -> Driver {
         Driver {
             decided,
@@ -115,22 +117,20 @@ impl Driver {
             read_waiters: HashMap::new(),
             next_read: 1,
             one_worker: false,
-            tick_ms: 10,
+            tick_ms: tick_ms.max(1),
         }
     }
 
     pub(super) async fn run(
         mut self,
-        tick_ms: u64,
         mut requests: mpsc::Receiver<LocalRequest>,
         mut inbound: mpsc::Receiver<Vec<Envelope>>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut ticker = tokio::time::interval(Duration::from_millis(tick_ms.max(1)));
+        let mut ticker = tokio::time::interval(Duration::from_millis(self.tick_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
         self.one_worker = tokio::runtime::Handle::current().metrics().num_workers() == 1;
-        self.tick_ms = tick_ms.max(1);
         self.after_inputs().await?;
         loop {
             tokio::select! {

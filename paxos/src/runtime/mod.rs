@@ -156,11 +156,11 @@ pub async fn run_with_storage(
         )));
     }
     let decided = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let driver = Driver::new(replica, storage, outbound, decided.clone());
+    let driver = Driver::new(replica, storage, outbound, decided.clone(), cfg.tick_ms);
     let driver_gone = CancellationToken::new();
     let mut driver_task = {
         let (gone, driver) = (driver_gone.clone(), driver);
-        let run = driver.run(cfg.tick_ms, requests_rx, inbound_rx, stop.clone());
+        let run = driver.run(requests_rx, inbound_rx, stop.clone());
         tokio::spawn(async move {
             let _gone = gone.drop_guard();
             run.await

@@ -50,6 +50,10 @@ pub const REWRITE_BYTES: u64 = 64 << 20;
 /// 80 us and 56 -> 31 us of CPU a sync. Zeros after the last record read as a torn tail (see
 /// [`replay`]), so the grown part needs no marker.
 const GROW_BYTES: u64 = 4 << 20;
+/// Records appended while a checkpoint was written are copied after it this much at a time
+/// (a checkpoint slowed by the disk can have many steps after it). Small in tests, so that
+/// their copies take several rounds.
+const COPY_CHUNK_BYTES: u64 = if cfg!(test) { 256 } else { 1 << 20 };
 
 /// A logged operation, as written: a [`PersistOp`] as it is, except a snapshot, whose data
 /// stays in its file and is logged as its slot and length.
@@ -193,6 +197,7 @@ pub struct WalStorage {
     buf: Vec<u8>,
     checkpoint: Option<PendingCheckpoint>,
     /// Bytes of records copied after checkpoints (appended while they were written).
+    #[cfg(test)]
     copied_after_checkpoints: u64,
 }
 
@@ -284,6 +289,7 @@ impl WalStorage {
             state,
             buf: Vec::new(),
             checkpoint: None,
+            #[cfg(test)]
             copied_after_checkpoints: 0,
         })
     }
@@ -317,13 +323,20 @@ impl WalStorage {
             .written
             .join()
             .map_err(|_| err("the paxos checkpoint thread panicked"))??;
-        let mut tail = vec![0u8; (self.len - pending.from) as usize];
-        self.file
-            .read_exact_at(&mut tail, pending.from)
-            .map_err(err)?;
+        let tail = self.len - pending.from;
         let tmp = checkpoint_path(&self.path);
         let file = OpenOptions::new().write(true).open(&tmp).map_err(err)?;
-        file.write_all_at(&tail, checkpoint_len).map_err(err)?;
+        let mut chunk = vec![0u8; tail.min(COPY_CHUNK_BYTES) as usize];
+        let mut copied = 0;
+        while copied < tail {
+            let n = (tail - copied).min(chunk.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut chunk[..n], pending.from + copied)
+                .map_err(err)?;
+            file.write_all_at(&chunk[..n], checkpoint_len + copied)
+                .map_err(err)?;
+            copied += n as u64;
+        }
         file.sync_all().map_err(err)?;
         drop(file);
         std::fs::rename(&tmp, &self.path).map_err(err)?;
@@ -333,10 +346,13 @@ impl WalStorage {
             .write(true)
             .open(&self.path)
             .map_err(err)?;
-        self.len = checkpoint_len + tail.len() as u64;
+        self.len = checkpoint_len + tail;
         self.allocated = self.len;
         self.checkpoint_len = checkpoint_len;
-        self.copied_after_checkpoints += tail.len() as u64;
+        #[cfg(test)]
+        {
+            self.copied_after_checkpoints += tail;
+        }
         Ok(())
     }
 
@@ -734,6 +750,19 @@ mod tests {
         assert!(error.contains("is not a version 1 paxos log"), "{error}");
     }
 
+    /// A step that accepts and decides `slot`, a command of `bytes` bytes.
+    fn accepted_and_decided(slot: Slot, bytes: usize) -> Vec<PersistOp> {
+        let value = Value::Batch(std::sync::Arc::new(vec![Bytes::from(vec![7; bytes])]));
+        vec![
+            PersistOp::Accept {
+                slot,
+                ballot: Ballot::new(1, 0),
+                value: value.clone(),
+            },
+            PersistOp::Decide { slot, value },
+        ]
+    }
+
     #[test]
     fn the_log_is_rewritten_as_a_checkpoint_when_it_grows() {
         let dir = tempfile::tempdir().unwrap();
@@ -742,25 +771,14 @@ mod tests {
         let mut reference = PersistentState::default();
         let mut appended = 0;
         for slot in 1..=200u64 {
-            let value = Value::Batch(std::sync::Arc::new(vec![Bytes::from(vec![7; 100])]));
-            let step = vec![
-                PersistOp::Accept {
-                    slot,
-                    ballot: Ballot::new(1, 0),
-                    value: value.clone(),
-                },
-                PersistOp::Decide { slot, value },
-            ];
+            let step = accepted_and_decided(slot, 100);
             let before = storage.len();
             storage.write(&step).unwrap();
             appended += storage.len().saturating_sub(before);
             reference.apply(&step);
             if slot % 50 == 0 {
                 // The application compacts, as the driver would.
-                let snap = vec![PersistOp::Snapshot {
-                    slot: slot - 10,
-                    data: Bytes::from(format!("state at {}", slot - 10)),
-                }];
+                let snap = snapshot_op(slot - 10, format!("state at {}", slot - 10));
                 storage.write(&snap).unwrap();
                 reference.apply(&snap);
             }
@@ -793,24 +811,13 @@ mod tests {
         let mut reference = PersistentState::default();
         let mut started = 0;
         for slot in 1..=400u64 {
-            let value = Value::Batch(std::sync::Arc::new(vec![Bytes::from(vec![9; 200])]));
-            let step = vec![
-                PersistOp::Accept {
-                    slot,
-                    ballot: Ballot::new(1, 0),
-                    value: value.clone(),
-                },
-                PersistOp::Decide { slot, value },
-            ];
+            let step = accepted_and_decided(slot, 200);
             let pending_before = storage.checkpoint.is_some();
             storage.write(&step).unwrap();
             reference.apply(&step);
             started += usize::from(!pending_before && storage.checkpoint.is_some());
             if slot % 100 == 0 {
-                let snap = vec![PersistOp::Snapshot {
-                    slot: slot - 20,
-                    data: Bytes::from(format!("state at {}", slot - 20)),
-                }];
+                let snap = snapshot_op(slot - 20, format!("state at {}", slot - 20));
                 storage.write(&snap).unwrap();
                 reference.apply(&snap);
             }
@@ -850,10 +857,10 @@ mod tests {
         assert_eq!(&state, states().last().unwrap());
     }
 
-    fn snapshot_op(slot: Slot, data: &'static [u8]) -> Vec<PersistOp> {
+    fn snapshot_op(slot: Slot, data: impl Into<Bytes>) -> Vec<PersistOp> {
         vec![PersistOp::Snapshot {
             slot,
-            data: Bytes::from_static(data),
+            data: data.into(),
         }]
     }
 
@@ -868,7 +875,7 @@ mod tests {
         let inode = std::fs::metadata(snapshot_file(&snapshots, 7))
             .unwrap()
             .ino();
-        storage.write(&snapshot_op(7, b"state at 7")).unwrap();
+        storage.write(&snapshot_op(7, &b"state at 7"[..])).unwrap();
         let now = std::fs::metadata(snapshot_file(&snapshots, 7))
             .unwrap()
             .ino();
@@ -884,9 +891,9 @@ mod tests {
         let path = wal(dir.path());
         let snapshots = snapshot_dir(&path);
         let mut storage = WalStorage::open(&path).unwrap();
-        storage.write(&snapshot_op(5, b"five")).unwrap();
+        storage.write(&snapshot_op(5, &b"five"[..])).unwrap();
         stage_snapshot(&snapshots, 9, b"nine").unwrap();
-        storage.write(&snapshot_op(6, b"six")).unwrap();
+        storage.write(&snapshot_op(6, &b"six"[..])).unwrap();
         let mut files: Vec<_> = std::fs::read_dir(&snapshots)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -914,7 +921,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = wal(dir.path());
         let mut storage = WalStorage::open(&path).unwrap();
-        storage.write(&snapshot_op(3, b"three")).unwrap();
+        storage.write(&snapshot_op(3, &b"three"[..])).unwrap();
         drop(storage);
         std::fs::write(snapshot_file(&snapshot_dir(&path), 3), b"thr").unwrap();
         let error = WalStorage::open(&path).err().expect("refused").to_string();
