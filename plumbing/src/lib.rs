@@ -28,7 +28,9 @@ pub use auth::{
 };
 pub use burst::{recv_burst, take_the_rest};
 pub use process::{DieWithParent, shutdown_signal};
-pub use serve::{LINGER_BYTES, LINGER_TIME, Limits, Oversized, reject_oversized, serve};
+pub use serve::{
+    Connection, LINGER_BYTES, LINGER_TIME, Limits, Oversized, reject_oversized, serve,
+};
 
 /// How long the bank's HTTP clients keep an idle pooled connection: below the servers'
 /// [`Limits::header_read_timeout`], so a server never closes a connection a client reuses.

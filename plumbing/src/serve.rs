@@ -13,6 +13,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower_http::add_extension::AddExtension;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// What one listener allows a client.
@@ -42,6 +43,14 @@ impl Limits {
     };
 }
 
+/// The client connection a request came on: a request extension on every request [`serve`]
+/// hands its router (a load balancer that keeps each connection on one backend reads it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// 1 for the listener's first connection, then counting up.
+    pub id: u64,
+}
+
 /// Serves `app` on `listener` with `limits` until `shutdown` completes, then waits (at most
 /// `limits.shutdown_grace`) for the requests in flight.
 pub async fn serve(
@@ -60,6 +69,7 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut next_connection = 0;
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -78,7 +88,11 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        next_connection += 1;
+        let connection = Connection {
+            id: next_connection,
+        };
+        let service = TowerToHyperService::new(AddExtension::new(app.clone(), connection));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

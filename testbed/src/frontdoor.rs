@@ -2,8 +2,10 @@
 //!
 //! Every path except `/_testbed/...` is proxied to a node's public port. Leader mode: to the
 //! current target (by default the node the cluster reports as leader; `POST /_testbed/target`
-//! pins it, as the prober will). Leaderless: round robin over the nodes that answered `/readyz`.
-//! If the chosen node refuses the connection (the request was never sent, so retrying cannot
+//! pins it, as the prober will). Leaderless: each client connection stays on one node, and
+//! connections are dealt out round robin over the nodes that answered `/readyz` (as a
+//! Kubernetes Service balances connections, not requests; a node's clients come back to it, so
+//! its proposal batches fill: docs/performance.md, twelfth round). If the chosen node refuses the connection (the request was never sent, so retrying cannot
 //! apply anything twice), the next node is tried.
 //!
 //! It honours health as a real load balancer does (Envoy's outlier detection): a node that fails
@@ -127,7 +129,7 @@ pub struct FrontDoor {
     pub target: AtomicUsize,
     /// Leader mode: follow the leader automatically.
     pub auto_target: AtomicBool,
-    /// Leaderless: round-robin position.
+    /// Leaderless: round-robin position for a request that came on no known connection.
     pub next: AtomicUsize,
     /// Node the cluster reports as leader (leader mode), `usize::MAX` if none.
     pub leader: AtomicUsize,
@@ -391,15 +393,17 @@ impl FrontDoor {
         }
     }
 
-    /// Candidate nodes for one request, best first: in leader mode the target, else the next in
-    /// round robin; nodes that are not ready or are ejected come last (tried only if every
-    /// healthy one refused the connection).
-    fn candidates(&self) -> Vec<usize> {
+    /// Candidate nodes for one request, best first: in leader mode the target; leaderless, the
+    /// node of the client's connection (connections are dealt out round robin, as a Kubernetes
+    /// Service or an L4 load balancer does), or the next in round robin for a request that came
+    /// on no known connection; nodes that are not ready or are ejected come last (tried only if
+    /// every healthy one refused the connection).
+    fn candidates(&self, connection: Option<plumbing::Connection>) -> Vec<usize> {
         let n = self.nodes.len();
-        let first = if self.mode == paxos::Mode::Leader {
-            self.target.load(Ordering::SeqCst) % n
-        } else {
-            self.next.fetch_add(1, Ordering::SeqCst) % n
+        let first = match (self.mode, connection) {
+            (paxos::Mode::Leader, _) => self.target.load(Ordering::SeqCst) % n,
+            (paxos::Mode::Leaderless, Some(connection)) => (connection.id % n as u64) as usize,
+            (paxos::Mode::Leaderless, None) => self.next.fetch_add(1, Ordering::SeqCst) % n,
         };
         let (mut healthy, sick): (Vec<usize>, Vec<usize>) = (0..n)
             .map(|k| (first + k) % n)
@@ -628,6 +632,7 @@ const HOP_BY_HOP: [&str; 6] = [
 
 async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    let connection = parts.extensions.get::<plumbing::Connection>().copied();
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         let body = serde_json::json!({
             "error": format!("request body over {MAX_BODY_BYTES} bytes"),
@@ -648,7 +653,7 @@ async fn proxy(State(door): State<Arc<FrontDoor>>, request: Request) -> Response
     }
     // The node's span is a child of the front door's (the client's traceparent otherwise).
     headers.extend(telemetry::trace::current_headers());
-    for index in door.candidates() {
+    for index in door.candidates(connection) {
         let node = &door.nodes[index];
         let _in_flight = InFlight::new(&node.in_flight);
         let Ok(uri) = format!("{}{}", node.public_url, path).parse::<axum::http::Uri>() else {
@@ -866,7 +871,11 @@ mod tests {
         let nodes = vec![hung, answers().await];
         let (door, state) =
             serve_door(paxos::Mode::Leaderless, nodes, Duration::from_millis(200)).await;
-        let client = reqwest::Client::new();
+        // A connection per request: connections are dealt out round robin.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
         let mut timeouts = 0;
         for _ in 0..2 * Outlier::THRESHOLD {
             if get_status(&client, door).await == 503 {
@@ -876,7 +885,7 @@ mod tests {
         assert_eq!(
             timeouts,
             Outlier::THRESHOLD,
-            "round robin sent every other one"
+            "round robin sent every other connection there"
         );
         assert!(state.nodes[0].outlier.is_ejected());
         assert_eq!(state.info().nodes[0].ejections, 1);
@@ -892,6 +901,55 @@ mod tests {
         assert!(
             !state.nodes[1].outlier.is_ejected(),
             "answers reset the count"
+        );
+    }
+
+    /// The node that answered a `GET /` through the front door at `door`.
+    async fn answered_by(client: &reqwest::Client, door: SocketAddr) -> String {
+        let reply = client.get(format!("http://{door}/")).send().await.unwrap();
+        assert_eq!(reply.status(), 200);
+        reply.headers()[NODE_HEADER].to_str().unwrap().to_owned()
+    }
+
+    /// Leaderless: a client's connection stays on one node (its batches fill with that client's
+    /// next requests), connections are dealt out round robin, and a connection whose node
+    /// refuses it is served by the next.
+    #[tokio::test]
+    async fn leaderless_keeps_a_connection_on_one_node_and_deals_connections_round_robin() {
+        let nodes = vec![answers().await, answers().await, answers().await];
+        let door = front_door(nodes).await;
+        let kept = reqwest::Client::new();
+        let first = answered_by(&kept, door).await;
+        for _ in 0..5 {
+            assert_eq!(
+                answered_by(&kept, door).await,
+                first,
+                "one connection, one node"
+            );
+        }
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let mut dealt = Vec::new();
+        for _ in 0..6 {
+            dealt.push(answered_by(&fresh, door).await);
+        }
+        assert_eq!(dealt[..3], dealt[3..], "round robin over the connections");
+        let mut distinct = dealt.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct, ["0", "1", "2"], "every node gets connections");
+
+        let nodes = vec![answers().await, answers().await, closed_port().await];
+        let door = front_door(nodes).await;
+        let mut dealt = Vec::new();
+        for _ in 0..6 {
+            dealt.push(answered_by(&fresh, door).await);
+        }
+        assert!(
+            dealt.iter().filter(|n| *n == "0").count() == 4 && !dealt.contains(&"2".to_owned()),
+            "the refused node's connections went to the next one: {dealt:?}"
         );
     }
 
