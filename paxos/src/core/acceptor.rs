@@ -87,6 +87,9 @@ impl Replica {
                 continue;
             }
             self.frontier = self.frontier.max(slot);
+            if matches!(value, crate::messages::Value::Batch(_)) {
+                self.command_frontier = self.command_frontier.max(slot);
+            }
             slots.push(slot);
             if slot <= self.compacted || self.log.get(&slot).is_some_and(|e| e.decided) {
                 continue;

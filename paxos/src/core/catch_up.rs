@@ -24,7 +24,17 @@ impl Replica {
             _ => None,
         };
         let start = snapshot.as_ref().map_or(m.from_slot, |(slot, _)| slot + 1);
-        let entries = self.decided_entries(start, self.cfg.max_entries_per_message);
+        // Every decided entry from there, past undecided slots too: in leaderless mode each
+        // replica may know its own lanes decided far past the slot it waits for, while the
+        // peer asking lacks their values (it missed the accepts) and holds the decisions this
+        // replica waits for in turn; entries up to the decided index alone left both waiting.
+        let entries: Vec<(Slot, crate::messages::Value)> = self
+            .log
+            .range(start.max(self.compacted + 1)..)
+            .filter(|(_, e)| e.decided)
+            .take(self.cfg.max_entries_per_message)
+            .map(|(slot, e)| (*slot, e.value.clone()))
+            .collect();
         if snapshot.is_some() || !entries.is_empty() {
             self.send(
                 from,
@@ -53,6 +63,7 @@ impl Replica {
         self.compacted = slot;
         self.decided_index = slot;
         self.frontier = self.frontier.max(slot);
+        self.command_frontier = self.command_frontier.max(slot);
         self.snapshot = Some((slot, data.clone()));
         self.ready.persist.push(PersistOp::Snapshot {
             slot,

@@ -69,6 +69,9 @@ impl Replica {
         }
         entry.decided = true;
         entry.value = value.clone();
+        if matches!(value, Value::Batch(_)) {
+            self.command_frontier = self.command_frontier.max(slot);
+        }
         self.metrics.slots_decided += 1;
         self.ready.persist.push(PersistOp::Decide {
             slot,

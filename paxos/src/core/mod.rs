@@ -124,6 +124,11 @@ struct PendingRead {
     index: Slot,
 }
 
+/// Leaderless: how many rounds past the highest command an idle replica keeps its own lane
+/// skipped (see `Replica::skip_to`). 16 rounds, one accept per 8 commands of a replica serving
+/// alone, well inside the pipeline window ([`Config::window`], 64 by default).
+pub const SKIP_AHEAD_ROUNDS: u64 = 16;
+
 /// One Paxos replica. See the crate docs for how to drive it.
 #[derive(Clone, Debug)]
 pub struct Replica {
@@ -137,7 +142,15 @@ pub struct Replica {
     compacted: Slot,
     decided_index: Slot,
     lanes: Vec<Lane>,
+    /// Highest slot known to be in use (by a command or a no-op): the recovery target and the
+    /// tick's skips reach it.
     frontier: Slot,
+    /// Highest slot known to hold a command. Leaderless: this replica's own empty slots below
+    /// it become no-ops at once (M 4.2), and an idle replica keeps its lane skipped
+    /// [`SKIP_AHEAD_ROUNDS`] rounds past it.
+    command_frontier: Slot,
+    /// Tick of this replica's last command proposed in its own lane (leaderless idleness).
+    last_command_tick: u64,
     pending: VecDeque<Command>,
     my_proposals: BTreeMap<Slot, (Value, u64)>,
     /// Tick of the last heartbeat from each replica.
@@ -153,11 +166,10 @@ pub struct Replica {
     /// The crash vector: the highest incarnation known of every replica, this one included
     /// (while recovering: the incarnation it is trying to establish).
     incarnations: Vec<u64>,
-    /// No-op skips are proposed on ticks only, so commands that arrive meanwhile take the slots
-    /// instead, and one accept carries every skip of a tick (Mencius piggybacks skips too).
     /// This life has synced a write: its ballots can no longer be reused by a restart that
     /// looks fresh (see [`Replica::take_ready`]).
     synced: bool,
+    /// Set during a tick's flush: skips reach the frontier (see [`Replica::flush`]).
     fill_noops: bool,
     /// Inputs since the last flush may have queued commands or opened the window: the next
     /// [`Replica::take_ready`] assigns slots once for all of them, so a burst of proposals and
@@ -233,6 +245,8 @@ impl Replica {
             decided_index: compacted,
             lanes,
             frontier,
+            command_frontier: frontier,
+            last_command_tick: 0,
             pending: VecDeque::new(),
             my_proposals: BTreeMap::new(),
             last_heard: vec![0; cfg.nodes as usize],
@@ -466,6 +480,8 @@ impl Replica {
             decided_index,
             lanes,
             frontier,
+            command_frontier,
+            last_command_tick,
             pending,
             my_proposals,
             last_heard,
@@ -503,6 +519,7 @@ impl Replica {
             .hash(&mut h);
         (catchup_after, read_seq, read_acks, reads, ready, recovery).hash(&mut h);
         (incarnations, fill_noops, synced, flush_due).hash(&mut h);
+        (command_frontier, last_command_tick).hash(&mut h);
         h.finish()
     }
 

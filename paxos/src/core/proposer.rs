@@ -12,8 +12,8 @@ use crate::messages::{
 use crate::storage::PersistOp;
 
 use super::{
-    CampaignCause, Entry, Inflight, Mode, Observation, ReadResult, Replica, Role, StepDownCause,
-    Votes,
+    CampaignCause, Entry, Inflight, Mode, Observation, ReadResult, Replica, Role,
+    SKIP_AHEAD_ROUNDS, StepDownCause, Votes,
 };
 
 impl Replica {
@@ -220,6 +220,9 @@ impl Replica {
             value: value.clone(),
         });
         self.frontier = self.frontier.max(slot);
+        if matches!(value, Value::Batch(_)) {
+            self.command_frontier = self.command_frontier.max(slot);
+        }
         self.metrics.slots_proposed += 1;
         if value == Value::Noop {
             self.metrics.noops_proposed += 1;
@@ -338,6 +341,7 @@ impl Replica {
             let ballot = *ballot;
             let may_propose_commands = self.cfg.mode == Mode::Leader || lane == self.cfg.id;
             let step = self.step();
+            let skip_to = self.skip_to(lane);
             let mut entries = Vec::new();
             while let Role::Leading {
                 next_slot,
@@ -351,7 +355,7 @@ impl Replica {
                 }
                 let value = if may_propose_commands && !self.pending.is_empty() {
                     Value::Batch(Arc::new(self.take_batch()))
-                } else if slot <= self.frontier && self.fill_noops {
+                } else if slot <= skip_to {
                     // This slot or a later one is in use elsewhere (another lane's proposal, or
                     // a deposed proposer's value that phase 1 proved unchosen): fill it with a
                     // no-op so the log can be applied past it (M 4.2, skips).
@@ -363,6 +367,7 @@ impl Replica {
                     *next_slot += step;
                 }
                 if let Value::Batch(commands) = &value {
+                    self.last_command_tick = self.tick;
                     self.ready
                         .observations
                         .push(Observation::BatchSize(commands.len()));
@@ -373,6 +378,53 @@ impl Replica {
             self.send_accepts(lane, ballot, entries);
         }
         self.advance_decided();
+    }
+
+    /// The highest slot of `lane` that [`Replica::flush`] may fill with a no-op now.
+    ///
+    /// Leader mode, and lanes this replica took over: the frontier, on ticks only, so commands
+    /// that arrive meanwhile take the slots instead and one accept carries a tick's skips.
+    ///
+    /// Leaderless, own lane (Mencius's rules, M 4.2): every empty slot below a slot that holds
+    /// a command is skipped at once, not on the next tick: the command waits for every lower
+    /// slot, and a replica that waited for its tick made it wait up to a tick. A replica idle
+    /// for over a tick (no command of its own) also skips [`SKIP_AHEAD_ROUNDS`] rounds past the
+    /// highest command, in one accept, whenever fewer than half of them are left and its
+    /// earlier slots are decided: a replica
+    /// that serves alone then finds the other lanes skipped before it proposes, and answers
+    /// after one round trip as a leader would (with the skips made only after its proposal it
+    /// waited for two more: the other replica's no-op accept and its decision). Only commands
+    /// count: the skips of idle replicas must not make the busy one skip its own slots in turn.
+    /// Ticks still skip up to the frontier when idle, so that whatever is in use is decided
+    /// (a recovering replica waits for the frontier).
+    pub(super) fn skip_to(&self, lane: u32) -> Slot {
+        let tick_fill = if self.fill_noops { self.frontier } else { 0 };
+        if self.cfg.mode != Mode::Leaderless || lane != self.cfg.id {
+            return tick_fill;
+        }
+        let idle = self.tick > self.last_command_tick + 1;
+        if !idle {
+            return self.command_frontier;
+        }
+        let Role::Leading {
+            next_slot,
+            inflight,
+            ..
+        } = &self.lanes[lane as usize].role
+        else {
+            return 0;
+        };
+        let step = self.step();
+        let ahead = self.command_frontier + SKIP_AHEAD_ROUNDS * step;
+        // Only once the last skips are decided: skips piled on skips whose votes do not come
+        // back (a partition) would leave more undecided slots in the lane than a revoking
+        // replica's phase 1 can collect in one promise.
+        let skip_to = if inflight.is_empty() && *next_slot + SKIP_AHEAD_ROUNDS / 2 * step <= ahead {
+            ahead
+        } else {
+            self.command_frontier
+        };
+        skip_to.max(tick_fill)
     }
 
     pub(super) fn take_batch(&mut self) -> Vec<Command> {
