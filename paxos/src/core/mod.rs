@@ -124,11 +124,6 @@ struct PendingRead {
     index: Slot,
 }
 
-/// Leaderless: how many rounds past the highest command an idle replica keeps its own lane
-/// skipped (see `Replica::skip_to`). 16 rounds, one accept per 8 commands of a replica serving
-/// alone, well inside the pipeline window ([`Config::window`], 64 by default).
-pub const SKIP_AHEAD_ROUNDS: u64 = 16;
-
 /// One Paxos replica. See the crate docs for how to drive it.
 #[derive(Clone, Debug)]
 pub struct Replica {
@@ -142,15 +137,12 @@ pub struct Replica {
     compacted: Slot,
     decided_index: Slot,
     lanes: Vec<Lane>,
-    /// Highest slot known to be in use (by a command or a no-op): the recovery target and the
-    /// tick's skips reach it.
+    /// Highest slot known to be in use (by a command or a no-op): the recovery target, and what
+    /// a tick's skips reach.
     frontier: Slot,
     /// Highest slot known to hold a command. Leaderless: this replica's own empty slots below
-    /// it become no-ops at once (M 4.2), and an idle replica keeps its lane skipped
-    /// [`SKIP_AHEAD_ROUNDS`] rounds past it.
+    /// it become no-ops at once (M 4.2).
     command_frontier: Slot,
-    /// Tick of this replica's last command proposed in its own lane (leaderless idleness).
-    last_command_tick: u64,
     pending: VecDeque<Command>,
     my_proposals: BTreeMap<Slot, (Value, u64)>,
     /// Tick of the last heartbeat from each replica.
@@ -246,7 +238,6 @@ impl Replica {
             lanes,
             frontier,
             command_frontier: frontier,
-            last_command_tick: 0,
             pending: VecDeque::new(),
             my_proposals: BTreeMap::new(),
             last_heard: vec![0; cfg.nodes as usize],
@@ -481,7 +472,6 @@ impl Replica {
             lanes,
             frontier,
             command_frontier,
-            last_command_tick,
             pending,
             my_proposals,
             last_heard,
@@ -519,7 +509,7 @@ impl Replica {
             .hash(&mut h);
         (catchup_after, read_seq, read_acks, reads, ready, recovery).hash(&mut h);
         (incarnations, fill_noops, synced, flush_due).hash(&mut h);
-        (command_frontier, last_command_tick).hash(&mut h);
+        command_frontier.hash(&mut h);
         h.finish()
     }
 

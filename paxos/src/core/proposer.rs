@@ -12,8 +12,8 @@ use crate::messages::{
 use crate::storage::PersistOp;
 
 use super::{
-    CampaignCause, Entry, Inflight, Mode, Observation, ReadResult, Replica, Role,
-    SKIP_AHEAD_ROUNDS, StepDownCause, Votes,
+    CampaignCause, Entry, Inflight, Mode, Observation, ReadResult, Replica, Role, StepDownCause,
+    Votes,
 };
 
 impl Replica {
@@ -367,7 +367,6 @@ impl Replica {
                     *next_slot += step;
                 }
                 if let Value::Batch(commands) = &value {
-                    self.last_command_tick = self.tick;
                     self.ready
                         .observations
                         .push(Observation::BatchSize(commands.len()));
@@ -385,46 +384,17 @@ impl Replica {
     /// Leader mode, and lanes this replica took over: the frontier, on ticks only, so commands
     /// that arrive meanwhile take the slots instead and one accept carries a tick's skips.
     ///
-    /// Leaderless, own lane (Mencius's rules, M 4.2): every empty slot below a slot that holds
-    /// a command is skipped at once, not on the next tick: the command waits for every lower
-    /// slot, and a replica that waited for its tick made it wait up to a tick. A replica idle
-    /// for over a tick (no command of its own) also skips [`SKIP_AHEAD_ROUNDS`] rounds past the
-    /// highest command, in one accept, whenever fewer than half of them are left and its
-    /// earlier slots are decided: a replica
-    /// that serves alone then finds the other lanes skipped before it proposes, and answers
-    /// after one round trip as a leader would (with the skips made only after its proposal it
-    /// waited for two more: the other replica's no-op accept and its decision). Only commands
-    /// count: the skips of idle replicas must not make the busy one skip its own slots in turn.
-    /// Ticks still skip up to the frontier when idle, so that whatever is in use is decided
-    /// (a recovering replica waits for the frontier).
+    /// Leaderless, own lane (Mencius's rule, M 4.2): also every empty slot below a slot that
+    /// holds a command, at once, not on the next tick: the command waits for every lower slot,
+    /// and a replica that waited for its tick made it wait up to a tick (with a client's
+    /// connection kept on one node, every command of a lone busy replica did).
     pub(super) fn skip_to(&self, lane: u32) -> Slot {
         let tick_fill = if self.fill_noops { self.frontier } else { 0 };
-        if self.cfg.mode != Mode::Leaderless || lane != self.cfg.id {
-            return tick_fill;
-        }
-        let idle = self.tick > self.last_command_tick + 1;
-        if !idle {
-            return self.command_frontier;
-        }
-        let Role::Leading {
-            next_slot,
-            inflight,
-            ..
-        } = &self.lanes[lane as usize].role
-        else {
-            return 0;
-        };
-        let step = self.step();
-        let ahead = self.command_frontier + SKIP_AHEAD_ROUNDS * step;
-        // Only once the last skips are decided: skips piled on skips whose votes do not come
-        // back (a partition) would leave more undecided slots in the lane than a revoking
-        // replica's phase 1 can collect in one promise.
-        let skip_to = if inflight.is_empty() && *next_slot + SKIP_AHEAD_ROUNDS / 2 * step <= ahead {
-            ahead
+        if self.cfg.mode == Mode::Leaderless && lane == self.cfg.id {
+            tick_fill.max(self.command_frontier)
         } else {
-            self.command_frontier
-        };
-        skip_to.max(tick_fill)
+            tick_fill
+        }
     }
 
     pub(super) fn take_batch(&mut self) -> Vec<Command> {
