@@ -632,6 +632,38 @@ fn no_ops_elsewhere_do_not_make_a_leaderless_replica_skip_at_once() {
     assert_eq!(accepts_of(&r.take_ready(), 0, 1), vec![noops([7, 10, 13])]);
 }
 
+/// Catch-up serves every decided entry past the asker's index, past the responder's own
+/// undecided slots too: in leaderless mode each replica may know its own lane decided far past
+/// the slot it waits for, and the asker may hold that slot's decision in turn.
+#[test]
+fn catch_up_serves_decided_entries_past_an_undecided_slot() {
+    let mut r = replica(0, 3, Mode::Leaderless);
+    r.take_ready();
+    for (what, slot) in [("a", 1), ("b", 4)] {
+        r.propose(vec![cmd(what)]).unwrap();
+        r.take_ready();
+        let accepted = Accepted {
+            lane: 0,
+            ballot: b(0, 0),
+            slots: vec![slot],
+        };
+        r.handle(env(1, 0, Message::Accepted(accepted)));
+        r.take_ready();
+    }
+    // Slots 2 and 3 (lanes 1 and 2) are unknown here: the decided index is 1.
+    r.handle(env(2, 0, Message::CatchUp(CatchUp { from_slot: 2 })));
+    let ready = r.take_ready();
+    let replies: Vec<_> = ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.msg {
+            Message::CatchUpReply(reply) if m.to == 2 => Some(reply.entries.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies, vec![vec![(4, batch(&["b"]))]]);
+}
+
 /// M 4.3: when a silent replica's slot blocks the log, another revokes its lane with phase 1
 /// at a higher ballot and fills the slot with a no-op.
 #[test]
