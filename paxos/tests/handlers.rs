@@ -575,6 +575,17 @@ fn accepts_of(ready: &paxos::core::Ready, lane: u32, to: u32) -> Vec<Vec<(u64, V
         .collect()
 }
 
+/// Replica 2's accept of `entries` in its own lane, at its default ballot, to replica 0.
+fn from_lane_2(entries: Vec<(u64, Value)>) -> Envelope {
+    let accept = Accept {
+        lane: 2,
+        ballot: b(0, 2),
+        entries,
+        decided_up_to: 0,
+    };
+    env(2, 0, Message::Accept(accept))
+}
+
 /// No-ops at `slots`.
 fn noops(slots: impl IntoIterator<Item = u64>) -> Vec<(u64, Value)> {
     slots.into_iter().map(|slot| (slot, Value::Noop)).collect()
@@ -587,13 +598,7 @@ fn noops(slots: impl IntoIterator<Item = u64>) -> Vec<(u64, Value)> {
 fn leaderless_replica_skips_its_slots_below_a_command_at_once() {
     let mut r = replica(0, 3, Mode::Leaderless);
     r.take_ready();
-    let accept = Accept {
-        lane: 2,
-        ballot: b(0, 2),
-        entries: vec![(6, batch(&["y"]))],
-        decided_up_to: 0,
-    };
-    r.handle(env(2, 0, Message::Accept(accept)));
+    r.handle(from_lane_2(vec![(6, batch(&["y"]))]));
     let ready = r.take_ready();
     assert_eq!(accepts_of(&ready, 0, 1), vec![noops([1, 4])]);
 }
@@ -609,26 +614,14 @@ fn no_ops_elsewhere_do_not_make_a_leaderless_replica_skip_at_once() {
         accepts_of(&r.take_ready(), 0, 1),
         vec![vec![(1, batch(&["x"]))]]
     );
-    let skips = Accept {
-        lane: 2,
-        ballot: b(0, 2),
-        entries: noops((1..=4).map(|round| 3 * round)),
-        decided_up_to: 0,
-    };
-    r.handle(env(2, 0, Message::Accept(skips)));
+    r.handle(from_lane_2(noops((1..=4).map(|round| 3 * round))));
     assert!(accepts_of(&r.take_ready(), 0, 1).is_empty());
     r.propose(vec![cmd("z")]).unwrap();
     assert_eq!(
         accepts_of(&r.take_ready(), 0, 1),
         vec![vec![(4, batch(&["z"]))]]
     );
-    let command = Accept {
-        lane: 2,
-        ballot: b(0, 2),
-        entries: vec![(15, batch(&["y"]))],
-        decided_up_to: 0,
-    };
-    r.handle(env(2, 0, Message::Accept(command)));
+    r.handle(from_lane_2(vec![(15, batch(&["y"]))]));
     assert_eq!(accepts_of(&r.take_ready(), 0, 1), vec![noops([7, 10, 13])]);
 }
 

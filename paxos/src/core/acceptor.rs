@@ -87,9 +87,7 @@ impl Replica {
                 continue;
             }
             self.frontier = self.frontier.max(slot);
-            if matches!(value, crate::messages::Value::Batch(_)) {
-                self.command_frontier = self.command_frontier.max(slot);
-            }
+            self.note_command_at(slot, &value);
             slots.push(slot);
             if slot <= self.compacted || self.log.get(&slot).is_some_and(|e| e.decided) {
                 continue;

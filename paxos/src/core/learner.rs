@@ -69,9 +69,7 @@ impl Replica {
         }
         entry.decided = true;
         entry.value = value.clone();
-        if matches!(value, Value::Batch(_)) {
-            self.command_frontier = self.command_frontier.max(slot);
-        }
+        self.note_command_at(slot, &value);
         self.metrics.slots_decided += 1;
         self.ready.persist.push(PersistOp::Decide {
             slot,

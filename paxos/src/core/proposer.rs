@@ -220,9 +220,7 @@ impl Replica {
             value: value.clone(),
         });
         self.frontier = self.frontier.max(slot);
-        if matches!(value, Value::Batch(_)) {
-            self.command_frontier = self.command_frontier.max(slot);
-        }
+        self.note_command_at(slot, &value);
         self.metrics.slots_proposed += 1;
         if value == Value::Noop {
             self.metrics.noops_proposed += 1;
@@ -377,6 +375,13 @@ impl Replica {
             self.send_accepts(lane, ballot, entries);
         }
         self.advance_decided();
+    }
+
+    /// Raises the command frontier if `value`, seen at `slot`, holds commands.
+    pub(super) fn note_command_at(&mut self, slot: Slot, value: &Value) {
+        if matches!(value, Value::Batch(_)) {
+            self.command_frontier = self.command_frontier.max(slot);
+        }
     }
 
     /// The highest slot of `lane` that [`Replica::flush`] may fill with a no-op now.
